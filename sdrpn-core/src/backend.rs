@@ -1,0 +1,299 @@
+//! The one module that names concrete backends.
+//!
+//! Everything else is generic over `B: Backend`; a command picks a backend at
+//! run time with a [`DeviceSpec`] and hands a [`BackendJob`] to [`run_on`],
+//! which monomorphises the job for each backend compiled in.
+//!
+//! Cargo features (forwarded from `experiments`): `ndarray`, `flex` (CPU),
+//! `wgpu` (Vulkan/Metal/DX12), `cuda`.
+
+use crate::error::{CoreError, Result};
+use burn::tensor::backend::Backend;
+use std::fmt;
+use std::str::FromStr;
+
+/// The CPU backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuKind {
+    /// `burn-ndarray` with SIMD and threads.
+    NdArray,
+    /// `burn-flex`, Burn's newer pure-Rust CPU backend.
+    Flex,
+}
+
+/// The CPU backend used by `--device cpu`: the faster of the two on our
+/// transformer benchmark (see BENCHMARKS.md), when compiled in.
+pub const DEFAULT_CPU: CpuKind = if cfg!(feature = "flex") && !cfg!(feature = "ndarray") {
+    CpuKind::Flex
+} else {
+    CpuKind::NdArray
+};
+
+/// A device asked for on the command line:
+/// `cpu`, `cpu:ndarray`, `cpu:flex`, `wgpu`, `wgpu:N`, `cuda`, `cuda:N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// A CPU backend (the default one when `None`).
+    Cpu(Option<CpuKind>),
+    /// The WGPU backend: the default adapter, or the N-th discrete GPU.
+    Wgpu(Option<usize>),
+    /// The CUDA backend on GPU N.
+    Cuda(usize),
+}
+
+impl Default for DeviceSpec {
+    fn default() -> Self {
+        DeviceSpec::Cpu(None)
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (name, arg) = match lower.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (lower.as_str(), None),
+        };
+        let index = |a: &str| {
+            a.parse::<usize>().map_err(|_| {
+                CoreError::Device(format!("invalid device {s:?}: {a:?} is not a device index"))
+            })
+        };
+        match (name, arg) {
+            ("cpu", None) => Ok(DeviceSpec::Cpu(None)),
+            ("cpu", Some("ndarray")) => Ok(DeviceSpec::Cpu(Some(CpuKind::NdArray))),
+            ("cpu", Some("flex")) => Ok(DeviceSpec::Cpu(Some(CpuKind::Flex))),
+            ("wgpu", None) => Ok(DeviceSpec::Wgpu(None)),
+            ("wgpu", Some(a)) => Ok(DeviceSpec::Wgpu(Some(index(a)?))),
+            ("cuda", None) => Ok(DeviceSpec::Cuda(0)),
+            ("cuda", Some(a)) => Ok(DeviceSpec::Cuda(index(a)?)),
+            _ => Err(CoreError::Device(format!(
+                "unknown device {s:?}: use cpu, cpu:ndarray, cpu:flex, wgpu, wgpu:N, cuda or cuda:N"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu(None) => write!(f, "cpu"),
+            DeviceSpec::Cpu(Some(CpuKind::NdArray)) => write!(f, "cpu:ndarray"),
+            DeviceSpec::Cpu(Some(CpuKind::Flex)) => write!(f, "cpu:flex"),
+            DeviceSpec::Wgpu(None) => write!(f, "wgpu"),
+            DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Work that can run on any backend. [`run_on`] calls `run` with the
+/// backend and device the user asked for.
+pub trait BackendJob {
+    /// What the job returns.
+    type Output;
+    /// Runs the job on backend `B`.
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Names of the backends compiled into this build.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "ndarray") {
+        v.push("cpu:ndarray");
+    }
+    if cfg!(feature = "flex") {
+        v.push("cpu:flex");
+    }
+    if cfg!(feature = "wgpu") {
+        v.push("wgpu");
+    }
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
+    }
+    v
+}
+
+fn not_compiled(spec: &DeviceSpec, feature: &str) -> CoreError {
+    CoreError::Device(format!(
+        "device {spec} needs the `{feature}` cargo feature, which this build lacks (compiled in: {}); rebuild with `--features {feature}`",
+        compiled_backends().join(", ")
+    ))
+}
+
+/// Runs `job` on the backend and device named by `spec`.
+///
+/// Fails with a clear error when the backend was not compiled in, when no
+/// WGPU adapter exists, or when the CUDA driver cannot be loaded or has no
+/// GPU of that index.
+pub fn run_on<J: BackendJob>(spec: &DeviceSpec, job: J) -> Result<J::Output> {
+    match *spec {
+        DeviceSpec::Cpu(kind) => match kind.unwrap_or(DEFAULT_CPU) {
+            CpuKind::NdArray => {
+                #[cfg(feature = "ndarray")]
+                return Ok(job.run::<burn::backend::NdArray>(Default::default()));
+                #[cfg(not(feature = "ndarray"))]
+                Err(not_compiled(spec, "ndarray"))
+            }
+            CpuKind::Flex => {
+                #[cfg(feature = "flex")]
+                return Ok(job.run::<burn::backend::Flex>(Default::default()));
+                #[cfg(not(feature = "flex"))]
+                Err(not_compiled(spec, "flex"))
+            }
+        },
+        DeviceSpec::Wgpu(index) => {
+            #[cfg(feature = "wgpu")]
+            {
+                use burn::backend::wgpu::WgpuDevice;
+                let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+                probe::<burn::backend::Wgpu>(&device, spec, "no WGPU adapter could be started (on Linux install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers libvulkan1`)")?;
+                return Ok(job.run::<burn::backend::Wgpu>(device));
+            }
+            #[cfg(not(feature = "wgpu"))]
+            {
+                let _ = index;
+                Err(not_compiled(spec, "wgpu"))
+            }
+        }
+        DeviceSpec::Cuda(index) => {
+            #[cfg(feature = "cuda")]
+            {
+                cuda_driver::check(index)?;
+                let device = burn::backend::cuda::CudaDevice::new(index);
+                return Ok(job.run::<burn::backend::Cuda>(device));
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                let _ = index;
+                Err(not_compiled(spec, "cuda"))
+            }
+        }
+    }
+}
+
+/// Runs a tiny computation on `device`, turning a panic inside the backend
+/// (no adapter, no driver) into an error.
+#[allow(dead_code)]
+fn probe<B: Backend>(device: &B::Device, spec: &DeviceSpec, hint: &str) -> Result<()> {
+    let device = device.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        burn::tensor::Tensor::<B, 1>::ones([1], &device)
+            .into_data()
+            .to_vec::<f32>()
+            .map(|v| v == [1.0])
+    }));
+    std::panic::set_hook(previous);
+    match outcome {
+        Ok(Ok(true)) => Ok(()),
+        Ok(_) => Err(CoreError::Device(format!("device {spec} returned wrong results on a probe"))),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(CoreError::Device(format!("device {spec} is not usable: {hint}. Backend said: {why}")))
+        }
+    }
+}
+
+/// Loads the CUDA driver library ourselves before Burn does: Burn 0.21
+/// panics on a background thread when it is missing.
+#[cfg(feature = "cuda")]
+mod cuda_driver {
+    use crate::error::{CoreError, Result};
+
+    #[cfg(windows)]
+    const LIBRARY: &str = "nvcuda.dll";
+    #[cfg(not(windows))]
+    const LIBRARY: &str = "libcuda.so.1";
+
+    pub fn check(index: usize) -> Result<()> {
+        // SAFETY: loading the system CUDA driver runs only its initialisers.
+        let lib = unsafe { libloading::Library::new(LIBRARY) }.map_err(|e| {
+            CoreError::Device(format!(
+                "CUDA driver library {LIBRARY} could not be loaded ({e}): install the NVIDIA driver, or use --device cpu or wgpu"
+            ))
+        })?;
+        type CuInit = unsafe extern "C" fn(u32) -> i32;
+        type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
+        // SAFETY: the symbols have these C signatures in every CUDA driver.
+        unsafe {
+            let init: libloading::Symbol<CuInit> = lib
+                .get(b"cuInit\0")
+                .map_err(|e| CoreError::Device(format!("{LIBRARY} lacks cuInit: {e}")))?;
+            let rc = init(0);
+            if rc != 0 {
+                return Err(CoreError::Device(format!(
+                    "cuInit failed with CUDA error {rc}: the driver is installed but no GPU is usable"
+                )));
+            }
+            let count_fn: libloading::Symbol<CuDeviceGetCount> = lib
+                .get(b"cuDeviceGetCount\0")
+                .map_err(|e| CoreError::Device(format!("{LIBRARY} lacks cuDeviceGetCount: {e}")))?;
+            let mut count = 0i32;
+            let rc = count_fn(&mut count);
+            if rc != 0 || index >= count.max(0) as usize {
+                return Err(CoreError::Device(format!(
+                    "CUDA device {index} does not exist ({count} GPU(s) visible, error code {rc})"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The default CPU backend type, for tests and tools that need a concrete one.
+#[cfg(feature = "ndarray")]
+pub type CpuBackend = burn::backend::NdArray;
+/// The default CPU backend type, for tests and tools that need a concrete one.
+#[cfg(all(feature = "flex", not(feature = "ndarray")))]
+pub type CpuBackend = burn::backend::Flex;
+
+/// The WGPU backend type (for the cross-backend tests).
+#[cfg(feature = "wgpu")]
+pub type WgpuBackend = burn::backend::Wgpu;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_strings() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu(None));
+        assert_eq!("CPU:flex".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu(Some(CpuKind::Flex)));
+        assert_eq!("wgpu:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu(Some(1)));
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:2".parse::<DeviceSpec>().unwrap().to_string(), "cuda:2");
+        for bad in ["gpu", "cuda:x", "cpu:mkl", ""] {
+            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
+        }
+    }
+
+    struct Sum;
+    impl BackendJob for Sum {
+        type Output = f32;
+        fn run<B: Backend>(self, device: B::Device) -> f32 {
+            burn::tensor::Tensor::<B, 1>::from_floats([1.0, 2.0], &device).sum().into_data().to_vec::<f32>().unwrap()[0]
+        }
+    }
+
+    #[test]
+    fn runs_a_job_on_the_cpu_backends() {
+        assert_eq!(run_on(&DeviceSpec::Cpu(None), Sum).unwrap(), 3.0);
+        #[cfg(feature = "flex")]
+        assert_eq!(run_on(&DeviceSpec::Cpu(Some(CpuKind::Flex)), Sum).unwrap(), 3.0);
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_backend_not_compiled_in_is_named() {
+        let e = run_on(&DeviceSpec::Cuda(0), Sum).unwrap_err().to_string();
+        assert!(e.contains("`cuda` cargo feature"), "{e}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The region proposal network: twig layers on top of the frozen prefix and
+//! a q.k scoring head (SPEC 3).
+//!
+//! ```text
+//! h (output of base layer K-1, detached)
+//!   -> twig layers 0..T-2 (whole decoder layers of the host)
+//!   -> twig norm (initialised from the LM's final norm)
+//!   -> head norm (input norm of the last twig layer)
+//!   -> q = Wq u[query], k_i = Wk u[visual_i]   (q/k projections of the last twig layer)
+//!   -> s_i = mean over heads of <q_h, k_ih> / sqrt(head_dim)   (no RoPE, no softmax)
+//! ```
+
+use crate::error::CoreError;
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+/// A decoder layer of the host used as a twig layer: causal self-attention
+/// over the whole prompt with the host's own positional encoding.
+pub trait TwigLayer<B: Backend>: Module<B> {
+    /// # Shapes
+    /// - `x`: `[N, T, D]` -> `[N, T, D]`; positions `0..T`, causal mask.
+    fn forward_twig(&self, x: Tensor<B, 3>) -> Tensor<B, 3>;
+}
+
+/// A normalisation layer of the host (RMSNorm for LLaMA).
+pub trait TwigNorm<B: Backend>: Module<B> {
+    /// # Shapes
+    /// - `x`: `[N, T, D]` -> `[N, T, D]`
+    fn forward_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3>;
+}
+
+/// Configuration of the scoring head.
+#[derive(Config, Debug)]
+pub struct RpnHeadConfig {
+    /// Model width `D`.
+    pub d_model: usize,
+    /// Number of attention heads of the projections.
+    pub num_heads: usize,
+    /// Width of one head; `num_heads * head_dim` is the projection width.
+    pub head_dim: usize,
+    /// Whether the q/k projections have a bias (LLaMA: no).
+    #[config(default = false)]
+    pub bias: bool,
+}
+
+impl RpnHeadConfig {
+    /// A head with freshly initialised projections.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> RpnHead<B> {
+        let proj = || {
+            LinearConfig::new(self.d_model, self.num_heads * self.head_dim)
+                .with_bias(self.bias)
+                .init(device)
+        };
+        RpnHead {
+            q_proj: proj(),
+            k_proj: proj(),
+            num_heads: self.num_heads,
+            head_dim: self.head_dim,
+        }
+    }
+}
+
+/// Multi-head scaled dot product of the query token against the visual
+/// tokens, averaged over heads. No RoPE, no softmax.
+#[derive(Module, Debug)]
+pub struct RpnHead<B: Backend> {
+    /// Query projection (the last twig layer's `q_proj`).
+    pub q_proj: Linear<B>,
+    /// Key projection (the last twig layer's `k_proj`).
+    pub k_proj: Linear<B>,
+    /// Number of heads.
+    pub num_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl<B: Backend> RpnHead<B> {
+    /// Scores (logits) of the visual tokens.
+    ///
+    /// # Shapes
+    /// - `query`: `[N, D]` normalised states of the query token
+    /// - `visual`: `[N, P, D]` normalised states of the visual tokens
+    /// - returns `[N, P]`
+    pub fn forward(&self, query: Tensor<B, 2>, visual: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [n, p, _] = visual.dims();
+        let (h, hd) = (self.num_heads, self.head_dim);
+        let q = self.q_proj.forward(query).reshape([n, h, 1, hd]);
+        let k = self.k_proj.forward(visual).reshape([n, p, h, hd]).permute([0, 2, 3, 1]);
+        // [N, H, 1, P] -> mean over heads -> [N, P]
+        let s = q.matmul(k).reshape([n, h, p]).mean_dim(1).reshape([n, p]);
+        s.div_scalar((hd as f64).sqrt())
+    }
+}
+
+/// The RPN: twig layers, twig norm, head norm and scoring head.
+/// `L` and `N` are the host's decoder-layer and norm modules.
+#[derive(Module, Debug)]
+pub struct Rpn<B: Backend, L, N> {
+    /// Whole twig layers (T-1 of them), initialised from base layers K..K+T-2.
+    pub twig_layers: Vec<L>,
+    /// Twig norm, initialised from the LM's final norm.
+    pub twig_norm: N,
+    /// The last twig layer's input norm.
+    pub head_norm: N,
+    /// The last twig layer's q/k projections.
+    pub head: RpnHead<B>,
+}
+
+impl<B: Backend, L: TwigLayer<B>, N: TwigNorm<B>> Rpn<B, L, N> {
+    /// Scores of the visual tokens for each sample.
+    ///
+    /// Sequences may be right-padded to a common length: attention is
+    /// causal, so padding after the query token changes nothing.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[N, T, D]`, output of base layer K-1 (detach it when training)
+    /// - `query_index`: `[N]` position of each sample's query token
+    /// - `visual_index`: `[N, P]` positions of each sample's visual tokens
+    /// - returns logits `[N, P]`
+    pub fn forward(
+        &self,
+        hidden: Tensor<B, 3>,
+        query_index: Tensor<B, 1, Int>,
+        visual_index: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 2> {
+        let [n, _, d] = hidden.dims();
+        let [_, p] = visual_index.dims();
+        let g = self
+            .twig_layers
+            .iter()
+            .fold(hidden, |x, layer| layer.forward_twig(x));
+        let u = self.head_norm.forward_norm(self.twig_norm.forward_norm(g));
+        let q_idx = query_index.reshape([n, 1, 1]).expand([n, 1, d]);
+        let query = u.clone().gather(1, q_idx).reshape([n, d]);
+        let v_idx = visual_index.reshape([n, p, 1]).expand([n, p, d]);
+        let visual = u.gather(1, v_idx);
+        self.head.forward(query, visual)
+    }
+
+    /// Number of twig layers T (the whole ones plus the head's layer).
+    pub fn twig_depth(&self) -> usize {
+        self.twig_layers.len() + 1
+    }
+}
+
+/// Checks a branch point `k` and twig depth `t` against a host with
+/// `num_layers` decoder layers: twig layers are initialised from base layers
+/// `k..k+t`, so `k >= 1`, `t >= 1` and `k + t <= num_layers`.
+pub fn check_branch(k: usize, t: usize, num_layers: usize) -> crate::error::Result<()> {
+    if k == 0 || t == 0 || k + t > num_layers {
+        return Err(CoreError::config(
+            "branch",
+            format!(
+                "branch layer K={k} with T={t} twig layers needs 1 <= K, 1 <= T and K+T <= {num_layers} (the model's layer count)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_backend::{dev, TestBackend as B};
+    use burn::module::Param;
+    use burn::tensor::TensorData;
+
+    fn linear(weight: Vec<f32>, d_in: usize, d_out: usize) -> Linear<B> {
+        let mut l = LinearConfig::new(d_in, d_out).with_bias(false).init::<B>(&dev());
+        l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(weight, [d_in, d_out]), &dev()));
+        l
+    }
+
+    #[test]
+    fn head_is_mean_over_heads_of_scaled_dot_products() {
+        // D = 2, two heads of width 1: head 0 reads x0, head 1 reads x1 (identity projections).
+        let id = vec![1.0, 0.0, 0.0, 1.0];
+        let head = RpnHead {
+            q_proj: linear(id.clone(), 2, 2),
+            k_proj: linear(id, 2, 2),
+            num_heads: 2,
+            head_dim: 1,
+        };
+        let q = Tensor::<B, 2>::from_floats([[2.0, 4.0]], &dev());
+        let v = Tensor::<B, 3>::from_floats([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]], &dev());
+        let s = head.forward(q, v).into_data().to_vec::<f32>().unwrap();
+        // (2*1 + 4*0)/2 = 1, (0 + 4)/2 = 2, (2 + 4)/2 = 3; sqrt(head_dim) = 1.
+        assert_eq!(s, vec![1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn head_scales_by_sqrt_head_dim() {
+        // One head of width 4: s = <q, k> / 2.
+        let mut id = vec![0.0; 16];
+        for i in 0..4 {
+            id[i * 4 + i] = 1.0;
+        }
+        let head = RpnHead {
+            q_proj: linear(id.clone(), 4, 4),
+            k_proj: linear(id, 4, 4),
+            num_heads: 1,
+            head_dim: 4,
+        };
+        let q = Tensor::<B, 2>::from_floats([[1.0, 1.0, 1.0, 1.0]], &dev());
+        let v = Tensor::<B, 3>::from_floats([[[1.0, 2.0, 3.0, 4.0]]], &dev());
+        assert_eq!(head.forward(q, v).into_data().to_vec::<f32>().unwrap(), vec![5.0]);
+    }
+
+    #[test]
+    fn branch_limits() {
+        assert!(check_branch(15, 3, 32).is_ok());
+        assert!(check_branch(2, 2, 4).is_ok());
+        assert!(check_branch(3, 2, 4).is_err());
+        assert!(check_branch(0, 1, 4).is_err());
+        assert!(check_branch(1, 0, 4).is_err());
+    }
+}

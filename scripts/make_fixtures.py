@@ -13,6 +13,7 @@ Output: sdrpn-llava/tests/fixtures/ (see the README.md written there).
 """
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -70,7 +71,7 @@ TEXT_CFG = dict(
     num_hidden_layers=4,
     num_attention_heads=4,
     num_key_value_heads=4,
-    intermediate_size=172,
+    intermediate_size=86,  # 172 (= 64 * 11008/4096) halved to fit the 5 MB fixture budget
     rms_norm_eps=1e-5,
     rope_theta=10000.0,
     max_position_embeddings=1024,
@@ -92,6 +93,10 @@ VISION_CFG = dict(
 
 # Tokenizer: 3 specials + 256 byte tokens + this many trained pieces + <image> + <pad>.
 TRAINED_PIECES = 256
+
+# Storage dtypes. All weights are bf16- and f16-exact (see half_exact), so these are lossless.
+NEWLAYOUT_DTYPE = torch.bfloat16
+MODEL336_DTYPE = torch.bfloat16
 
 MAX_NEW_TOKENS = 8
 MIN_MARGIN = 0.05  # required top1-top2 logit gap at every greedy step (seeds are searched)
@@ -236,7 +241,15 @@ def make_config(tokenizer, image_size):
     return cfg
 
 
-def init_weights(model, seed):
+def half_exact(x):
+    """Round to bf16 and flush the few values that f16 cannot hold exactly, so that
+    the f32, bf16 and f16 files all hold exactly the same numbers."""
+    x = x.to(torch.bfloat16).to(torch.float32)
+    lossy = x.to(torch.float16).to(torch.float32) != x
+    return torch.where(lossy, torch.zeros_like(x), x)
+
+
+def init_weights(model, seed, exact_half=True):
     """Deterministic init scaled so activations stay O(1) and logits have margins."""
     g = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())
@@ -263,16 +276,18 @@ def init_weights(model, seed):
             val = gain * randn / np.sqrt(shape[1])
         else:
             raise ValueError(f"no init rule for {name} {tuple(shape)}")
+        if exact_half:
+            val = half_exact(val)
         with torch.no_grad():
             p.copy_(val)
     assert model.lm_head.weight.data_ptr() != model.model.language_model.embed_tokens.weight.data_ptr()
 
 
-def build_model(tokenizer, image_size, seed):
+def build_model(tokenizer, image_size, seed, exact_half=True):
     cfg = make_config(tokenizer, image_size)
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration._from_config(cfg, attn_implementation="eager", torch_dtype=torch.float32)
-    init_weights(model, seed)
+    model = LlavaForConditionalGeneration._from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    init_weights(model, seed, exact_half)
     model.eval()
     model.generation_config = GenerationConfig(
         bos_token_id=1, eos_token_id=2, pad_token_id=cfg.pad_token_id, do_sample=False, num_beams=1
@@ -283,7 +298,7 @@ def build_model(tokenizer, image_size, seed):
 # --------------------------------------------------------------------------- images
 
 
-def make_image(w, h, seed):
+def make_image(w, h, seed, noise=6, noise_frac=1.0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     u, v = xx / max(w - 1, 1), yy / max(h - 1, 1)
@@ -298,7 +313,13 @@ def make_image(w, h, seed):
     d.polygon([(0.2 * w, 0.95 * h), (0.45 * w, 0.65 * h), (0.6 * w, 0.95 * h)], fill=(250, 220, 30))
     d.line([(0, 0.3 * h), (w - 1, 0.1 * h)], fill=(10, 10, 10), width=max(1, w // 60))
     arr = np.asarray(img).astype(np.int16)
-    arr = arr + rng.integers(-6, 7, size=arr.shape)
+    n = rng.integers(-noise, noise + 1, size=arr.shape)
+    if noise_frac < 1.0:  # noise only in a centred window (keeps big PNGs small)
+        m = np.zeros((h, w, 1), dtype=bool)
+        y0, x0 = int(h * (1 - noise_frac) / 2), int(w * (1 - noise_frac) / 2)
+        m[y0 : h - y0, x0 : w - x0] = True
+        n = n * m
+    arr = arr + n
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
@@ -334,6 +355,29 @@ def llava_tokenize(tokenizer, prompt, n_image, image_id):
     return ids, chunks
 
 
+def pipeline_u8(image, mode, S):
+    """Our restatement of the HF slow CLIPImageProcessor (after optional LLaVA pad):
+    PIL bicubic resize of the shortest edge to S (long side int(S*long/short)),
+    centre crop S x S at offset ((w-S)//2, (h-S)//2). Returns uint8 [S,S,3]."""
+    if mode == "pad":
+        image = expand2square(image, PAD_COLOR)
+    w, h = image.size
+    if w <= h:
+        nw, nh = S, int(S * h / w)
+    else:
+        nw, nh = int(S * w / h), S
+    r = np.asarray(image.resize((nw, nh), Image.BICUBIC))
+    top, left = (nh - S) // 2, (nw - S) // 2
+    return torch.from_numpy(r[top : top + S, left : left + S].copy())
+
+
+def normalize_u8(u8):
+    """HF rescale+normalize: f32(u8 as f64 * (1/255)), then (x - mean) / std in f32. -> [3,S,S]"""
+    x = (u8.numpy().astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = (x - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
 def preprocess(processor, image, mode):
     if mode == "pad":
         image = expand2square(image, PAD_COLOR)
@@ -343,7 +387,7 @@ def preprocess(processor, image, mode):
 
 
 @torch.inference_mode()
-def run_case(model, processor, image, image_name, question, template, tokenization, mode, reduced=False):
+def run_case(model, processor, image, image_name, question, template, tokenization, mode):
     tok = processor.tokenizer
     cfg = model.config
     S = cfg.vision_config.image_size
@@ -412,24 +456,24 @@ def run_case(model, processor, image, image_name, question, template, tokenizati
             assert row.shape[-1] == T + j + 1
             dec[j, l, :, : T + j + 1] = row
 
+    u8 = pipeline_u8(image, mode, S)
+    assert torch.equal(normalize_u8(u8), pixel_values[0]), "documented preprocessing == HF"
     t = {
-        "input_ids": input_ids[0].clone(),
-        "gen_ids": gen_ids.clone(),
-        "image_features_projected": projected[0].clone(),
-        "image_features_selected": selected[0].clone(),
+        "input_ids": input_ids[0],
+        "gen_ids": gen_ids,
+        "pixel_values": pixel_values[0],
+        "pixel_values_u8": u8,
+        "image_features_selected": selected[0],
+        "image_features_projected": projected[0],
+        "lm_hidden_states": hs,
+        "lm_hidden_last": hs[-1],
+        "lm_attentions": att,
+        "lm_attentions_last_rows": att[:, :, -4:, :],
+        "logits": logits,
+        "logits_last": logits[-1],
         "decode_attentions": dec,
     }
-    if reduced:
-        t["lm_attentions_last_rows"] = att[:, :, -4:, :].clone()
-        t["lm_hidden_last"] = hs[-1].clone()
-        t["logits_last"] = logits[-1].clone()
-        # pixel values as the uint8 image after resize+crop (exactly reproducible, 4x smaller)
-    else:
-        t["pixel_values"] = pixel_values[0].clone()
-        t["lm_hidden_states"] = hs.clone()
-        t["lm_attentions"] = att.clone()
-        t["logits"] = logits.clone()
-    t = {k: v.contiguous() for k, v in t.items()}
+    t = {k: v.clone().contiguous() for k, v in t.items()}
     meta = {
         "prompt": prompt,
         "question": question,
@@ -458,10 +502,8 @@ def run_case(model, processor, image, image_name, question, template, tokenizati
 def save_model_dir(model, processor, out, dtype=torch.float32, max_shard_size="1GB"):
     if os.path.exists(out):
         shutil.rmtree(out)
-    m = model if dtype == torch.float32 else model.to(dtype)
+    m = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     m.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
-    if dtype != torch.float32:
-        model.to(torch.float32)
     processor.save_pretrained(out)
 
 
@@ -485,6 +527,14 @@ def size_of(path):
     return total
 
 
+def native_logit_error(vdir, vdt, proc, image, prompt, ref_logits):
+    m = LlavaForConditionalGeneration.from_pretrained(vdir, attn_implementation="eager", dtype=vdt).eval()
+    with torch.inference_mode():
+        enc = proc(images=image, text=prompt, return_tensors="pt")
+        lg = m(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"].to(vdt)).logits[0].float()
+    return float((lg - ref_logits).abs().max())
+
+
 def find_seed(build, cases_fn, base_seed, tries=40):
     """First seed from base_seed whose greedy steps all have top1-top2 >= MIN_MARGIN."""
     for seed in range(base_seed, base_seed + tries):
@@ -494,6 +544,24 @@ def find_seed(build, cases_fn, base_seed, tries=40):
         if min(mins) >= MIN_MARGIN:
             return seed, model
     raise RuntimeError("no seed with clear margins")
+
+
+FULL = ["input_ids", "gen_ids", "pixel_values", "image_features_selected", "image_features_projected",
+        "lm_hidden_states", "lm_attentions", "logits", "decode_attentions"]
+REDUCED = ["input_ids", "gen_ids", "pixel_values", "image_features_selected", "image_features_projected",
+           "lm_hidden_last", "lm_attentions_last_rows", "logits_last", "decode_attentions"]
+CASE_KEYS = {
+    "hf_crop_raw": FULL,
+    "llava_pad_vicuna": REDUCED,
+    "llava_pad_vicuna_big": ["input_ids", "gen_ids", "pixel_values", "image_features_selected",
+                             "image_features_projected", "logits_last", "decode_attentions"],
+    "336_llava_pad_vicuna": ["input_ids", "gen_ids", "image_features_projected", "lm_hidden_last",
+                             "lm_attentions_last_rows", "logits_last", "decode_attentions"],
+}
+
+
+def pick(t, keys):
+    return {k: t[k] for k in keys}
 
 
 def write_ref(path, tensors, meta):
@@ -528,7 +596,7 @@ def main():
     images = {
         "wide.png": make_image(97, 61, 1),
         "tall.png": make_image(50, 83, 2),
-        "big.png": make_image(400, 300, 3),
+        "big.png": make_image(400, 300, 3, noise=6, noise_frac=0.4),
     }
     for name, im in images.items():
         im.save(os.path.join(out, "images", name), optimize=False)
@@ -549,7 +617,7 @@ def main():
     seed84, model = find_seed(lambda s: build_model(tok, 84, s), run84, 1000)
     d32 = os.path.join(out, "tiny-llava")
     save_model_dir(model, proc84, d32)
-    model = LlavaForConditionalGeneration.from_pretrained(d32, attn_implementation="eager", torch_dtype=torch.float32).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(d32, attn_implementation="eager", dtype=torch.float32).eval()
     keys_legacy = list(load_file(os.path.join(d32, "model.safetensors")).keys())
     keys_memory = list(model.state_dict().keys())
     results = run84(model)
@@ -559,11 +627,12 @@ def main():
         print(f"  case {name}: T={meta['prompt_len']} gen={t['gen_ids'].tolist()} {meta['gen_text']!r} "
               f"margins={['%.4f' % m for m in margins]}")
         log[name] = {"margins": margins, "T": int(meta["prompt_len"]), "gen_ids": t["gen_ids"].tolist()}
-        write_ref(os.path.join(out, "reference", name + ".safetensors"), t, meta)
+        write_ref(os.path.join(out, "reference", name + ".safetensors"), pick(t, CASE_KEYS[name]), meta)
     case_a = results[0]
     ref_logits = case_a[4]
+    a_name, a_im, a_q, a_tpl, a_tk, a_md = cases84[0]
 
-    # ---- variants
+    # ---- variants (the weights are bf16/f16-exact, so every variant holds the same numbers)
     variants = {}
     sd32 = load_file(os.path.join(d32, "model.safetensors"))
 
@@ -574,64 +643,90 @@ def main():
     save_model_dir(model, proc84, df16, dtype=torch.float16)
     variants["tiny-llava-f16"] = (df16, torch.float16)
     dnew = os.path.join(out, "tiny-llava-newlayout")
-    save_model_dir(model, proc84, dnew)
+    save_model_dir(model, proc84, dnew, dtype=NEWLAYOUT_DTYPE)
+    sdn = load_file(os.path.join(dnew, "model.safetensors"))
     os.remove(os.path.join(dnew, "model.safetensors"))
-    save_file({rename_to_newlayout(k): v.contiguous() for k, v in sd32.items()},
+    save_file({rename_to_newlayout(k): v.contiguous() for k, v in sdn.items()},
               os.path.join(dnew, "model.safetensors"), metadata={"format": "pt"})
-    variants["tiny-llava-newlayout"] = (dnew, torch.float32)
+    variants["tiny-llava-newlayout"] = (dnew, NEWLAYOUT_DTYPE)
     assert sorted(rename_to_newlayout(k) for k in keys_legacy) == sorted(keys_memory), "newlayout = in-memory keys"
 
-    a_name, a_im, a_q, a_tpl, a_tk, a_md = cases84[0]
     for vname, (vdir, vdt) in variants.items():
         files = sorted(f for f in os.listdir(vdir) if f.endswith(".safetensors"))
-        m = LlavaForConditionalGeneration.from_pretrained(vdir, attn_implementation="eager", torch_dtype=torch.float32).eval()
+        vsd = {}
+        for f in files:
+            vsd.update(load_file(os.path.join(vdir, f)))
+        for k, v in vsd.items():
+            assert v.dtype == vdt, (k, v.dtype)
+        legacy = {k: v for k, v in vsd.items()} if vname != "tiny-llava-newlayout" else \
+            {k: vsd[rename_to_newlayout(k)] for k in sd32}
+        exact = set(legacy) == set(sd32) and all(torch.equal(legacy[k].float(), sd32[k]) for k in sd32)
+        m = LlavaForConditionalGeneration.from_pretrained(vdir, attn_implementation="eager", dtype=torch.float32).eval()
         t, meta, margins, _, lg = run_case(m, proc84, images[a_im], a_im, a_q, a_tpl, a_tk, a_md)
         err32 = float((lg - ref_logits).abs().max())
         same = t["gen_ids"].tolist() == case_a[0]["gen_ids"].tolist()
-        mn = LlavaForConditionalGeneration.from_pretrained(vdir, attn_implementation="eager", torch_dtype=vdt).eval()
-        with torch.inference_mode():
-            enc = proc84(images=images[a_im], text=TEMPLATES[a_tpl].format(question=a_q), return_tensors="pt")
-            lgn = mn(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"].to(vdt)).logits[0].float()
-        errn = float((lgn - ref_logits).abs().max())
-        print(f"  variant {vname}: files {files}; case a max|logits - f32| = {err32:.3e} (weights upcast, f32 compute), "
-              f"{errn:.3e} (native {vdt} compute); same gen_ids: {same}")
-        log[vname] = {"files": files, "err_f32_compute": err32, "err_native_compute": errn, "same_gen_ids": same}
+        errn = native_logit_error(vdir, vdt, proc84, images[a_im], TEMPLATES[a_tpl].format(question=a_q), ref_logits)
+        print(f"  variant {vname}: {vdt}, files {files}; values identical to f32 file: {exact}; case a "
+              f"max|logits - f32| = {err32:.3e} (upcast to f32 on load), {errn:.3e} (native {vdt} compute); "
+              f"same gen_ids: {same}")
+        log[vname] = {"files": files, "dtype": str(vdt), "weights_identical": exact,
+                      "err_f32_compute": err32, "err_native_compute": errn, "same_gen_ids": same}
+
+    # ---- what rounding would cost for weights that are not half-exact (for tolerances on real checkpoints)
+    raw = build_model(tok, 84, seed84, exact_half=False)
+    with torch.inference_mode():
+        enc = proc84(images=images[a_im], text=TEMPLATES[a_tpl].format(question=a_q), return_tensors="pt")
+        base = raw(**enc).logits[0]
+        for dt in (torch.bfloat16, torch.float16):
+            r = copy.deepcopy(raw)
+            up = r.to(dt).to(torch.float32)
+            e1 = float((up(**enc).logits[0] - base).abs().max())
+            e2 = float((r.to(dt)(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"].to(dt)).logits[0].float()
+                        - base).abs().max())
+            print(f"  (not half-exact weights) {dt}: max|logits - f32| = {e1:.3e} weights rounded, f32 compute; "
+                  f"{e2:.3e} native compute; logit std {float(base.std()):.2f}")
+            log[f"lossy_{dt}"] = {"err_f32_compute": e1, "err_native_compute": e2, "logit_std": float(base.std())}
 
     # ---- 336 model
     print("tiny-llava-336: searching a seed with clear greedy margins")
     case_d = ("336_llava_pad_vicuna", "wide.png", "What is written on the sign next to the door?", "vicuna_v1", "llava", "pad")
 
     def run336(model):
-        return [run_case(model, proc336, images[case_d[1]], *case_d[1:], reduced=True)]
+        return [run_case(model, proc336, images[case_d[1]], *case_d[1:])]
 
     seed336, model336 = find_seed(lambda s: build_model(tok, 336, s), run336, 2000)
     d336 = os.path.join(out, "tiny-llava-336")
-    save_model_dir(model336, proc336, d336)
-    model336 = LlavaForConditionalGeneration.from_pretrained(d336, attn_implementation="eager", torch_dtype=torch.float32).eval()
+    save_model_dir(model336, proc336, d336, dtype=MODEL336_DTYPE)
+    model336 = LlavaForConditionalGeneration.from_pretrained(d336, attn_implementation="eager", dtype=torch.float32).eval()
     t, meta, margins, pv, _ = run336(model336)[0]
     meta["model"] = "tiny-llava-336"
     meta["seed"] = str(seed336)
-    t["pixel_values"] = pv[0].contiguous()
     print(f"  case {case_d[0]}: T={meta['prompt_len']} gen={t['gen_ids'].tolist()} margins={['%.4f' % m for m in margins]}")
     log[case_d[0]] = {"margins": margins, "T": int(meta["prompt_len"]), "gen_ids": t["gen_ids"].tolist()}
-    write_ref(os.path.join(out, "reference", case_d[0] + ".safetensors"), t, meta)
+    write_ref(os.path.join(out, "reference", case_d[0] + ".safetensors"), pick(t, CASE_KEYS[case_d[0]]), meta)
 
     # ---- PIL bicubic references
     tiny_src = make_image(7, 5, 4)
+    # (case, source name, source image, (w, h)); big.png's pixels are not repeated here
+    # (360 KB): decode images/big.png, which is lossless PNG.
     bic_cases = [
-        ("wide_84x53", images["wide.png"], (84, 53)),
-        ("wide_133x84", images["wide.png"], (133, 84)),
-        ("tall_84x139", images["tall.png"], (84, 139)),
-        ("big_336x252", images["big.png"], (336, 252)),
-        ("big_37x29", images["big.png"], (37, 29)),
-        ("tiny7x5_336x240", tiny_src, (336, 240)),
+        ("wide_84x53", "wide.png", images["wide.png"], (84, 53)),
+        ("wide_133x84", "wide.png", images["wide.png"], (133, 84)),
+        ("tall_84x139", "tall.png", images["tall.png"], (84, 139)),
+        ("big_120x90", "big.png", images["big.png"], (120, 90)),
+        ("big_37x29", "big.png", images["big.png"], (37, 29)),
+        ("tiny7x5_56x40", "tiny7x5", tiny_src, (56, 40)),
+        ("tiny7x5_9x13", "tiny7x5", tiny_src, (9, 13)),
     ]
-    bt = {}
-    for name, src, (w, h) in bic_cases:
+    bt, bmeta = {}, {"pillow": Image.__version__,
+                     "note": "u8 [H,W,3] = PIL Image.resize((w,h), Image.BICUBIC) of RGB src; "
+                             "<case>_src is the source, except for big_* whose source is images/big.png"}
+    for name, src_name, src, (w, h) in bic_cases:
         bt[name] = torch.from_numpy(np.asarray(src.resize((w, h), Image.BICUBIC)).copy())
-        bt[name + "_src"] = torch.from_numpy(np.asarray(src).copy())
-    write_ref(os.path.join(out, "reference", "bicubic.safetensors"), bt,
-              {"pillow": Image.__version__, "note": "PIL Image.resize((w,h), Image.BICUBIC) on RGB uint8; [H,W,3]"})
+        if src_name != "big.png":
+            bt[name + "_src"] = torch.from_numpy(np.asarray(src).copy())
+        bmeta[name] = src_name
+    write_ref(os.path.join(out, "reference", "bicubic.safetensors"), bt, bmeta)
 
     with open(os.path.join(out, "reference", "run_log.json"), "w") as f:
         json.dump({"seed_tiny": seed84, "seed_336": seed336, "keys_saved_legacy": keys_legacy[:0], **log}, f, indent=1)

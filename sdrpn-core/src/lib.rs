@@ -12,6 +12,8 @@
 pub mod attention;
 pub mod backend;
 pub mod blur;
+pub mod components;
+pub mod crop;
 pub mod denoise;
 pub mod error;
 pub mod grid;
@@ -19,6 +21,7 @@ pub mod heads;
 pub mod labels;
 pub mod loss;
 pub mod promote;
+pub mod roi;
 pub mod rpn;
 
 pub use error::{CoreError, Result};

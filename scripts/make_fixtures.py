@@ -7,7 +7,7 @@ a re-run reproduces the same bytes with the same versions.
 
     python3 -m venv /work/refenv
     /work/refenv/bin/pip install -r scripts/requirements-fixtures.txt
-    /work/refenv/bin/python scripts/make_fixtures.py            # from the repo root
+    nice -n 10 /work/refenv/bin/python scripts/make_fixtures.py   # from the repo root, ~5 s
 
 Output: sdrpn-llava/tests/fixtures/ (see the README.md written there).
 """
@@ -22,7 +22,6 @@ import sys
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -412,6 +411,10 @@ def run_case(model, processor, image, image_name, question, template, tokenizati
     vt = model.model.vision_tower(pixel_values, output_hidden_states=True)
     selected = vt.hidden_states[-2][:, 1:]
     projected = model.model.multi_modal_projector(selected)
+    lm = model.model.language_model
+    captured = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+             for layer in lm.layers]
     out = model(
         input_ids=input_ids,
         pixel_values=pixel_values,
@@ -419,14 +422,20 @@ def run_case(model, processor, image, image_name, question, template, tokenizati
         output_attentions=True,
         return_dict=True,
     )
+    for h in hooks:
+        h.remove()
     hs = torch.stack(out.hidden_states, 0)[:, 0]  # [L+1,T,D]
     att = torch.stack(out.attentions, 0)[:, 0]  # [L,H,T,T]
     logits = out.logits[0]
     # consistency checks of the HF semantics we document
     pos = (input_ids[0] == image_id).nonzero()[:, 0]
     assert torch.equal(hs[0][pos], projected[0]), "hidden_states[0] = merged input embeds"
-    lm = model.model.language_model
-    assert torch.allclose(hs[-1], out.hidden_states[-1][0])
+    # [l] for 1 <= l < L is the output of decoder layer l-1; [L] is norm(output of the last layer)
+    for l in range(1, len(captured)):
+        assert torch.equal(hs[l], captured[l - 1][0]), f"hidden_states[{l}]"
+    assert torch.equal(hs[-1], lm.norm(captured[-1])[0]), "hidden_states[-1] = final norm"
+    assert torch.allclose(att.sum(-1), torch.ones(()), atol=1e-5)
+    assert torch.equal(att.triu(1), torch.zeros_like(att)), "causal"
     gen = model.generate(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
@@ -448,6 +457,7 @@ def run_case(model, processor, image, image_name, question, template, tokenizati
         margins.append(float(top[0] - top[1]))
     assert torch.allclose(gen.scores[0][0], logits[-1], atol=1e-5)
     L, H = att.shape[0], att.shape[1]
+    assert torch.equal(gen.attentions[0][0][0], att[0]), "generate prefill attentions == forward"
     dec = torch.zeros(max(N - 1, 0), L, H, T + N - 1)
     for j in range(N - 1):
         step = gen.attentions[j + 1]  # tuple over layers of [1,H,1,T+j+1]
@@ -455,6 +465,7 @@ def run_case(model, processor, image, image_name, question, template, tokenizati
             row = step[l][0, :, -1, :]
             assert row.shape[-1] == T + j + 1
             dec[j, l, :, : T + j + 1] = row
+    assert N <= 1 or torch.allclose(dec.sum(-1), torch.ones(()), atol=1e-5)
 
     u8 = pipeline_u8(image, mode, S)
     assert torch.equal(normalize_u8(u8), pixel_values[0]), "documented preprocessing == HF"
@@ -505,6 +516,12 @@ def save_model_dir(model, processor, out, dtype=torch.float32, max_shard_size="1
     m = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     m.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
     processor.save_pretrained(out)
+    # compact tokenizer.json (HF writes it indented): same content, half the bytes
+    tj = os.path.join(out, "tokenizer.json")
+    with open(tj, encoding="utf-8") as f:
+        data = json.load(f)
+    with open(tj, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
 
 
 def rename_to_newlayout(k):
@@ -525,6 +542,26 @@ def size_of(path):
         for f in files:
             total += os.path.getsize(os.path.join(root, f))
     return total
+
+
+def check_saved_dir(d, image, S):
+    """The saved directory loads with the Auto* classes and reproduces the in-script preprocessing."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    p = AutoProcessor.from_pretrained(d)
+    assert type(p).__name__ == "LlavaProcessor", type(p)
+    assert type(p.image_processor).__name__ == "CLIPImageProcessor", type(p.image_processor)
+    t = AutoTokenizer.from_pretrained(d)
+    assert type(t).__name__ == "LlamaTokenizerFast", type(t)
+    prompt = TEMPLATES["raw"].format(question="What is in the picture?")
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+    rendered = p.apply_chat_template(msgs, add_generation_prompt=True)
+    assert rendered == prompt, repr(rendered)
+    enc = p(images=image, text=prompt, return_tensors="pt")
+    n = int((enc["input_ids"] == t.convert_tokens_to_ids("<image>")).sum())
+    assert n == (S // PATCH) ** 2, n
+    assert torch.equal(enc["pixel_values"][0], normalize_u8(pipeline_u8(image, "crop", S)))
+    return n
 
 
 def native_logit_error(vdir, vdt, proc, image, prompt, ref_logits):
@@ -555,17 +592,40 @@ CASE_KEYS = {
     "llava_pad_vicuna": REDUCED,
     "llava_pad_vicuna_big": ["input_ids", "gen_ids", "pixel_values", "image_features_selected",
                              "image_features_projected", "logits_last", "decode_attentions"],
+    # no pixel values here (1.35 MB in f32): the Rust test preprocesses images/wide.png itself
     "336_llava_pad_vicuna": ["input_ids", "gen_ids", "image_features_projected", "lm_hidden_last",
-                             "lm_attentions_last_rows", "logits_last", "decode_attentions"],
+                             "lm_attentions_last_rows", "logits_last", "decode_attentions:3"],
 }
 
 
 def pick(t, keys):
-    return {k: t[k] for k in keys}
+    """'name:n' keeps the first n entries along dim 0."""
+    out = {}
+    for k in keys:
+        name, _, n = k.partition(":")
+        out[name] = t[name][: int(n)].contiguous() if n else t[name]
+    return out
+
+
+def save_sorted(tensors, path, metadata):
+    """safetensors save with the __metadata__ keys in sorted order (the library writes a
+    hash map in random order), so that re-runs give identical bytes."""
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    h = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h + raw[8 + n :])
+    back = load_file(path)
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
 
 
 def write_ref(path, tensors, meta):
-    save_file(tensors, path, metadata=meta)
+    save_sorted(tensors, path, meta)
     print(f"  wrote {path} ({os.path.getsize(path)} bytes): "
           + ", ".join(f"{k}{list(v.shape)}" for k, v in tensors.items()))
 
@@ -575,12 +635,14 @@ def main():
     ap.add_argument("--out", default=os.path.join("sdrpn-llava", "tests", "fixtures"))
     args = ap.parse_args()
     out = args.out
-    print(f"versions: transformers {transformers.__version__}, torch {torch.__version__}, "
-          f"tokenizers {__import__('tokenizers').__version__}, safetensors {__import__('safetensors').__version__}, "
-          f"pillow {Image.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
-    for sub in ["images", "reference"] + [d for d in os.listdir(out) if d.startswith("tiny-llava")] if os.path.isdir(out) else []:
-        if os.path.isdir(os.path.join(out, sub)):
-            shutil.rmtree(os.path.join(out, sub))
+    versions = (f"transformers {transformers.__version__}, torch {torch.__version__}, "
+                f"tokenizers {__import__('tokenizers').__version__}, safetensors {__import__('safetensors').__version__}, "
+                f"pillow {Image.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
+    print("versions:", versions)
+    if os.path.isdir(out):  # remove what an earlier run generated (README.md stays)
+        for sub in ["images", "reference"] + [d for d in os.listdir(out) if d.startswith("tiny-llava")]:
+            if os.path.isdir(os.path.join(out, sub)):
+                shutil.rmtree(os.path.join(out, sub))
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     os.makedirs(os.path.join(out, "reference"), exist_ok=True)
     log = {}
@@ -619,6 +681,8 @@ def main():
     save_model_dir(model, proc84, d32)
     model = LlavaForConditionalGeneration.from_pretrained(d32, attn_implementation="eager", dtype=torch.float32).eval()
     keys_legacy = list(load_file(os.path.join(d32, "model.safetensors")).keys())
+    n = check_saved_dir(d32, images["wide.png"], 84)
+    print(f"  {d32}: AutoProcessor/AutoTokenizer load; <image> expands to {n} ids; chat template renders the raw prompt")
     keys_memory = list(model.state_dict().keys())
     results = run84(model)
     for (name, im, q, tpl, tk, md), (t, meta, margins, _, _) in zip(cases84, results):
@@ -627,6 +691,10 @@ def main():
         print(f"  case {name}: T={meta['prompt_len']} gen={t['gen_ids'].tolist()} {meta['gen_text']!r} "
               f"margins={['%.4f' % m for m in margins]}")
         log[name] = {"margins": margins, "T": int(meta["prompt_len"]), "gen_ids": t["gen_ids"].tolist()}
+        ids = t["input_ids"].tolist()
+        st = int(meta["image_token_start"])
+        toks = tok.convert_ids_to_tokens(ids)
+        print(f"    tokens: {toks[:st]} + <image> x {meta['num_image_tokens']} + {toks[st + int(meta['num_image_tokens']):]}")
         write_ref(os.path.join(out, "reference", name + ".safetensors"), pick(t, CASE_KEYS[name]), meta)
     case_a = results[0]
     ref_logits = case_a[4]
@@ -697,6 +765,8 @@ def main():
     seed336, model336 = find_seed(lambda s: build_model(tok, 336, s), run336, 2000)
     d336 = os.path.join(out, "tiny-llava-336")
     save_model_dir(model336, proc336, d336, dtype=MODEL336_DTYPE)
+    n = check_saved_dir(d336, images["wide.png"], 336)
+    print(f"  {d336}: <image> expands to {n} ids")
     model336 = LlavaForConditionalGeneration.from_pretrained(d336, attn_implementation="eager", dtype=torch.float32).eval()
     t, meta, margins, pv, _ = run336(model336)[0]
     meta["model"] = "tiny-llava-336"
@@ -729,12 +799,16 @@ def main():
     write_ref(os.path.join(out, "reference", "bicubic.safetensors"), bt, bmeta)
 
     with open(os.path.join(out, "reference", "run_log.json"), "w") as f:
-        json.dump({"seed_tiny": seed84, "seed_336": seed336, "keys_saved_legacy": keys_legacy[:0], **log}, f, indent=1)
+        json.dump({"versions": versions, "seed_tiny": seed84, "seed_336": seed336, **log,
+                   "keys_llava_hf_layout": sorted(keys_legacy), "keys_new_layout": sorted(keys_memory)}, f, indent=1)
     print("saved-key examples (legacy, as written by save_pretrained):", keys_legacy[:3], "...")
     print("in-memory state_dict keys (= newlayout):", keys_memory[:3], "...")
     for d in sorted(os.listdir(out)):
         print(f"  {d}: {size_of(os.path.join(out, d)) / 1e6:.3f} MB")
-    print(f"total: {size_of(out) / 1e6:.3f} MB")
+    total = size_of(out)
+    print(f"total: {total / 1e6:.3f} MB")
+    if total > 5_000_000:
+        print("WARNING: over the 5 MB fixture budget")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ mod tests {
     fn sinks_are_at_or_above_tau_in_float64() {
         // 1e-3f32 is slightly above 1e-3, so it is a sink; its predecessor is not.
         let s = t2(&[1e-3, 1e-3f32.next_down(), 0.5, 0.0], 1);
-        let m = sinks_from_attention(s, 1e-3).into_data().to_vec::<bool>().unwrap();
+        let m = crate::readback::bools(sinks_from_attention(s, 1e-3)).unwrap();
         assert_eq!(m, vec![true, false, true, false]);
     }
 
@@ -122,7 +122,7 @@ mod tests {
         v[d + 7] = 100.0; // token 1, dim 7 (not watched)
         let h = Tensor::<B, 1>::from_floats(v.as_slice(), &dev()).reshape([1, 2, d]);
         let m = sinks_from_activations(h, &[5, 9], 20.0, 1e-6).unwrap();
-        assert_eq!(m.into_data().to_vec::<bool>().unwrap(), vec![true, false]);
+        assert_eq!(crate::readback::bools(m).unwrap(), vec![true, false]);
         let h = Tensor::<B, 3>::zeros([1, 1, 4], &dev());
         assert!(sinks_from_activations(h, &[4], 20.0, 1e-6).is_err());
     }

@@ -14,6 +14,7 @@
 use crate::error::{CoreError, Result};
 use crate::grid::Grid;
 use crate::promote::{round_down_f32, round_up_f32};
+use crate::readback::{bools, floats};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -89,8 +90,8 @@ impl<B: Backend> LabelBatch<B> {
     /// The labels as plain values, one `Vec` per sample.
     pub fn to_labels(&self) -> Vec<Vec<Label>> {
         let [n, p] = self.target.dims();
-        let target = self.target.to_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-        let valid = self.valid.to_data().to_vec::<bool>().unwrap_or_default();
+        let target = floats(self.target.clone()).unwrap_or_default();
+        let valid = bools(self.valid.clone()).unwrap_or_default();
         (0..n)
             .map(|s| {
                 (0..p)
@@ -118,7 +119,7 @@ pub fn build_labels<B: Backend>(denoised: Tensor<B, 2>, grid: Grid, config: &Lab
 
     check_finite("grounding map", &a)?;
     // Per-sample maxima, read back so thresholds are computed in float64.
-    let maxima = a.clone().max_dim(1).into_data().to_vec::<f32>().map_err(data_err)?;
+    let maxima = floats(a.clone().max_dim(1))?;
     let thresholds = |ratio: f64, round: fn(f64) -> f32| -> Tensor<B, 2> {
         let v: Vec<f32> = maxima.iter().map(|&m| round(ratio * m as f64)).collect();
         Tensor::<B, 1>::from_data(TensorData::new(v, [n]), &device)
@@ -190,7 +191,7 @@ fn span<B: Backend>(mask: Tensor<B, 2, Bool>, len: usize) -> (Tensor<B, 1>, Tens
 pub fn check_finite<B: Backend>(what: &str, map: &Tensor<B, 2>) -> Result<()> {
     let [_, p] = map.dims();
     let bad = map.clone().is_finite().bool_not();
-    let flags = bad.into_data().to_vec::<bool>().map_err(data_err)?;
+    let flags = bools(bad)?;
     let Some(first) = flags.iter().position(|&b| b) else {
         return Ok(());
     };
@@ -198,10 +199,6 @@ pub fn check_finite<B: Backend>(what: &str, map: &Tensor<B, 2>) -> Result<()> {
         what: format!("{what} of sample {}", first / p),
         index: first % p,
     })
-}
-
-fn data_err(e: burn::tensor::DataError) -> CoreError {
-    CoreError::config("tensor data", format!("{e:?}"))
 }
 
 #[cfg(test)]
@@ -310,7 +307,7 @@ mod tests {
         assert_eq!(l[0].iter().filter(|&&x| x == Bg).count(), 8);
         assert_eq!(l[1][0], Fg);
         assert_eq!(l[1][8], Bg);
-        assert_eq!(b.rejected.into_data().to_vec::<bool>().unwrap(), vec![false, false]);
+        assert_eq!(bools(b.rejected).unwrap(), vec![false, false]);
     }
 
     #[test]

@@ -18,9 +18,11 @@ pub mod denoise;
 pub mod error;
 pub mod grid;
 pub mod heads;
+pub mod host;
 pub mod labels;
 pub mod loss;
 pub mod promote;
+pub mod readback;
 pub mod roi;
 pub mod rpn;
 

@@ -13,6 +13,7 @@ use crate::error::{CoreError, Result};
 use crate::grid::Grid;
 use crate::labels::check_finite;
 use crate::promote::round_down_f32;
+use crate::readback::floats;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -94,11 +95,7 @@ impl RoiConfig {
         let probs = probs.cast(DType::F32).reshape([1, p]);
         check_finite("RoI map", &probs)?;
         let blurred = gaussian_blur3(probs.reshape([1, grid.rows, grid.cols]), self.sigma)?;
-        let blurred = blurred
-            .reshape([p])
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| CoreError::config("tensor data", format!("{e:?}")))?;
+        let blurred = floats(blurred.reshape([p]))?;
         Ok(self.select_blurred(blurred, grid))
     }
 

@@ -78,14 +78,15 @@ impl FromStr for DeviceSpec {
 
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceSpec::Cpu(None) => write!(f, "cpu"),
-            DeviceSpec::Cpu(Some(CpuKind::NdArray)) => write!(f, "cpu:ndarray"),
-            DeviceSpec::Cpu(Some(CpuKind::Flex)) => write!(f, "cpu:flex"),
-            DeviceSpec::Wgpu(None) => write!(f, "wgpu"),
-            DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
-            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
-        }
+        let text = match self {
+            DeviceSpec::Cpu(None) => "cpu".to_string(),
+            DeviceSpec::Cpu(Some(CpuKind::NdArray)) => "cpu:ndarray".to_string(),
+            DeviceSpec::Cpu(Some(CpuKind::Flex)) => "cpu:flex".to_string(),
+            DeviceSpec::Wgpu(None) => "wgpu".to_string(),
+            DeviceSpec::Wgpu(Some(i)) => format!("wgpu:{i}"),
+            DeviceSpec::Cuda(i) => format!("cuda:{i}"),
+        };
+        f.pad(&text)
     }
 }
 

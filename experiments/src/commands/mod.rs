@@ -1,0 +1,43 @@
+//! The subcommands of `sdrpn`, one file each.
+
+mod bench;
+mod devices;
+mod score;
+
+use clap::{Parser, Subcommand};
+use sdrpn_core::backend::DeviceSpec;
+
+/// SD-RPN (self-distilled RoI predictors) on LLaVA-1.5, in Rust on Burn.
+#[derive(Debug, Parser)]
+#[command(name = "sdrpn", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the compiled-in backends and check which devices can start.
+    Devices(devices::DevicesArgs),
+    /// Performance benchmarks (programs that print numbers).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Score predictions with a benchmark metric (exact to lmms-eval).
+    Score(score::ScoreArgs),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Devices(a) => devices::run(a),
+            Command::Bench(b) => bench::run(b),
+            Command::Score(a) => score::run(a),
+        }
+    }
+}
+
+/// Parses `--device` values (`cpu`, `cpu:flex`, `wgpu`, `cuda:1`, ...).
+pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse::<DeviceSpec>().map_err(|e| e.to_string())
+}

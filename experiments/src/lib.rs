@@ -1,0 +1,7 @@
+//! # experiments: the `sdrpn` command line and everything around it
+//!
+//! Benchmark scorers ([`scorers`]), loaders, experiment configs and the
+//! subcommands of the `sdrpn` binary ([`commands`]).
+
+pub mod commands;
+pub mod scorers;

@@ -1,0 +1,112 @@
+//! Greedy generation with a KV cache, EOS and stop conditions, and
+//! per-step attention taps.
+
+use crate::cache::KvCache;
+use crate::error::{LlavaError, Result};
+use crate::model::Llava;
+use crate::taps::{Captured, Taps};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use sdrpn_core::readback::floats;
+
+/// When to stop generating.
+pub struct StopRule<'a> {
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// Token ids that end the answer (kept in the output).
+    pub eos: Vec<u32>,
+    /// Extra test on the tokens so far (e.g. a decoded stop string).
+    pub stop: Option<&'a dyn Fn(&[u32]) -> bool>,
+}
+
+/// What a generation produced.
+#[derive(Debug, Clone)]
+pub struct Generation<B: Backend> {
+    /// The new tokens (a final EOS included).
+    pub tokens: Vec<u32>,
+    /// What the prefill pass captured.
+    pub prefill: Captured<B>,
+    /// Logits of the prefill's last position, `[V]`.
+    pub first_logits: Vec<f32>,
+}
+
+/// Index of the first maximum (what torch.argmax returns on CPU).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+impl<B: Backend> Llava<B> {
+    /// Logits of the last position of `hidden` (`[1, T, D]`), on the host.
+    fn last_logits(&self, hidden: Tensor<B, 3>) -> Result<Vec<f32>> {
+        let [n, t, d] = hidden.dims();
+        let last = hidden.slice([n - 1..n, t - 1..t, 0..d]);
+        Ok(floats(self.language.logits(last))?)
+    }
+
+    /// Greedy decoding from prompt embeddings `[1, T, D]`.
+    ///
+    /// `prefill_taps` are captured during the prompt pass; `step_taps`
+    /// during each decode step, and `on_step(j, captured)` receives them
+    /// for the j-th generated token as it is fed back (so the rows belong
+    /// to query position `T + j`). The last generated token is never fed
+    /// back. `cache` receives the keys and values of everything processed.
+    pub fn generate(
+        &self,
+        embeds: Tensor<B, 3>,
+        cache: &mut KvCache<B>,
+        rule: &StopRule,
+        prefill_taps: &Taps,
+        step_taps: &Taps,
+        mut on_step: impl FnMut(usize, Captured<B>) -> Result<()>,
+    ) -> Result<Generation<B>> {
+        let [n, t, _] = embeds.dims();
+        if n != 1 {
+            return Err(LlavaError::invalid("generation batch", format!("only batch 1 is supported, got {n}")));
+        }
+        if rule.max_new_tokens == 0 {
+            return Err(LlavaError::invalid("max_new_tokens", "must be at least 1"));
+        }
+        let start = cache.len();
+        let out = self.forward(embeds, start, Some(cache), prefill_taps);
+        let first_logits = self.last_logits(out.hidden)?;
+        let mut tokens = vec![argmax(&first_logits) as u32];
+        let device = self.language.device();
+        loop {
+            let last = *tokens.last().expect("at least one token");
+            let done = tokens.len() >= rule.max_new_tokens
+                || rule.eos.contains(&last)
+                || rule.stop.is_some_and(|stop| stop(&tokens));
+            if done {
+                break;
+            }
+            let position = start + t + tokens.len() - 1;
+            let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![last as i64], [1]), &device).reshape([1, 1]);
+            let step = self.forward(self.language.embed(ids), position, Some(cache), step_taps);
+            let logits = self.last_logits(step.hidden)?;
+            on_step(tokens.len() - 1, step.captured)?;
+            tokens.push(argmax(&logits) as u32);
+        }
+        Ok(Generation {
+            tokens,
+            prefill: out.captured,
+            first_logits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[-1.0]), 0);
+    }
+}

@@ -1,0 +1,313 @@
+//! The LLaMA decoder (Vicuna) as HF computes it: RMSNorm, rotate_half RoPE,
+//! causal attention (optionally grouped-query), SiLU-gated MLP, untied head.
+
+use crate::cache::KvCache;
+use crate::config::LlamaConfig;
+use crate::nn::{merge_heads, softmax_f32, split_heads, RmsNorm};
+use crate::taps::{Captured, Taps};
+use crate::weights::TensorLoader;
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use std::ops::Range;
+
+/// Cosines and sines of RoPE for a run of positions, in HF's rotate_half
+/// layout (the half-width table repeated twice).
+#[derive(Debug, Clone)]
+pub struct Rope<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Rope<B> {
+    /// Tables for positions `start..start + len`, computed in f32 the way
+    /// HF does (`inv_freq = 1 / theta^(2i/d)`, `angle = pos * inv_freq`).
+    pub fn new(head_dim: usize, theta: f64, start: usize, len: usize, device: &B::Device) -> Self {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(len * head_dim);
+        let mut sin = Vec::with_capacity(len * head_dim);
+        for pos in start..start + len {
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let angle = pos as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let make = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [len, head_dim]), device).unsqueeze::<4>();
+        Self {
+            cos: make(cos),
+            sin: make(sin),
+        }
+    }
+
+    /// Rotates `[N, H, T, hd]` (T = the table's length).
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [n, h, t, d] = x.dims();
+        let half = d / 2;
+        let rotated = Tensor::cat(
+            vec![
+                x.clone().slice([0..n, 0..h, 0..t, half..d]).neg(),
+                x.clone().slice([0..n, 0..h, 0..t, 0..half]),
+            ],
+            3,
+        );
+        let dtype = x.dtype();
+        x * self.cos.clone().cast(dtype) + rotated * self.sin.clone().cast(dtype)
+    }
+}
+
+/// Causal self-attention of one decoder layer.
+#[derive(Module, Debug)]
+pub struct LlamaAttention<B: Backend> {
+    q_proj: Linear<B>,
+    /// Key projection (the RPN head reuses it).
+    pub k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    o_proj: Linear<B>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    rope_theta: f64,
+}
+
+impl<B: Backend> LlamaAttention<B> {
+    /// The query projection (the RPN head reuses it).
+    pub fn q_proj(&self) -> &Linear<B> {
+        &self.q_proj
+    }
+
+    /// Heads and head width.
+    pub fn heads(&self) -> (usize, usize) {
+        (self.num_heads, self.head_dim)
+    }
+
+    /// Attention over the new positions `start..start+T` and everything in
+    /// `cache` (if given, the new keys/values are appended to it).
+    /// Returns the output and the post-softmax probabilities.
+    ///
+    /// # Shapes
+    /// - `x`: `[N, T, D]` -> (`[N, T, D]`, `[N, H, T, S]`)
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        start: usize,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+        let [_, t, _] = x.dims();
+        let device = x.device();
+        let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let rope = Rope::new(hd, self.rope_theta, start, t, &device);
+        let q = rope.apply(split_heads(self.q_proj.forward(x.clone()), h, hd));
+        let k = rope.apply(split_heads(self.k_proj.forward(x.clone()), hkv, hd));
+        let v = split_heads(self.v_proj.forward(x), hkv, hd);
+        let (k, v) = match cache {
+            Some((cache, layer)) => {
+                let kv = cache.append(layer, k, v);
+                (kv.keys, kv.values)
+            }
+            None => (k, v),
+        };
+        let (k, v) = (repeat_kv(k, h / hkv), repeat_kv(v, h / hkv));
+        let s = k.dims()[2];
+        let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
+        if t > 1 {
+            // Key j is visible to the query at position start+i when j <= start+i.
+            let q_pos = Tensor::<B, 1, Int>::arange(start as i64..(start + t) as i64, &device).reshape([t, 1]);
+            let k_pos = Tensor::<B, 1, Int>::arange(0..s as i64, &device).reshape([1, s]);
+            let mask = k_pos.expand([t, s]).greater(q_pos.expand([t, s]));
+            let [n, _, _, _] = scores.dims();
+            scores = scores.mask_fill(mask.unsqueeze::<4>().expand([n, h, t, s]), f32::NEG_INFINITY);
+        }
+        let probs = softmax_f32(scores);
+        let out = self.o_proj.forward(merge_heads(probs.clone().matmul(v)));
+        (out, probs)
+    }
+}
+
+/// Repeats key/value heads for grouped-query attention.
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, times: usize) -> Tensor<B, 4> {
+    if times == 1 {
+        return x;
+    }
+    let [n, hkv, s, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([n, hkv, times, s, d])
+        .reshape([n, hkv * times, s, d])
+}
+
+/// SiLU-gated MLP.
+#[derive(Module, Debug)]
+pub struct LlamaMlp<B: Backend> {
+    gate_proj: Linear<B>,
+    up_proj: Linear<B>,
+    down_proj: Linear<B>,
+}
+
+impl<B: Backend> LlamaMlp<B> {
+    /// # Shapes
+    /// - `x`: `[N, T, D]` -> `[N, T, D]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+/// One decoder layer.
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer<B: Backend> {
+    /// Pre-attention norm (the RPN head reuses it).
+    pub input_layernorm: RmsNorm<B>,
+    /// Self-attention.
+    pub self_attn: LlamaAttention<B>,
+    post_attention_layernorm: RmsNorm<B>,
+    mlp: LlamaMlp<B>,
+}
+
+impl<B: Backend> LlamaDecoderLayer<B> {
+    fn load(loader: &mut TensorLoader<B>, prefix: &str, cfg: &LlamaConfig) -> Self {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let lin = |l: &mut TensorLoader<B>, name: &str, a: usize, b: usize| l.linear(&format!("{prefix}.{name}"), a, b, false);
+        Self {
+            input_layernorm: RmsNorm::load(loader, &format!("{prefix}.input_layernorm"), d, cfg.rms_norm_eps),
+            self_attn: LlamaAttention {
+                q_proj: lin(loader, "self_attn.q_proj", d, cfg.num_heads * hd),
+                k_proj: lin(loader, "self_attn.k_proj", d, cfg.num_kv_heads * hd),
+                v_proj: lin(loader, "self_attn.v_proj", d, cfg.num_kv_heads * hd),
+                o_proj: lin(loader, "self_attn.o_proj", cfg.num_heads * hd, d),
+                num_heads: cfg.num_heads,
+                num_kv_heads: cfg.num_kv_heads,
+                head_dim: hd,
+                rope_theta: cfg.rope_theta,
+            },
+            post_attention_layernorm: RmsNorm::load(loader, &format!("{prefix}.post_attention_layernorm"), d, cfg.rms_norm_eps),
+            mlp: LlamaMlp {
+                gate_proj: lin(loader, "mlp.gate_proj", d, cfg.intermediate_size),
+                up_proj: lin(loader, "mlp.up_proj", d, cfg.intermediate_size),
+                down_proj: lin(loader, "mlp.down_proj", cfg.intermediate_size, d),
+            },
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[N, T, D]` -> (`[N, T, D]`, probabilities `[N, H, T, S]`)
+    pub fn forward(&self, x: Tensor<B, 3>, start: usize, cache: Option<(&mut KvCache<B>, usize)>) -> (Tensor<B, 3>, Tensor<B, 4>) {
+        let (attn, probs) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), start, cache);
+        let x = x + attn;
+        let out = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
+        (out, probs)
+    }
+}
+
+impl<B: Backend> sdrpn_core::rpn::TwigLayer<B> for LlamaDecoderLayer<B> {
+    fn forward_twig(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward(x, 0, None).0
+    }
+}
+
+/// The language model: embeddings, decoder layers, final norm, lm_head.
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    embed_tokens: Embedding<B>,
+    /// The decoder layers.
+    pub layers: Vec<LlamaDecoderLayer<B>>,
+    /// The final norm.
+    pub norm: RmsNorm<B>,
+    lm_head: Linear<B>,
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Loads `language_model.model.*` and `language_model.lm_head`.
+    pub fn load(loader: &mut TensorLoader<B>, cfg: &LlamaConfig) -> Self {
+        let (v, d) = (cfg.vocab_size, cfg.hidden_size);
+        let embed = loader.tensor("language_model.model.embed_tokens.weight", [v, d]);
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear {
+                weight: Param::from_tensor(embed.clone().transpose()),
+                bias: None,
+            }
+        } else {
+            loader.linear("language_model.lm_head", d, v, false)
+        };
+        Self {
+            embed_tokens: Embedding {
+                weight: Param::from_tensor(embed),
+            },
+            layers: (0..cfg.num_layers)
+                .map(|i| LlamaDecoderLayer::load(loader, &format!("language_model.model.layers.{i}"), cfg))
+                .collect(),
+            norm: RmsNorm::load(loader, "language_model.model.norm", d, cfg.rms_norm_eps),
+            lm_head,
+        }
+    }
+
+    /// Token embeddings.
+    ///
+    /// # Shapes
+    /// - `ids`: `[N, T]` -> `[N, T, D]`
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Runs decoder layers `layers` over `h` (positions `start..start+T`),
+    /// appending to `cache` when given, and captures what `taps` asks for.
+    /// Hidden states are captured in HF numbering (after layer i -> i+1);
+    /// index L (after the final norm) is left to [`LlamaModel::final_norm`]'s caller.
+    ///
+    /// # Shapes
+    /// - `h`: `[N, T, D]` -> `[N, T, D]`
+    pub fn run_layers(
+        &self,
+        mut h: Tensor<B, 3>,
+        start: usize,
+        layers: Range<usize>,
+        mut cache: Option<&mut KvCache<B>>,
+        taps: &Taps,
+        captured: &mut Captured<B>,
+    ) -> Tensor<B, 3> {
+        let last = self.layers.len();
+        if layers.start == 0 && taps.hidden.contains(&0) {
+            captured.hidden.insert(0, h.clone());
+        }
+        for i in layers {
+            let (out, probs) = self.layers[i].forward(h, start, cache.as_deref_mut().map(|c| (c, i)));
+            h = out;
+            if let Some(kept) = taps.select(i, &probs, start) {
+                captured.attention.insert(i, kept);
+            }
+            if i + 1 < last && taps.hidden.contains(&(i + 1)) {
+                captured.hidden.insert(i + 1, h.clone());
+            }
+        }
+        h
+    }
+
+    /// The final norm.
+    pub fn final_norm(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.norm.forward(h)
+    }
+
+    /// Logits of normed hidden states.
+    ///
+    /// # Shapes
+    /// - `h`: `[N, T, D]` -> `[N, T, V]`
+    pub fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.lm_head.forward(h)
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.weight.device()
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}

@@ -1,0 +1,323 @@
+//! Reading HF safetensors checkpoints: a single `model.safetensors` or
+//! shards listed in `model.safetensors.index.json`, stored as f32, f16 or
+//! bf16, in the llava-hf key layout or the newer transformers layout.
+//!
+//! Keys are renamed to one canonical layout (llava-hf's) on open; the
+//! loader then hands tensors out by canonical name, checks every shape,
+//! and at the end reports every missing, unexpected and wrongly shaped
+//! tensor at once.
+
+use crate::error::{LlavaError, Result};
+use burn::nn::Linear;
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Where one tensor lives.
+#[derive(Debug, Clone)]
+struct Entry {
+    file: usize,
+    original: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    range: (usize, usize),
+}
+
+/// An opened checkpoint: memory-mapped files and a table of tensors by
+/// canonical name. Nothing is read until a tensor is asked for.
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Mmap)>,
+    entries: BTreeMap<String, Entry>,
+}
+
+/// Renames a key of the newer transformers layout to the llava-hf layout.
+pub fn canonical_name(key: &str) -> String {
+    const RULES: [(&str, &str); 4] = [
+        ("model.language_model.", "language_model.model."),
+        ("model.vision_tower.", "vision_tower."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+        ("lm_head.", "language_model.lm_head."),
+    ];
+    for (from, to) in RULES {
+        if let Some(rest) = key.strip_prefix(from) {
+            return format!("{to}{rest}");
+        }
+    }
+    key.to_string()
+}
+
+/// Buffers that some checkpoints carry and the model recomputes.
+fn is_ignorable_buffer(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || name.ends_with("embeddings.position_ids")
+}
+
+impl Checkpoint {
+    /// Opens the checkpoint in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let shard_names: Vec<String> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| LlavaError::io(&index, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| LlavaError::Json {
+                path: index.clone(),
+                reason: e.to_string(),
+            })?;
+            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LlavaError::Json {
+                path: index.clone(),
+                reason: "no \"weight_map\" object".into(),
+            })?;
+            let set: BTreeSet<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            set.into_iter().collect()
+        } else if single.exists() {
+            vec!["model.safetensors".into()]
+        } else {
+            return Err(LlavaError::invalid(
+                "checkpoint",
+                format!(
+                    "{} holds neither model.safetensors nor model.safetensors.index.json",
+                    dir.display()
+                ),
+            ));
+        };
+        let mut files = Vec::new();
+        let mut entries = BTreeMap::new();
+        for name in shard_names {
+            let path = dir.join(&name);
+            let file = File::open(&path).map_err(|e| LlavaError::io(&path, e))?;
+            // SAFETY: the file is only read; a concurrent writer is outside our contract.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| LlavaError::io(&path, e))?;
+            let (header, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| LlavaError::Safetensors {
+                path: path.clone(),
+                reason: format!("not a valid safetensors file: {e}"),
+            })?;
+            let start = 8 + header;
+            for (key, info) in meta.tensors() {
+                let canonical = canonical_name(&key);
+                let entry = Entry {
+                    file: files.len(),
+                    original: key.clone(),
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: (start + info.data_offsets.0, start + info.data_offsets.1),
+                };
+                if let Some(prev) = entries.insert(canonical.clone(), entry) {
+                    return Err(LlavaError::Safetensors {
+                        path,
+                        reason: format!("tensor {canonical} is stored twice (also as {})", prev.original),
+                    });
+                }
+            }
+            files.push((path, mmap));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            entries,
+        })
+    }
+
+    /// The checkpoint folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Canonical names of all stored tensors.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Shape of a stored tensor, by canonical name.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// The values of a tensor as f32, whatever the stored float dtype.
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| LlavaError::invalid("tensor name", format!("{name} is not in {}", self.dir.display())))?;
+        let (path, mmap) = &self.files[e.file];
+        let bytes = mmap.get(e.range.0..e.range.1).ok_or_else(|| LlavaError::Safetensors {
+            path: path.clone(),
+            reason: format!("tensor {} points past the end of the file (truncated download?)", e.original),
+        })?;
+        let count: usize = e.shape.iter().product();
+        let width = match e.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            other => {
+                return Err(LlavaError::Safetensors {
+                    path: path.clone(),
+                    reason: format!("tensor {} has dtype {other:?}; only F32, F16 and BF16 are supported", e.original),
+                })
+            }
+        };
+        if bytes.len() != count * width {
+            return Err(LlavaError::Safetensors {
+                path: path.clone(),
+                reason: format!(
+                    "tensor {} holds {} bytes, its shape {:?} needs {}",
+                    e.original,
+                    bytes.len(),
+                    e.shape,
+                    count * width
+                ),
+            });
+        }
+        Ok(match e.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        })
+    }
+}
+
+/// Hands tensors of a [`Checkpoint`] to model constructors, recording every
+/// problem instead of stopping at the first.
+pub struct TensorLoader<'a, B: Backend> {
+    checkpoint: &'a Checkpoint,
+    device: B::Device,
+    taken: BTreeSet<String>,
+    missing: Vec<String>,
+    wrong_shape: Vec<String>,
+    failed: Option<LlavaError>,
+}
+
+impl<'a, B: Backend> TensorLoader<'a, B> {
+    /// A loader that creates tensors on `device` (in the device's default float dtype).
+    pub fn new(checkpoint: &'a Checkpoint, device: &B::Device) -> Self {
+        Self {
+            checkpoint,
+            device: device.clone(),
+            taken: BTreeSet::new(),
+            missing: Vec::new(),
+            wrong_shape: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// The device tensors are created on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// The tensor `name` with the given shape. On any problem the problem is
+    /// recorded and zeros are returned, so construction can go on and report
+    /// everything in [`TensorLoader::finish`].
+    pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Tensor<B, D> {
+        match self.values(name, &shape) {
+            Some(values) => Tensor::from_data(TensorData::new(values, shape), &self.device),
+            None => Tensor::zeros(shape, &self.device),
+        }
+    }
+
+    /// The values of `name` as f32 if it exists with `shape`; records the problem otherwise.
+    fn values(&mut self, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
+        self.taken.insert(name.to_string());
+        match self.checkpoint.shape(name) {
+            None => self.missing.push(name.to_string()),
+            Some(found) if found != shape => {
+                self.wrong_shape.push(format!("{name}: expected {shape:?}, found {found:?}"));
+            }
+            Some(_) => match self.checkpoint.read_f32(name) {
+                Ok(values) => return Some(values),
+                Err(e) => {
+                    self.failed.get_or_insert(e);
+                }
+            },
+        }
+        None
+    }
+
+    /// A linear layer stored PyTorch-style (`weight [out, in]`, optional
+    /// `bias [out]`), transposed on the host to Burn's `[in, out]` so every
+    /// backend gets a contiguous weight.
+    pub fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Linear<B> {
+        self.linear_stored_as(prefix, &[d_out, d_in], d_in, d_out, bias)
+    }
+
+    /// Like [`TensorLoader::linear`] for a weight stored with another shape
+    /// of `d_out` rows (a patch-embedding convolution `[out, c, k, k]` is a
+    /// linear map of flattened patches).
+    pub fn linear_stored_as(&mut self, prefix: &str, stored: &[usize], d_in: usize, d_out: usize, bias: bool) -> Linear<B> {
+        let weight = match self.values(&format!("{prefix}.weight"), stored) {
+            Some(w) => {
+                let mut t = vec![0.0f32; w.len()];
+                for (o, row) in w.chunks_exact(d_in).enumerate() {
+                    for (i, &v) in row.iter().enumerate() {
+                        t[i * d_out + o] = v;
+                    }
+                }
+                Tensor::from_data(TensorData::new(t, [d_in, d_out]), &self.device)
+            }
+            None => Tensor::zeros([d_in, d_out], &self.device),
+        };
+        let bias = bias.then(|| Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [d_out])));
+        Linear {
+            weight: Param::from_tensor(weight),
+            bias,
+        }
+    }
+
+    /// Reports missing, unexpected and wrongly shaped tensors, or the first
+    /// read error. Stored tensors the model did not take are unexpected,
+    /// except recomputed buffers and the names `unused` accepts (parts of
+    /// the checkpoint this model deliberately does not run).
+    pub fn finish(self, unused: impl Fn(&str) -> bool) -> Result<()> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let unexpected: Vec<String> = self
+            .checkpoint
+            .names()
+            .filter(|n| !self.taken.contains(*n) && !is_ignorable_buffer(n) && !unused(n))
+            .map(str::to_string)
+            .collect();
+        if self.missing.is_empty() && unexpected.is_empty() && self.wrong_shape.is_empty() {
+            return Ok(());
+        }
+        Err(LlavaError::Checkpoint {
+            dir: self.checkpoint.dir.clone(),
+            missing: self.missing,
+            unexpected,
+            wrong_shape: self.wrong_shape,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_layout_keys_map_to_llava_hf() {
+        assert_eq!(
+            canonical_name("model.language_model.layers.3.mlp.up_proj.weight"),
+            "language_model.model.layers.3.mlp.up_proj.weight"
+        );
+        assert_eq!(canonical_name("lm_head.weight"), "language_model.lm_head.weight");
+        assert_eq!(
+            canonical_name("model.vision_tower.vision_model.pre_layrnorm.bias"),
+            "vision_tower.vision_model.pre_layrnorm.bias"
+        );
+        assert_eq!(
+            canonical_name("model.multi_modal_projector.linear_1.weight"),
+            "multi_modal_projector.linear_1.weight"
+        );
+        // Already canonical names stay.
+        assert_eq!(canonical_name("language_model.lm_head.weight"), "language_model.lm_head.weight");
+    }
+}

@@ -1,0 +1,78 @@
+//! Shared helpers of the parity tests: fixture paths, reference files,
+//! error measures.
+#![allow(dead_code)]
+
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub type B = sdrpn_core::backend::CpuBackend;
+
+pub fn device() -> burn::tensor::Device<B> {
+    Default::default()
+}
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+/// A reference safetensors file, fully read.
+pub struct Reference {
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f64>)>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Reference {
+    pub fn open(name: &str) -> Self {
+        let path = fixtures().join("reference").join(format!("{name}.safetensors"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let data = view.data();
+                let values: Vec<f64> = match view.dtype() {
+                    Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                    Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                    Dtype::U8 => data.iter().map(|&b| b as f64).collect(),
+                    other => panic!("unexpected dtype {other:?}"),
+                };
+                (name, (view.shape().to_vec(), values))
+            })
+            .collect();
+        Self { tensors, metadata }
+    }
+
+    pub fn get(&self, name: &str) -> &(Vec<usize>, Vec<f64>) {
+        self.tensors.get(name).unwrap_or_else(|| panic!("reference lacks {name}"))
+    }
+
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        self.get(name).1.iter().map(|&v| v as u32).collect()
+    }
+
+    pub fn meta(&self, key: &str) -> &str {
+        self.metadata.get(key).unwrap_or_else(|| panic!("reference metadata lacks {key}"))
+    }
+}
+
+/// ||a - b|| / ||b||.
+pub fn relative_error(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// max |a - b|.
+pub fn max_abs_error(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
+}

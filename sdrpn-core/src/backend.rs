@@ -21,9 +21,10 @@ pub enum CpuKind {
     Flex,
 }
 
-/// The CPU backend used by `--device cpu`: the faster of the two on our
-/// transformer benchmark (see BENCHMARKS.md), when compiled in.
-pub const DEFAULT_CPU: CpuKind = if cfg!(feature = "flex") && !cfg!(feature = "ndarray") {
+/// The CPU backend used by `--device cpu`: flex, the faster of the two on
+/// a transformer forward pass (2.3x ndarray in release on 2 cores, see
+/// BENCHMARKS.md), unless only ndarray is compiled in.
+pub const DEFAULT_CPU: CpuKind = if cfg!(feature = "flex") {
     CpuKind::Flex
 } else {
     CpuKind::NdArray
@@ -249,12 +250,14 @@ mod cuda_driver {
     }
 }
 
-/// The default CPU backend type, for tests and tools that need a concrete one.
-#[cfg(feature = "ndarray")]
-pub type CpuBackend = burn::backend::NdArray;
-/// The default CPU backend type, for tests and tools that need a concrete one.
-#[cfg(all(feature = "flex", not(feature = "ndarray")))]
+/// The default CPU backend type (see [`DEFAULT_CPU`]), for tests and tools
+/// that need a concrete one.
+#[cfg(feature = "flex")]
 pub type CpuBackend = burn::backend::Flex;
+/// The default CPU backend type (see [`DEFAULT_CPU`]), for tests and tools
+/// that need a concrete one.
+#[cfg(all(feature = "ndarray", not(feature = "flex")))]
+pub type CpuBackend = burn::backend::NdArray;
 
 /// The WGPU backend type (for the cross-backend tests).
 #[cfg(feature = "wgpu")]

@@ -29,7 +29,12 @@ pub struct AttentionAccumulator<B: Backend> {
 impl<B: Backend> AttentionAccumulator<B> {
     /// An empty accumulator for `heads`, whose visual tokens sit at key
     /// positions `visual` (as many as `grid` has cells).
-    pub fn new(heads: ResolvedHeads, visual: Range<usize>, grid: Grid, device: &B::Device) -> Result<Self> {
+    pub fn new(
+        heads: ResolvedHeads,
+        visual: Range<usize>,
+        grid: Grid,
+        device: &B::Device,
+    ) -> Result<Self> {
         grid.check_len("visual token range", visual.len())?;
         if heads.pair_count() == 0 {
             return Err(CoreError::config("head selection", "selects no head"));
@@ -67,7 +72,9 @@ impl<B: Backend> AttentionAccumulator<B> {
             .layers
             .iter()
             .position(|(l, _)| *l == layer)
-            .ok_or_else(|| CoreError::config("attention rows", format!("layer {layer} was not selected")))?;
+            .ok_or_else(|| {
+                CoreError::config("attention rows", format!("layer {layer} was not selected"))
+            })?;
         let [steps, num_heads, keys] = rows.dims();
         let max_head = self.heads.layers[slot].1.iter().copied().max().unwrap_or(0);
         if max_head >= num_heads || keys < self.visual.end {
@@ -80,7 +87,11 @@ impl<B: Backend> AttentionAccumulator<B> {
         let chosen = rows
             .cast(DType::F32)
             .select(1, self.head_index[slot].clone())
-            .slice([0..steps, 0..self.heads.layers[slot].1.len(), self.visual.clone()]);
+            .slice([
+                0..steps,
+                0..self.heads.layers[slot].1.len(),
+                self.visual.clone(),
+            ]);
         let summed: Tensor<B, 1> = chosen.sum_dim(0).sum_dim(1).flatten(0, 2);
         self.sum = self.sum.clone() + summed;
         self.rows += steps * self.heads.layers[slot].1.len();
@@ -117,8 +128,13 @@ mod tests {
     #[test]
     fn mean_over_selected_heads_and_steps_sliced_to_visual_tokens() {
         // 2 steps, 3 heads, 5 keys; visual tokens are keys 1..5 (a 2x2 grid).
-        let heads = "0:0,2".parse::<crate::HeadSelection>().unwrap().resolve(1, 3).unwrap();
-        let mut acc = AttentionAccumulator::<B>::new(heads, 1..5, Grid::new(2, 2).unwrap(), &dev()).unwrap();
+        let heads = "0:0,2"
+            .parse::<crate::HeadSelection>()
+            .unwrap()
+            .resolve(1, 3)
+            .unwrap();
+        let mut acc =
+            AttentionAccumulator::<B>::new(heads, 1..5, Grid::new(2, 2).unwrap(), &dev()).unwrap();
         #[rustfmt::skip]
         let data = vec![
             // step 0: head 0, head 1 (ignored), head 2
@@ -134,22 +150,41 @@ mod tests {
 
     #[test]
     fn rows_of_several_layers_weigh_equally() {
-        let heads = "1:0;0:1".parse::<crate::HeadSelection>().unwrap().resolve(2, 2).unwrap();
-        let mut acc = AttentionAccumulator::<B>::new(heads, 0..1, Grid::new(1, 1).unwrap(), &dev()).unwrap();
+        let heads = "1:0;0:1"
+            .parse::<crate::HeadSelection>()
+            .unwrap()
+            .resolve(2, 2)
+            .unwrap();
+        let mut acc =
+            AttentionAccumulator::<B>::new(heads, 0..1, Grid::new(1, 1).unwrap(), &dev()).unwrap();
         acc.add(1, rows(vec![3.0, 100.0], [1, 2, 1])).unwrap();
-        acc.add(0, rows(vec![100.0, 1.0, 100.0, 2.0], [2, 2, 1])).unwrap();
+        acc.add(0, rows(vec![100.0, 1.0, 100.0, 2.0], [2, 2, 1]))
+            .unwrap();
         // (3 + 1 + 2) / 3 rows.
-        assert_eq!(acc.finish().unwrap().into_data().to_vec::<f32>().unwrap(), vec![2.0]);
+        assert_eq!(
+            acc.finish().unwrap().into_data().to_vec::<f32>().unwrap(),
+            vec![2.0]
+        );
     }
 
     #[test]
     fn errors_name_the_problem() {
-        let heads = "0:3".parse::<crate::HeadSelection>().unwrap().resolve(1, 4).unwrap();
+        let heads = "0:3"
+            .parse::<crate::HeadSelection>()
+            .unwrap()
+            .resolve(1, 4)
+            .unwrap();
         let grid = Grid::new(1, 2).unwrap();
         assert!(AttentionAccumulator::<B>::new(heads.clone(), 0..3, grid, &dev()).is_err());
         let mut acc = AttentionAccumulator::<B>::new(heads, 0..2, grid, &dev()).unwrap();
-        assert!(acc.add(5, rows(vec![0.0; 8], [1, 4, 2])).is_err(), "unselected layer");
-        assert!(acc.add(0, rows(vec![0.0; 6], [1, 3, 2])).is_err(), "too few heads");
+        assert!(
+            acc.add(5, rows(vec![0.0; 8], [1, 4, 2])).is_err(),
+            "unselected layer"
+        );
+        assert!(
+            acc.add(0, rows(vec![0.0; 6], [1, 3, 2])).is_err(),
+            "too few heads"
+        );
         assert!(acc.clone().finish().is_err(), "nothing added");
     }
 }

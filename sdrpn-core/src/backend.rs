@@ -125,23 +125,84 @@ fn not_compiled(spec: &DeviceSpec, feature: &str) -> CoreError {
     ))
 }
 
-/// Runs `job` on the backend and device named by `spec`.
+/// The float precision models compute in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit floats (CPU backends support only this).
+    #[default]
+    F32,
+    /// IEEE half precision (GPU backends).
+    F16,
+    /// bfloat16 (CUDA; not on lavapipe).
+    Bf16,
+}
+
+impl FromStr for Precision {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Precision::F32),
+            "f16" | "float16" | "half" => Ok(Precision::F16),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(CoreError::Device(format!(
+                "unknown precision {other:?}: use f32, f16 or bf16"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Runs `job` on the backend and device named by `spec`, in f32.
 ///
 /// Fails with a clear error when the backend was not compiled in, when no
 /// WGPU adapter exists, or when the CUDA driver cannot be loaded or has no
 /// GPU of that index.
 pub fn run_on<J: BackendJob>(spec: &DeviceSpec, job: J) -> Result<J::Output> {
+    run_on_with(spec, Precision::F32, job)
+}
+
+/// Like [`run_on`], with every float tensor created on the device in
+/// `precision` (an error names the device when it lacks that dtype).
+pub fn run_on_with<J: BackendJob>(
+    spec: &DeviceSpec,
+    precision: Precision,
+    job: J,
+) -> Result<J::Output> {
     match *spec {
+        DeviceSpec::Cpu(_) if precision != Precision::F32 => Err(CoreError::Device(format!(
+            "the CPU backends compute in f32 only; {precision} needs --device wgpu or cuda"
+        ))),
         DeviceSpec::Cpu(kind) => match kind.unwrap_or(DEFAULT_CPU) {
             CpuKind::NdArray => {
                 #[cfg(feature = "ndarray")]
-                return Ok(job.run::<burn::backend::NdArray>(Default::default()));
+                return start::<burn::backend::NdArray, J>(
+                    Default::default(),
+                    spec,
+                    precision,
+                    None,
+                    job,
+                );
                 #[cfg(not(feature = "ndarray"))]
                 Err(not_compiled(spec, "ndarray"))
             }
             CpuKind::Flex => {
                 #[cfg(feature = "flex")]
-                return Ok(job.run::<burn::backend::Flex>(Default::default()));
+                return start::<burn::backend::Flex, J>(
+                    Default::default(),
+                    spec,
+                    precision,
+                    None,
+                    job,
+                );
                 #[cfg(not(feature = "flex"))]
                 Err(not_compiled(spec, "flex"))
             }
@@ -151,8 +212,8 @@ pub fn run_on<J: BackendJob>(spec: &DeviceSpec, job: J) -> Result<J::Output> {
             {
                 use burn::backend::wgpu::WgpuDevice;
                 let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
-                probe::<burn::backend::Wgpu>(&device, spec, "no WGPU adapter could be started (on Linux install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers libvulkan1`)")?;
-                return Ok(job.run::<burn::backend::Wgpu>(device));
+                let hint = "no WGPU adapter could be started (on Linux install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers libvulkan1`)";
+                return start::<burn::backend::Wgpu, J>(device, spec, precision, Some(hint), job);
             }
             #[cfg(not(feature = "wgpu"))]
             {
@@ -165,7 +226,7 @@ pub fn run_on<J: BackendJob>(spec: &DeviceSpec, job: J) -> Result<J::Output> {
             {
                 cuda_driver::check(index)?;
                 let device = burn::backend::cuda::CudaDevice::new(index);
-                return Ok(job.run::<burn::backend::Cuda>(device));
+                return start::<burn::backend::Cuda, J>(device, spec, precision, None, job);
             }
             #[cfg(not(feature = "cuda"))]
             {
@@ -176,6 +237,35 @@ pub fn run_on<J: BackendJob>(spec: &DeviceSpec, job: J) -> Result<J::Output> {
     }
 }
 
+/// Sets the device's float dtype, probes it when asked, and runs the job.
+#[allow(dead_code)]
+fn start<B: Backend, J: BackendJob>(
+    device: B::Device,
+    spec: &DeviceSpec,
+    precision: Precision,
+    probe_hint: Option<&str>,
+    job: J,
+) -> Result<J::Output> {
+    use burn::tensor::FloatDType;
+    let dtype = match precision {
+        Precision::F32 => None,
+        Precision::F16 => Some(FloatDType::F16),
+        Precision::Bf16 => Some(FloatDType::BF16),
+    };
+    if let Some(dtype) = dtype {
+        let int_dtype = burn::tensor::get_device_settings::<B>(&device).int_dtype;
+        burn::tensor::set_default_dtypes::<B>(&device, dtype, int_dtype).map_err(|e| {
+            CoreError::Device(format!(
+                "device {spec} cannot compute in {precision}: {e:?}"
+            ))
+        })?;
+    }
+    if let Some(hint) = probe_hint {
+        probe::<B>(&device, spec, hint)?;
+    }
+    Ok(job.run::<B>(device))
+}
+
 /// Runs a tiny computation on `device`, turning a panic inside the backend
 /// (no adapter, no driver) into an error.
 #[allow(dead_code)]
@@ -184,22 +274,24 @@ fn probe<B: Backend>(device: &B::Device, spec: &DeviceSpec, hint: &str) -> Resul
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        burn::tensor::Tensor::<B, 1>::ones([1], &device)
-            .into_data()
-            .to_vec::<f32>()
+        crate::readback::floats(burn::tensor::Tensor::<B, 1>::ones([1], &device))
             .map(|v| v == [1.0])
     }));
     std::panic::set_hook(previous);
     match outcome {
         Ok(Ok(true)) => Ok(()),
-        Ok(_) => Err(CoreError::Device(format!("device {spec} returned wrong results on a probe"))),
+        Ok(_) => Err(CoreError::Device(format!(
+            "device {spec} returned wrong results on a probe"
+        ))),
         Err(panic) => {
             let why = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            Err(CoreError::Device(format!("device {spec} is not usable: {hint}. Backend said: {why}")))
+            Err(CoreError::Device(format!(
+                "device {spec} is not usable: {hint}. Backend said: {why}"
+            )))
         }
     }
 }
@@ -270,10 +362,19 @@ mod tests {
     #[test]
     fn parses_device_strings() {
         assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu(None));
-        assert_eq!("CPU:flex".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu(Some(CpuKind::Flex)));
-        assert_eq!("wgpu:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu(Some(1)));
+        assert_eq!(
+            "CPU:flex".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Cpu(Some(CpuKind::Flex))
+        );
+        assert_eq!(
+            "wgpu:1".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Wgpu(Some(1))
+        );
         assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
-        assert_eq!("cuda:2".parse::<DeviceSpec>().unwrap().to_string(), "cuda:2");
+        assert_eq!(
+            "cuda:2".parse::<DeviceSpec>().unwrap().to_string(),
+            "cuda:2"
+        );
         for bad in ["gpu", "cuda:x", "cpu:mkl", ""] {
             assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
         }
@@ -283,7 +384,11 @@ mod tests {
     impl BackendJob for Sum {
         type Output = f32;
         fn run<B: Backend>(self, device: B::Device) -> f32 {
-            burn::tensor::Tensor::<B, 1>::from_floats([1.0, 2.0], &device).sum().into_data().to_vec::<f32>().unwrap()[0]
+            burn::tensor::Tensor::<B, 1>::from_floats([1.0, 2.0], &device)
+                .sum()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()[0]
         }
     }
 
@@ -291,7 +396,10 @@ mod tests {
     fn runs_a_job_on_the_cpu_backends() {
         assert_eq!(run_on(&DeviceSpec::Cpu(None), Sum).unwrap(), 3.0);
         #[cfg(feature = "flex")]
-        assert_eq!(run_on(&DeviceSpec::Cpu(Some(CpuKind::Flex)), Sum).unwrap(), 3.0);
+        assert_eq!(
+            run_on(&DeviceSpec::Cpu(Some(CpuKind::Flex)), Sum).unwrap(),
+            3.0
+        );
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -10,7 +10,11 @@ use burn::tensor::Tensor;
 pub fn gaussian_kernel3(sigma: f64) -> [f32; 3] {
     let side = (-0.5 / (sigma * sigma)).exp();
     let total = 1.0 + 2.0 * side;
-    [(side / total) as f32, (1.0 / total) as f32, (side / total) as f32]
+    [
+        (side / total) as f32,
+        (1.0 / total) as f32,
+        (side / total) as f32,
+    ]
 }
 
 /// Blurs each `R x C` map with a separable 3x3 Gaussian (rows, then
@@ -28,7 +32,10 @@ pub fn gaussian_blur3<B: Backend>(maps: Tensor<B, 3>, sigma: f64) -> Result<Tens
         ));
     }
     if !(sigma.is_finite() && sigma > 0.0) {
-        return Err(CoreError::config("blur sigma", format!("must be positive, got {sigma}")));
+        return Err(CoreError::config(
+            "blur sigma",
+            format!("must be positive, got {sigma}"),
+        ));
     }
     let k = gaussian_kernel3(sigma);
     Ok(blur_along(blur_along(maps, 1, k), 2, k))
@@ -70,7 +77,11 @@ mod tests {
         let mut v = [0.0f32; 9];
         v[4] = 1.0;
         let x = Tensor::<B, 1>::from_floats(v, &dev()).reshape([1, 3, 3]);
-        let out = gaussian_blur3(x, 1.0).unwrap().into_data().to_vec::<f32>().unwrap();
+        let out = gaussian_blur3(x, 1.0)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let [s, m, _] = gaussian_kernel3(1.0);
         // Columns 0 and 2 both see the hot column 1 twice (once through the
         // reflected pad), so their weight is 2s; column 1 gets m.
@@ -78,7 +89,11 @@ mod tests {
         for row in 0..3 {
             for col in 0..3 {
                 let want = w(if row == 1 { 1 } else { 0 }) * w(if col == 1 { 1 } else { 0 });
-                assert!((out[row * 3 + col] - want).abs() < 1e-6, "({row},{col}) {} vs {want}", out[row * 3 + col]);
+                assert!(
+                    (out[row * 3 + col] - want).abs() < 1e-6,
+                    "({row},{col}) {} vs {want}",
+                    out[row * 3 + col]
+                );
             }
         }
     }
@@ -86,7 +101,11 @@ mod tests {
     #[test]
     fn constant_maps_stay_constant() {
         let x = Tensor::<B, 3>::ones([2, 4, 5], &dev()) * 0.3;
-        let out = gaussian_blur3(x, 1.0).unwrap().into_data().to_vec::<f32>().unwrap();
+        let out = gaussian_blur3(x, 1.0)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         assert!(out.iter().all(|v| (v - 0.3).abs() < 1e-6));
     }
 

@@ -31,7 +31,10 @@ impl TokenBox {
     /// The tight box of the true cells of a grid-sized mask, `None` when
     /// the mask is empty.
     pub fn of_mask(mask: &[bool], grid: Grid) -> Option<Self> {
-        Self::of_cells(mask.iter().enumerate().filter(|(_, &m)| m).map(|(i, _)| i), grid)
+        Self::of_cells(
+            mask.iter().enumerate().filter(|(_, &m)| m).map(|(i, _)| i),
+            grid,
+        )
     }
 
     /// The tight box of the given row-major cell indices.
@@ -39,7 +42,12 @@ impl TokenBox {
         cells.into_iter().fold(None, |acc: Option<Self>, i| {
             let (r, c) = grid.row_col(i);
             Some(match acc {
-                None => Self { x0: c, y0: r, x1: c + 1, y1: r + 1 },
+                None => Self {
+                    x0: c,
+                    y0: r,
+                    x1: c + 1,
+                    y1: r + 1,
+                },
                 Some(b) => Self {
                     x0: b.x0.min(c),
                     y0: b.y0.min(r),
@@ -148,7 +156,11 @@ impl SizeRules {
         let w = (extent + 1.0).max(3.0);
         let centre = (start + end) as f64 / 2.0;
         let lo = (centre - w / 2.0).trunc().max(0.0) as usize;
-        let limit = if self.border_clamp_quirk { len - 1 } else { len };
+        let limit = if self.border_clamp_quirk {
+            len - 1
+        } else {
+            len
+        };
         let hi = ((centre + w / 2.0).trunc() as usize).min(limit);
         (lo, hi)
     }
@@ -184,7 +196,15 @@ mod tests {
         let comps = connected_components(&m, grid());
         assert_eq!(comps.len(), 3);
         assert_eq!(comps[0].cells, vec![grid().index(2, 20)]);
-        assert_eq!(comps[1].bbox, TokenBox { x0: 5, y0: 5, x1: 7, y1: 7 });
+        assert_eq!(
+            comps[1].bbox,
+            TokenBox {
+                x0: 5,
+                y0: 5,
+                x1: 7,
+                y1: 7
+            }
+        );
         assert_eq!(comps[2].cells.len(), 2);
     }
 
@@ -195,7 +215,12 @@ mod tests {
         let square: Vec<_> = (0..15).flat_map(|r| (0..15).map(move |c| (r, c))).collect();
         assert_eq!(
             rules.apply(&single(&square), grid()),
-            Some(TokenBox { x0: 0, y0: 0, x1: 15, y1: 15 })
+            Some(TokenBox {
+                x0: 0,
+                y0: 0,
+                x1: 15,
+                y1: 15
+            })
         );
         let mut bigger = square.clone();
         bigger.push((15, 0));
@@ -205,7 +230,15 @@ mod tests {
     #[test]
     fn size_four_is_kept_as_is() {
         let c = single(&[(3, 3), (3, 4), (4, 3), (4, 4)]);
-        assert_eq!(SizeRules::default().apply(&c, grid()), Some(TokenBox { x0: 3, y0: 3, x1: 5, y1: 5 }));
+        assert_eq!(
+            SizeRules::default().apply(&c, grid()),
+            Some(TokenBox {
+                x0: 3,
+                y0: 3,
+                x1: 5,
+                y1: 5
+            })
+        );
     }
 
     #[test]
@@ -214,12 +247,22 @@ mod tests {
         // Horizontal pair at row 10, cols 5-6: x extent 2 -> [4, 7), y extent 1 -> [9, 12).
         assert_eq!(
             rules.apply(&single(&[(10, 5), (10, 6)]), grid()),
-            Some(TokenBox { x0: 4, y0: 9, x1: 7, y1: 12 })
+            Some(TokenBox {
+                x0: 4,
+                y0: 9,
+                x1: 7,
+                y1: 12
+            })
         );
         // Vertical line of 3 at col 8, rows 2-4: y extent 3 -> 4 cells [1, 5); x -> [7, 10).
         assert_eq!(
             rules.apply(&single(&[(2, 8), (3, 8), (4, 8)]), grid()),
-            Some(TokenBox { x0: 7, y0: 1, x1: 10, y1: 5 })
+            Some(TokenBox {
+                x0: 7,
+                y0: 1,
+                x1: 10,
+                y1: 5
+            })
         );
     }
 
@@ -228,11 +271,27 @@ mod tests {
         // Pair in the bottom row 23, cols 0-1.
         let c = single(&[(23, 0), (23, 1)]);
         // x: extent 2 at 0 -> int(-0.5) = 0 -> [0, 2); y: extent 1 at 23 -> [22, min(23, 25)) = [22, 23).
-        assert_eq!(SizeRules::default().apply(&c, grid()), Some(TokenBox { x0: 0, y0: 22, x1: 2, y1: 23 }));
+        assert_eq!(
+            SizeRules::default().apply(&c, grid()),
+            Some(TokenBox {
+                x0: 0,
+                y0: 22,
+                x1: 2,
+                y1: 23
+            })
+        );
         let fixed = SizeRules {
             border_clamp_quirk: false,
             ..SizeRules::default()
         };
-        assert_eq!(fixed.apply(&c, grid()), Some(TokenBox { x0: 0, y0: 22, x1: 2, y1: 24 }));
+        assert_eq!(
+            fixed.apply(&c, grid()),
+            Some(TokenBox {
+                x0: 0,
+                y0: 22,
+                x1: 2,
+                y1: 24
+            })
+        );
     }
 }

@@ -37,12 +37,28 @@ impl PixelBox {
 /// divide by `r`, clamp to the image, truncate.
 ///
 /// Returns `None` when the box lies entirely in the padding (nothing to crop).
-pub fn token_box_to_pixels(token_box: TokenBox, grid: Grid, patch: usize, width: u32, height: u32) -> Result<Option<PixelBox>> {
+pub fn token_box_to_pixels(
+    token_box: TokenBox,
+    grid: Grid,
+    patch: usize,
+    width: u32,
+    height: u32,
+) -> Result<Option<PixelBox>> {
     if width == 0 || height == 0 {
-        return Err(CoreError::config("image size", format!("{width}x{height} has no pixels")));
+        return Err(CoreError::config(
+            "image size",
+            format!("{width}x{height} has no pixels"),
+        ));
     }
-    if token_box.x1 > grid.cols || token_box.y1 > grid.rows || token_box.x0 >= token_box.x1 || token_box.y0 >= token_box.y1 {
-        return Err(CoreError::config("token box", format!("{token_box:?} is empty or outside the {grid} grid")));
+    if token_box.x1 > grid.cols
+        || token_box.y1 > grid.rows
+        || token_box.x0 >= token_box.x1
+        || token_box.y0 >= token_box.y1
+    {
+        return Err(CoreError::config(
+            "token box",
+            format!("{token_box:?} is empty or outside the {grid} grid"),
+        ));
     }
     let (in_w, in_h) = ((grid.cols * patch) as f64, (grid.rows * patch) as f64);
     let r = (in_w / width as f64).min(in_h / height as f64);
@@ -73,8 +89,18 @@ mod tests {
     #[test]
     fn square_image_scales_without_padding() {
         // 672x672: r = 0.5, no pad: token 6 -> pixel 6*14/0.5 = 168.
-        let b = token_box_to_pixels(tb(6, 0, 12, 24), Grid::llava_1_5(), 14, 672, 672).unwrap().unwrap();
-        assert_eq!(b, PixelBox { x0: 168, y0: 0, x1: 336, y1: 672 });
+        let b = token_box_to_pixels(tb(6, 0, 12, 24), Grid::llava_1_5(), 14, 672, 672)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b,
+            PixelBox {
+                x0: 168,
+                y0: 0,
+                x1: 336,
+                y1: 672
+            }
+        );
     }
 
     #[test]
@@ -82,16 +108,31 @@ mod tests {
         // 1000x500: r = 0.336, scaled height floor(168) -> pad_y = 84 px (6 tokens).
         // Token row 6 -> (84 - 84)/0.336 = 0; row 12 -> (168-84)/0.336 = 250.
         // Column 3 -> 42/0.336 = 125.
-        let b = token_box_to_pixels(tb(3, 6, 24, 12), Grid::llava_1_5(), 14, 1000, 500).unwrap().unwrap();
-        assert_eq!(b, PixelBox { x0: 125, y0: 0, x1: 1000, y1: 250 });
+        let b = token_box_to_pixels(tb(3, 6, 24, 12), Grid::llava_1_5(), 14, 1000, 500)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b,
+            PixelBox {
+                x0: 125,
+                y0: 0,
+                x1: 1000,
+                y1: 250
+            }
+        );
     }
 
     #[test]
     fn boxes_in_the_padding_are_clamped_and_may_vanish() {
         // Rows 0..6 of a 1000x500 image are all padding.
-        assert_eq!(token_box_to_pixels(tb(0, 0, 24, 6), Grid::llava_1_5(), 14, 1000, 500).unwrap(), None);
+        assert_eq!(
+            token_box_to_pixels(tb(0, 0, 24, 6), Grid::llava_1_5(), 14, 1000, 500).unwrap(),
+            None
+        );
         // Rows 0..8 reach 2 token rows into the image: (112 - 84)/0.336 = 83.33 -> 83.
-        let b = token_box_to_pixels(tb(0, 0, 24, 8), Grid::llava_1_5(), 14, 1000, 500).unwrap().unwrap();
+        let b = token_box_to_pixels(tb(0, 0, 24, 8), Grid::llava_1_5(), 14, 1000, 500)
+            .unwrap()
+            .unwrap();
         assert_eq!((b.y0, b.y1), (0, 83));
     }
 
@@ -99,7 +140,9 @@ mod tests {
     fn tall_image_and_odd_sizes_truncate() {
         // 97x61 upscaled: r = min(336/97, 336/61) = 3.4639..., width scaled floor(336) no x pad,
         // height floor(61*r)=211 -> pad_y = 62.5.
-        let b = token_box_to_pixels(tb(1, 5, 2, 6), Grid::llava_1_5(), 14, 97, 61).unwrap().unwrap();
+        let b = token_box_to_pixels(tb(1, 5, 2, 6), Grid::llava_1_5(), 14, 97, 61)
+            .unwrap()
+            .unwrap();
         let r = 336.0f32 / 97.0;
         assert_eq!(b.x0, (14.0 / r) as u32);
         assert_eq!(b.y0, ((70.0 - 62.5) / r) as u32);

@@ -44,7 +44,9 @@ impl Default for SinkRule {
 /// # Shapes
 /// - `sink_map`: `[N, P]` -> `[N, P]`
 pub fn sinks_from_attention<B: Backend>(sink_map: Tensor<B, 2>, tau: f64) -> Tensor<B, 2, Bool> {
-    sink_map.cast(DType::F32).greater_equal_elem(round_up_f32(tau))
+    sink_map
+        .cast(DType::F32)
+        .greater_equal_elem(round_up_f32(tau))
 }
 
 /// Sinks by massive activations of the hidden states at the visual tokens.
@@ -60,7 +62,10 @@ pub fn sinks_from_activations<B: Backend>(
 ) -> Result<Tensor<B, 2, Bool>> {
     let [n, p, d] = hidden.dims();
     if dims.is_empty() {
-        return Err(CoreError::config("massive-activation dims", "no dimension given"));
+        return Err(CoreError::config(
+            "massive-activation dims",
+            "no dimension given",
+        ));
     }
     if let Some(&bad) = dims.iter().find(|&&x| x >= d) {
         return Err(CoreError::OutOfRange {
@@ -109,7 +114,10 @@ mod tests {
         let a = t2(&[0.3, 0.2, 0.1, 0.4], 1);
         let s = t2(&[0.0, 0.5, 0.0, 2e-3], 1);
         let out = denoise(a, sinks_from_attention(s, 1e-3));
-        assert_eq!(out.into_data().to_vec::<f32>().unwrap(), vec![0.3, 0.0, 0.1, 0.0]);
+        assert_eq!(
+            out.into_data().to_vec::<f32>().unwrap(),
+            vec![0.3, 0.0, 0.1, 0.0]
+        );
     }
 
     #[test]

@@ -60,7 +60,11 @@ pub type Result<T> = std::result::Result<T, CoreError>;
 
 impl CoreError {
     /// Shorthand for [`CoreError::Shape`].
-    pub fn shape(what: impl Into<String>, expected: impl Into<String>, got: impl std::fmt::Debug) -> Self {
+    pub fn shape(
+        what: impl Into<String>,
+        expected: impl Into<String>,
+        got: impl std::fmt::Debug,
+    ) -> Self {
         CoreError::Shape {
             what: what.into(),
             expected: expected.into(),

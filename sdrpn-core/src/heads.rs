@@ -110,9 +110,12 @@ fn err(spec: &str, reason: impl Into<String>) -> CoreError {
 }
 
 fn parse_index(spec: &str, text: &str, what: &str) -> Result<usize> {
-    text.trim()
-        .parse::<usize>()
-        .map_err(|_| err(spec, format!("{what} {:?} is not a non-negative integer", text.trim())))
+    text.trim().parse::<usize>().map_err(|_| {
+        err(
+            spec,
+            format!("{what} {:?} is not a non-negative integer", text.trim()),
+        )
+    })
 }
 
 impl FromStr for HeadSelection {
@@ -135,7 +138,8 @@ impl FromStr for HeadSelection {
                 for item in heads.split(',') {
                     let range = match item.split_once('-') {
                         Some((a, b)) => {
-                            let (a, b) = (parse_index(spec, a, "head")?, parse_index(spec, b, "head")?);
+                            let (a, b) =
+                                (parse_index(spec, a, "head")?, parse_index(spec, b, "head")?);
                             if a > b {
                                 return Err(err(spec, format!("head range {a}-{b} is reversed")));
                             }
@@ -148,7 +152,10 @@ impl FromStr for HeadSelection {
                     };
                     for h in range {
                         if list.contains(&h) {
-                            return Err(err(spec, format!("head {h} of layer {layer} is listed twice")));
+                            return Err(err(
+                                spec,
+                                format!("head {h} of layer {layer} is listed twice"),
+                            ));
                         }
                         list.push(h);
                     }
@@ -223,15 +230,32 @@ mod tests {
     fn rejects_bad_text_with_a_reason() {
         for bad in ["", "14", "x:1", "1:a", "1:3-1", "1:1,1", "1:1;1:2"] {
             let e = bad.parse::<HeadSelection>().unwrap_err();
-            assert!(matches!(e, CoreError::HeadSelection { .. }), "{bad:?} -> {e}");
+            assert!(
+                matches!(e, CoreError::HeadSelection { .. }),
+                "{bad:?} -> {e}"
+            );
         }
     }
 
     #[test]
     fn resolve_checks_ranges_against_the_model() {
         let g: HeadSelection = "3:0".parse().unwrap();
-        assert!(matches!(g.resolve(3, 4), Err(CoreError::OutOfRange { index: 3, limit: 3, .. })));
+        assert!(matches!(
+            g.resolve(3, 4),
+            Err(CoreError::OutOfRange {
+                index: 3,
+                limit: 3,
+                ..
+            })
+        ));
         let g: HeadSelection = "1:4".parse().unwrap();
-        assert!(matches!(g.resolve(3, 4), Err(CoreError::OutOfRange { index: 4, limit: 4, .. })));
+        assert!(matches!(
+            g.resolve(3, 4),
+            Err(CoreError::OutOfRange {
+                index: 4,
+                limit: 4,
+                ..
+            })
+        ));
     }
 }

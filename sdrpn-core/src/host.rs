@@ -54,10 +54,18 @@ pub trait RpnHost<B: Backend> {
     /// An RPN whose whole twig layers copy base layers `branch..branch+twig-1`,
     /// whose twig norm copies the final norm, and whose head copies the
     /// input norm and q/k projections of base layer `branch+twig-1`.
-    fn init_rpn(&self, branch: usize, twig: usize) -> Result<Rpn<B, Self::Layer, Self::Norm>, Self::Error>;
+    fn init_rpn(
+        &self,
+        branch: usize,
+        twig: usize,
+    ) -> Result<Rpn<B, Self::Layer, Self::Norm>, Self::Error>;
 
     /// Runs base layers `0..branch` over the prompt.
-    fn frozen_prefix(&self, prompt: &Self::Prompt, branch: usize) -> Result<PrefixStates<B>, Self::Error>;
+    fn frozen_prefix(
+        &self,
+        prompt: &Self::Prompt,
+        branch: usize,
+    ) -> Result<PrefixStates<B>, Self::Error>;
 
     /// Greedy generation (at most `max_new_tokens`) that feeds the
     /// post-softmax attention rows of every fed-back generated token to each

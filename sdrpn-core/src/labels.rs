@@ -61,13 +61,19 @@ impl LabelConfig {
             ("reject_ratio", self.reject_ratio),
         ] {
             if !v.is_finite() || v < 0.0 {
-                return Err(CoreError::config(name, format!("must be a finite non-negative number, got {v}")));
+                return Err(CoreError::config(
+                    name,
+                    format!("must be a finite non-negative number, got {v}"),
+                ));
             }
         }
         if self.bg_ratio > self.fg_ratio {
             return Err(CoreError::config(
                 "bg_ratio",
-                format!("({}) must not exceed fg_ratio ({})", self.bg_ratio, self.fg_ratio),
+                format!(
+                    "({}) must not exceed fg_ratio ({})",
+                    self.bg_ratio, self.fg_ratio
+                ),
             ));
         }
         Ok(())
@@ -110,7 +116,11 @@ impl<B: Backend> LabelBatch<B> {
 ///
 /// # Shapes
 /// - `denoised`: `[N, P]` with `P = grid.len()`, non-negative, finite.
-pub fn build_labels<B: Backend>(denoised: Tensor<B, 2>, grid: Grid, config: &LabelConfig) -> Result<LabelBatch<B>> {
+pub fn build_labels<B: Backend>(
+    denoised: Tensor<B, 2>,
+    grid: Grid,
+    config: &LabelConfig,
+) -> Result<LabelBatch<B>> {
     config.validate()?;
     let [n, p] = denoised.dims();
     grid.check_len("grounding map", p)?;
@@ -126,7 +136,9 @@ pub fn build_labels<B: Backend>(denoised: Tensor<B, 2>, grid: Grid, config: &Lab
             .reshape([n, 1])
             .expand([n, p])
     };
-    let fg = a.clone().greater(thresholds(config.fg_ratio, round_down_f32));
+    let fg = a
+        .clone()
+        .greater(thresholds(config.fg_ratio, round_down_f32));
     let low = a.lower(thresholds(config.bg_ratio, round_up_f32));
 
     // Tight box of the foreground; the whole grid when there is none.
@@ -147,7 +159,9 @@ pub fn build_labels<B: Backend>(denoised: Tensor<B, 2>, grid: Grid, config: &Lab
         let hi = hi.clone().reshape([n, 1, 1]).expand([n, rows, cols]);
         idx.clone().greater_equal(lo).bool_and(idx.lower_equal(hi))
     };
-    let inside = within(row_idx, &r0, &r1).bool_and(within(col_idx, &c0, &c1)).reshape([n, p]);
+    let inside = within(row_idx, &r0, &r1)
+        .bool_and(within(col_idx, &c0, &c1))
+        .reshape([n, p]);
     let area = (r1 - r0 + 1.0) * (c1 - c0 + 1.0);
     let limit = (config.reject_ratio * p as f64).ceil() as f32;
     let rejected = area.greater_equal_elem(limit);
@@ -209,7 +223,10 @@ mod tests {
 
     fn labels(map: &[f32], grid: Grid) -> Vec<Label> {
         let a = Tensor::<B, 1>::from_floats(map, &dev()).reshape([1, map.len()]);
-        build_labels(a, grid, &LabelConfig::default()).unwrap().to_labels().remove(0)
+        build_labels(a, grid, &LabelConfig::default())
+            .unwrap()
+            .to_labels()
+            .remove(0)
     }
 
     #[test]
@@ -274,7 +291,9 @@ mod tests {
         let mut map = [0.0f32; 16];
         map[0] = 1.0;
         map[7] = 1.0; // rows 0..=1, cols 0..=3 -> area 8
-        assert!(labels(&map, Grid::new(4, 4).unwrap()).iter().all(|&l| l == Ig));
+        assert!(labels(&map, Grid::new(4, 4).unwrap())
+            .iter()
+            .all(|&l| l == Ig));
         let mut map = [0.0f32; 16];
         map[0] = 1.0;
         map[6] = 1.0; // rows 0..=1, cols 0..=2 -> area 6

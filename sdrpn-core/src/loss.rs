@@ -34,7 +34,10 @@ impl Default for LossKind {
 impl LossKind {
     /// The focal loss with the paper's settings.
     pub fn focal() -> Self {
-        LossKind::Focal { alpha: 0.9, gamma: 2.0 }
+        LossKind::Focal {
+            alpha: 0.9,
+            gamma: 2.0,
+        }
     }
 
     /// The loss of `logits` against `target` over the `valid` tokens.
@@ -43,7 +46,12 @@ impl LossKind {
     ///
     /// # Shapes
     /// - `logits`, `target`, `valid`: `[N, P]` -> `[1]`
-    pub fn loss<B: Backend>(&self, logits: Tensor<B, 2>, target: Tensor<B, 2>, valid: Tensor<B, 2, Bool>) -> Tensor<B, 1> {
+    pub fn loss<B: Backend>(
+        &self,
+        logits: Tensor<B, 2>,
+        target: Tensor<B, 2>,
+        valid: Tensor<B, 2, Bool>,
+    ) -> Tensor<B, 1> {
         match *self {
             LossKind::Bce => masked_bce_with_logits(logits, target, valid),
             LossKind::Focal { alpha, gamma } => masked_focal(logits, target, valid, alpha, gamma),
@@ -68,7 +76,11 @@ fn masked_mean<B: Backend>(values: Tensor<B, 2>, valid: Tensor<B, 2, Bool>) -> T
 }
 
 /// Masked BCE with logits, mean over valid tokens pooled over the batch.
-pub fn masked_bce_with_logits<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 2>, valid: Tensor<B, 2, Bool>) -> Tensor<B, 1> {
+pub fn masked_bce_with_logits<B: Backend>(
+    logits: Tensor<B, 2>,
+    target: Tensor<B, 2>,
+    valid: Tensor<B, 2, Bool>,
+) -> Tensor<B, 1> {
     masked_mean(bce_elementwise(logits, target), valid)
 }
 
@@ -91,7 +103,11 @@ pub fn masked_focal<B: Backend>(
 }
 
 /// Masked MSE between `sigmoid(logits)` and a continuous target map.
-pub fn masked_mse<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 2>, valid: Tensor<B, 2, Bool>) -> Tensor<B, 1> {
+pub fn masked_mse<B: Backend>(
+    logits: Tensor<B, 2>,
+    target: Tensor<B, 2>,
+    valid: Tensor<B, 2, Bool>,
+) -> Tensor<B, 1> {
     masked_mean((sigmoid(logits) - target).square(), valid)
 }
 
@@ -113,14 +129,22 @@ mod tests {
     #[test]
     fn bce_matches_hand_values_and_skips_ignored() {
         // x=0 -> ln 2 for either target; x=2,y=1 -> ln(1+e^-2) = 0.126928.
-        let l = scalar(masked_bce_with_logits(t(&[0.0, 2.0, 50.0]), t(&[1.0, 1.0, 0.0]), m(&[true, true, false])));
+        let l = scalar(masked_bce_with_logits(
+            t(&[0.0, 2.0, 50.0]),
+            t(&[1.0, 1.0, 0.0]),
+            m(&[true, true, false]),
+        ));
         let want = (std::f64::consts::LN_2 + (1.0 + (-2.0f64).exp()).ln()) / 2.0;
         assert!((l - want).abs() < 1e-6, "{l} vs {want}");
     }
 
     #[test]
     fn bce_is_stable_for_large_logits() {
-        let l = scalar(masked_bce_with_logits(t(&[-100.0, 100.0]), t(&[1.0, 0.0]), m(&[true, true])));
+        let l = scalar(masked_bce_with_logits(
+            t(&[-100.0, 100.0]),
+            t(&[1.0, 0.0]),
+            m(&[true, true]),
+        ));
         assert!((l - 100.0).abs() < 1e-3, "{l}");
     }
 
@@ -129,7 +153,8 @@ mod tests {
         // Sample 0 has 1 valid token (ln 2), sample 1 has 3 valid tokens of 0 loss-ish.
         let logits = Tensor::<B, 2>::from_floats([[0.0, 0.0, 0.0], [60.0, 60.0, 60.0]], &dev());
         let target = Tensor::<B, 2>::from_floats([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]], &dev());
-        let valid = Tensor::<B, 2, Bool>::from_data([[true, false, false], [true, true, true]], &dev());
+        let valid =
+            Tensor::<B, 2, Bool>::from_data([[true, false, false], [true, true, true]], &dev());
         let l = scalar(masked_bce_with_logits(logits, target, valid));
         assert!((l - std::f64::consts::LN_2 / 4.0).abs() < 1e-6, "{l}");
     }
@@ -145,7 +170,13 @@ mod tests {
     #[test]
     fn focal_matches_torchvision_formula() {
         // x = 0: p = 0.5, ce = ln 2, (1 - p_t)^2 = 0.25; alpha_t = 0.9 (y=1) or 0.1 (y=0).
-        let l = scalar(masked_focal(t(&[0.0, 0.0]), t(&[1.0, 0.0]), m(&[true, true]), 0.9, 2.0));
+        let l = scalar(masked_focal(
+            t(&[0.0, 0.0]),
+            t(&[1.0, 0.0]),
+            m(&[true, true]),
+            0.9,
+            2.0,
+        ));
         let want = std::f64::consts::LN_2 * 0.25 * (0.9 + 0.1) / 2.0;
         assert!((l - want).abs() < 1e-6, "{l} vs {want}");
         // A confident correct prediction is down-weighted far below BCE.
@@ -157,7 +188,11 @@ mod tests {
 
     #[test]
     fn mse_compares_probabilities_to_the_map() {
-        let l = scalar(masked_mse(t(&[0.0, 0.0]), t(&[1.0, 0.25]), m(&[true, true])));
+        let l = scalar(masked_mse(
+            t(&[0.0, 0.0]),
+            t(&[1.0, 0.25]),
+            m(&[true, true]),
+        ));
         assert!((l - (0.25 + 0.0625) / 2.0).abs() < 1e-6, "{l}");
     }
 }

@@ -76,7 +76,10 @@ impl RoiConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
         if !self.threshold.is_finite() {
-            return Err(CoreError::config("threshold", format!("must be finite, got {}", self.threshold)));
+            return Err(CoreError::config(
+                "threshold",
+                format!("must be finite, got {}", self.threshold),
+            ));
         }
         if self.mask_from_boxes < 2 {
             return Err(CoreError::config("mask_from_boxes", "must be at least 2"));
@@ -139,8 +142,12 @@ pub fn resize_mask_to_grid(mask: &[bool], grid: Grid, region: TokenBox) -> Vec<b
             0.0
         }
     };
-    let ys: Vec<_> = (0..grid.rows).map(|o| bilinear_source(o, in_h, grid.rows)).collect();
-    let xs: Vec<_> = (0..grid.cols).map(|o| bilinear_source(o, in_w, grid.cols)).collect();
+    let ys: Vec<_> = (0..grid.rows)
+        .map(|o| bilinear_source(o, in_h, grid.rows))
+        .collect();
+    let xs: Vec<_> = (0..grid.cols)
+        .map(|o| bilinear_source(o, in_w, grid.cols))
+        .collect();
     let mut out = Vec::with_capacity(grid.len());
     for &(y0, y1, ly) in &ys {
         for &(x0, x1, lx) in &xs {
@@ -180,7 +187,9 @@ mod tests {
     }
 
     fn block(r0: usize, c0: usize, h: usize, w: usize) -> Vec<(usize, usize)> {
-        (r0..r0 + h).flat_map(|r| (c0..c0 + w).map(move |c| (r, c))).collect()
+        (r0..r0 + h)
+            .flat_map(|r| (c0..c0 + w).map(move |c| (r, c)))
+            .collect()
     }
 
     #[test]
@@ -194,9 +203,19 @@ mod tests {
     fn one_block_gives_one_box() {
         // A 4x4 block of 1.0: the blur spreads it by one cell at weight
         // >= 0.27*0.73 > 0.15 on the sides, so the component is 6x6.
-        let s = RoiConfig::default().select(probs(&block(5, 7, 4, 4), 1.0), g()).unwrap();
+        let s = RoiConfig::default()
+            .select(probs(&block(5, 7, 4, 4), 1.0), g())
+            .unwrap();
         assert_eq!(s.mode, RoiMode::Bbox);
-        assert_eq!(s.crop, Some(TokenBox { x0: 6, y0: 4, x1: 12, y1: 10 }));
+        assert_eq!(
+            s.crop,
+            Some(TokenBox {
+                x0: 6,
+                y0: 4,
+                x1: 12,
+                y1: 10
+            })
+        );
         assert!(s.keep.is_none());
     }
 
@@ -216,7 +235,15 @@ mod tests {
         assert_eq!(s.mode, RoiMode::Mask);
         assert_eq!(s.boxes.len(), 2);
         // Union of the thresholded map: blocks grown by one cell.
-        assert_eq!(s.crop, Some(TokenBox { x0: 1, y0: 1, x1: 19, y1: 19 }));
+        assert_eq!(
+            s.crop,
+            Some(TokenBox {
+                x0: 1,
+                y0: 1,
+                x1: 19,
+                y1: 19
+            })
+        );
         let keep = s.keep.unwrap();
         // Near the union's corners sit the two blocks: kept; the other corners are empty.
         assert!(keep[g().index(1, 1)] && keep[g().index(22, 22)]);
@@ -236,7 +263,9 @@ mod tests {
         };
         let mut p = probs(&hot, 1.0).into_data().to_vec::<f32>().unwrap();
         p[g().index(20, 20)] = 0.8; // centre after blur: 0.8 * 0.452^2 = 0.163 > 0.15, neighbours < 0.15
-        let s = cfg.select(Tensor::<B, 1>::from_floats(p.as_slice(), &dev()), g()).unwrap();
+        let s = cfg
+            .select(Tensor::<B, 1>::from_floats(p.as_slice(), &dev()), g())
+            .unwrap();
         assert_eq!(s.boxes.len(), 2);
         assert_eq!(s.crop.unwrap().y1, 21);
         assert_eq!(s.crop.unwrap().x1, 21);
@@ -250,8 +279,22 @@ mod tests {
         let grid = Grid::new(4, 4).unwrap();
         let mut mask = vec![false; 16];
         mask[0] = true;
-        let keep = resize_mask_to_grid(&mask, grid, TokenBox { x0: 0, y0: 0, x1: 2, y1: 2 });
-        let kept: Vec<usize> = keep.iter().enumerate().filter(|(_, &k)| k).map(|(i, _)| i).collect();
+        let keep = resize_mask_to_grid(
+            &mask,
+            grid,
+            TokenBox {
+                x0: 0,
+                y0: 0,
+                x1: 2,
+                y1: 2,
+            },
+        );
+        let kept: Vec<usize> = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, &k)| k)
+            .map(|(i, _)| i)
+            .collect();
         // (0,0)=1, (0,1)=0.75, (1,0)=0.75, (1,1)=0.5625 -> all four kept.
         assert_eq!(kept, vec![0, 1, 4, 5]);
     }

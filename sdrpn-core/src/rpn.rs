@@ -88,7 +88,11 @@ impl<B: Backend> RpnHead<B> {
         let [n, p, _] = visual.dims();
         let (h, hd) = (self.num_heads, self.head_dim);
         let q = self.q_proj.forward(query).reshape([n, h, 1, hd]);
-        let k = self.k_proj.forward(visual).reshape([n, p, h, hd]).permute([0, 2, 3, 1]);
+        let k = self
+            .k_proj
+            .forward(visual)
+            .reshape([n, p, h, hd])
+            .permute([0, 2, 3, 1]);
         // [N, H, 1, P] -> mean over heads -> [N, P]
         let s = q.matmul(k).reshape([n, h, p]).mean_dim(1).reshape([n, p]);
         s.div_scalar((hd as f64).sqrt())
@@ -169,8 +173,13 @@ mod tests {
     use burn::tensor::TensorData;
 
     fn linear(weight: Vec<f32>, d_in: usize, d_out: usize) -> Linear<B> {
-        let mut l = LinearConfig::new(d_in, d_out).with_bias(false).init::<B>(&dev());
-        l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(weight, [d_in, d_out]), &dev()));
+        let mut l = LinearConfig::new(d_in, d_out)
+            .with_bias(false)
+            .init::<B>(&dev());
+        l.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(weight, [d_in, d_out]),
+            &dev(),
+        ));
         l
     }
 
@@ -206,7 +215,10 @@ mod tests {
         };
         let q = Tensor::<B, 2>::from_floats([[1.0, 1.0, 1.0, 1.0]], &dev());
         let v = Tensor::<B, 3>::from_floats([[[1.0, 2.0, 3.0, 4.0]]], &dev());
-        assert_eq!(head.forward(q, v).into_data().to_vec::<f32>().unwrap(), vec![5.0]);
+        assert_eq!(
+            head.forward(q, v).into_data().to_vec::<f32>().unwrap(),
+            vec![5.0]
+        );
     }
 
     #[test]

@@ -25,10 +25,14 @@ use sdrpn_core::{Grid, HeadSelection};
 
 /// Deterministic pseudo-random floats in [0, 1) (a 64-bit LCG).
 fn seeded(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32) / (1u64 << 24) as f32
         })
         .collect()
@@ -43,19 +47,32 @@ impl BackendJob for Suite {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let grid = Grid::new(6, 6).unwrap();
         let p = grid.len();
-        let t2 = |v: Vec<f32>, shape: [usize; 2]| Tensor::<B, 2>::from_data(TensorData::new(v, shape), &device);
+        let t2 = |v: Vec<f32>, shape: [usize; 2]| {
+            Tensor::<B, 2>::from_data(TensorData::new(v, shape), &device)
+        };
         let out = |t: Tensor<B, 2>| floats(t).unwrap();
         let mut results = Vec::new();
 
         // Aggregation: 3 steps x 4 heads x (5 + 36 + 2) keys, softmax-normalised rows.
         let keys = 5 + p + 2;
-        let rows = Tensor::<B, 3>::from_data(TensorData::new(seeded(1, 3 * 4 * keys), [3, 4, keys]), &device);
+        let rows = Tensor::<B, 3>::from_data(
+            TensorData::new(seeded(1, 3 * 4 * keys), [3, 4, keys]),
+            &device,
+        );
         let rows = burn::tensor::activation::softmax(rows * 4.0, 2);
-        let heads = "3:1,3".parse::<HeadSelection>().unwrap().resolve(4, 4).unwrap();
+        let heads = "3:1,3"
+            .parse::<HeadSelection>()
+            .unwrap()
+            .resolve(4, 4)
+            .unwrap();
         let mut acc = AttentionAccumulator::<B>::new(heads, 5..5 + p, grid, &device).unwrap();
         acc.add(3, rows.clone()).unwrap();
         let grounding = acc.finish().unwrap().reshape([1, p]);
-        let sink_heads = "0:all".parse::<HeadSelection>().unwrap().resolve(4, 4).unwrap();
+        let sink_heads = "0:all"
+            .parse::<HeadSelection>()
+            .unwrap()
+            .resolve(4, 4)
+            .unwrap();
         let mut acc = AttentionAccumulator::<B>::new(sink_heads, 5..5 + p, grid, &device).unwrap();
         acc.add(0, rows).unwrap();
         let sink = acc.finish().unwrap().reshape([1, p]);
@@ -76,20 +93,29 @@ impl BackendJob for Suite {
         // RPN head with seeded projections.
         let (d, h, hd) = (8, 2, 4);
         let mut head = RpnHead {
-            q_proj: LinearConfig::new(d, h * hd).with_bias(false).init::<B>(&device),
-            k_proj: LinearConfig::new(d, h * hd).with_bias(false).init::<B>(&device),
+            q_proj: LinearConfig::new(d, h * hd)
+                .with_bias(false)
+                .init::<B>(&device),
+            k_proj: LinearConfig::new(d, h * hd)
+                .with_bias(false)
+                .init::<B>(&device),
             num_heads: h,
             head_dim: hd,
         };
         head.q_proj.weight = Param::from_tensor(t2(seeded(3, d * h * hd), [d, h * hd]) - 0.5);
         head.k_proj.weight = Param::from_tensor(t2(seeded(4, d * h * hd), [d, h * hd]) - 0.5);
-        let states = Tensor::<B, 3>::from_data(TensorData::new(seeded(5, 3 * p * d), [3, p, d]), &device);
+        let states =
+            Tensor::<B, 3>::from_data(TensorData::new(seeded(5, 3 * p * d), [3, p, d]), &device);
         let query = Tensor::<B, 2>::from_data(TensorData::new(seeded(6, 3 * d), [3, d]), &device);
         let logits = head.forward(query, states);
         results.push(("RPN logits", out(logits.clone())));
 
         // Losses.
-        for (name, kind) in [("bce", LossKind::Bce), ("focal", LossKind::focal()), ("mse", LossKind::Mse)] {
+        for (name, kind) in [
+            ("bce", LossKind::Bce),
+            ("focal", LossKind::focal()),
+            ("mse", LossKind::Mse),
+        ] {
             let l = kind.loss(logits.clone(), labels.target.clone(), labels.valid.clone());
             results.push((name, floats(l).unwrap()));
         }
@@ -98,8 +124,16 @@ impl BackendJob for Suite {
         let probs = sigmoid(logits.slice([0..1, 0..p]) * 10.0).reshape([p]);
         let blurred = gaussian_blur3(probs.clone().reshape([1, 6, 6]), 1.0).unwrap();
         results.push(("blurred map", out(blurred.reshape([1, p]))));
-        let roi = RoiConfig { threshold: 0.6, ..RoiConfig::default() }.select(probs, grid).unwrap();
-        results.push(("RoI mask", roi.mask.iter().map(|&m| m as u8 as f32).collect()));
+        let roi = RoiConfig {
+            threshold: 0.6,
+            ..RoiConfig::default()
+        }
+        .select(probs, grid)
+        .unwrap();
+        results.push((
+            "RoI mask",
+            roi.mask.iter().map(|&m| m as u8 as f32).collect(),
+        ));
 
         // Gather by index as the RPN does.
         let idx = Tensor::<B, 1, Int>::from_data([2i64, 0], &device);
@@ -113,20 +147,41 @@ fn compare(reference: &[(&str, Vec<f32>)], other: &[(&str, Vec<f32>)], backend: 
     assert_eq!(reference.len(), other.len());
     for ((name, a), (_, b)) in reference.iter().zip(other) {
         assert_eq!(a.len(), b.len(), "{name}: length differs on {backend}");
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(worst <= 1e-5, "{name}: max abs difference {worst} on {backend} exceeds 1e-5");
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= 1e-5,
+            "{name}: max abs difference {worst} on {backend} exceeds 1e-5"
+        );
     }
 }
 
 #[test]
 fn cpu_backends_agree() {
     let reference = run_on(&DeviceSpec::Cpu(Some(CpuKind::NdArray)), Suite).unwrap();
-    assert!(reference.iter().all(|(_, v)| v.iter().all(|x| x.is_finite())));
+    assert!(reference
+        .iter()
+        .all(|(_, v)| v.iter().all(|x| x.is_finite())));
     // The crafted inputs exercise every outcome: foreground, background, ignore, and a mask.
     let get = |name: &str| &reference.iter().find(|(n, _)| *n == name).unwrap().1;
     let (target, valid) = (get("label targets"), get("label valid"));
-    assert!(target.iter().zip(valid).any(|(&t, &v)| t == 1.0 && v == 1.0), "no foreground");
-    assert!(target.iter().zip(valid).any(|(&t, &v)| t == 0.0 && v == 1.0), "no background");
+    assert!(
+        target
+            .iter()
+            .zip(valid)
+            .any(|(&t, &v)| t == 1.0 && v == 1.0),
+        "no foreground"
+    );
+    assert!(
+        target
+            .iter()
+            .zip(valid)
+            .any(|(&t, &v)| t == 0.0 && v == 1.0),
+        "no background"
+    );
     assert!(valid.iter().any(|&v| v == 0.0), "no ignore");
     assert!(get("RoI mask").iter().any(|&m| m == 1.0), "empty RoI mask");
     assert!(get("RoI mask").iter().any(|&m| m == 0.0), "full RoI mask");

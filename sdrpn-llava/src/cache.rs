@@ -77,7 +77,13 @@ impl<B: Backend> KvCache<B> {
                 .layers
                 .iter()
                 .enumerate()
-                .map(|(i, l)| if i < layers { l.as_ref().map(cut) } else { None })
+                .map(|(i, l)| {
+                    if i < layers {
+                        l.as_ref().map(cut)
+                    } else {
+                        None
+                    }
+                })
                 .collect(),
         }
     }

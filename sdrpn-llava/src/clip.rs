@@ -29,7 +29,8 @@ impl<B: Backend> ClipAttention<B> {
         let k = split_heads(self.k_proj.forward(x.clone()), h, hd);
         let v = split_heads(self.v_proj.forward(x), h, hd);
         let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-        self.out_proj.forward(merge_heads(softmax_f32(scores).matmul(v)))
+        self.out_proj
+            .forward(merge_heads(softmax_f32(scores).matmul(v)))
     }
 }
 
@@ -49,7 +50,10 @@ impl<B: Backend> ClipEncoderLayer<B> {
     /// - `x`: `[N, S, D]` -> `[N, S, D]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        let h = activate(self.fc1.forward(self.layer_norm2.forward(x.clone())), self.act);
+        let h = activate(
+            self.fc1.forward(self.layer_norm2.forward(x.clone())),
+            self.act,
+        );
         x + self.fc2.forward(h)
     }
 }
@@ -78,7 +82,9 @@ impl<B: Backend> ClipVisionTower<B> {
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let lp = format!("{prefix}.encoder.layers.{i}");
-                let lin = |l: &mut TensorLoader<B>, name: &str, a: usize, b: usize| l.linear(&format!("{lp}.{name}"), a, b, true);
+                let lin = |l: &mut TensorLoader<B>, name: &str, a: usize, b: usize| {
+                    l.linear(&format!("{lp}.{name}"), a, b, true)
+                };
                 ClipEncoderLayer {
                     layer_norm1: load_layer_norm(loader, &format!("{lp}.layer_norm1"), d, eps),
                     self_attn: ClipAttention {
@@ -104,10 +110,13 @@ impl<B: Backend> ClipVisionTower<B> {
                 d,
                 false,
             ),
-            class_embedding: Param::from_tensor(loader.tensor(&format!("{prefix}.embeddings.class_embedding"), [d])),
-            position_embedding: Param::from_tensor(
-                loader.tensor(&format!("{prefix}.embeddings.position_embedding.weight"), [positions, d]),
+            class_embedding: Param::from_tensor(
+                loader.tensor(&format!("{prefix}.embeddings.class_embedding"), [d]),
             ),
+            position_embedding: Param::from_tensor(loader.tensor(
+                &format!("{prefix}.embeddings.position_embedding.weight"),
+                [positions, d],
+            )),
             pre_layrnorm: load_layer_norm(loader, &format!("{prefix}.pre_layrnorm"), d, eps),
             layers,
             post_layernorm: load_layer_norm(loader, &format!("{prefix}.post_layernorm"), d, eps),
@@ -132,10 +141,18 @@ impl<B: Backend> ClipVisionTower<B> {
             .reshape([n, g * g, c * p * p]);
         let embedded = self.patch_embedding.forward(patches);
         let d = embedded.dims()[2];
-        let cls = self.class_embedding.val().reshape([1, 1, d]).expand([n, 1, d]);
-        let x = Tensor::cat(vec![cls, embedded], 1) + self.position_embedding.val().unsqueeze::<3>();
+        let cls = self
+            .class_embedding
+            .val()
+            .reshape([1, 1, d])
+            .expand([n, 1, d]);
+        let x =
+            Tensor::cat(vec![cls, embedded], 1) + self.position_embedding.val().unsqueeze::<3>();
         let x = self.pre_layrnorm.forward(x);
-        self.layers.iter().take(state).fold(x, |x, layer| layer.forward(x))
+        self.layers
+            .iter()
+            .take(state)
+            .fold(x, |x, layer| layer.forward(x))
     }
 
     /// Input side in pixels.

@@ -20,7 +20,10 @@ impl Activation {
         match name {
             "quick_gelu" => Ok(Activation::QuickGelu),
             "gelu" => Ok(Activation::Gelu),
-            other => Err(LlavaError::invalid(what, format!("activation {other:?} is not supported (quick_gelu, gelu)"))),
+            other => Err(LlavaError::invalid(
+                what,
+                format!("activation {other:?} is not supported (quick_gelu, gelu)"),
+            )),
         }
     }
 }
@@ -165,10 +168,14 @@ impl LlavaConfig {
 
     /// Parses the text of a llava-hf `config.json`.
     pub fn from_hf_json(text: &str) -> Result<Self> {
-        let raw: HfLlava = serde_json::from_str(text).map_err(|e| LlavaError::invalid("config.json", e.to_string()))?;
+        let raw: HfLlava = serde_json::from_str(text)
+            .map_err(|e| LlavaError::invalid("config.json", e.to_string()))?;
         if let Some(mt) = raw.model_type.as_deref() {
             if mt != "llava" {
-                return Err(LlavaError::invalid("model_type", format!("{mt:?} is not supported (expected \"llava\")")));
+                return Err(LlavaError::invalid(
+                    "model_type",
+                    format!("{mt:?} is not supported (expected \"llava\")"),
+                ));
             }
         }
         let t = raw.text_config.unwrap_or_default();
@@ -197,13 +204,22 @@ impl LlavaConfig {
             tie_word_embeddings: t.tie_word_embeddings.unwrap_or(false),
         };
         if t.hidden_act.as_deref().is_some_and(|a| a != "silu") {
-            return Err(LlavaError::invalid("text_config.hidden_act", "only silu is supported"));
+            return Err(LlavaError::invalid(
+                "text_config.hidden_act",
+                "only silu is supported",
+            ));
         }
         if t.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(LlavaError::invalid("text_config.rope_scaling", "RoPE scaling is not supported"));
+            return Err(LlavaError::invalid(
+                "text_config.rope_scaling",
+                "RoPE scaling is not supported",
+            ));
         }
         if t.attention_bias == Some(true) || t.mlp_bias == Some(true) {
-            return Err(LlavaError::invalid("text_config", "attention/MLP biases are not supported"));
+            return Err(LlavaError::invalid(
+                "text_config",
+                "attention/MLP biases are not supported",
+            ));
         }
         // LlavaConfig's vision defaults are CLIP ViT-L/14-336's.
         let v = raw.vision_config.unwrap_or_default();
@@ -215,7 +231,10 @@ impl LlavaConfig {
             image_size: v.image_size.unwrap_or(336),
             patch_size: v.patch_size.unwrap_or(14),
             layer_norm_eps: v.layer_norm_eps.unwrap_or(1e-5),
-            hidden_act: Activation::parse(v.hidden_act.as_deref().unwrap_or("quick_gelu"), "vision_config.hidden_act")?,
+            hidden_act: Activation::parse(
+                v.hidden_act.as_deref().unwrap_or("quick_gelu"),
+                "vision_config.hidden_act",
+            )?,
         };
         let feature_layer = match raw.vision_feature_layer {
             None => -2,
@@ -227,19 +246,34 @@ impl LlavaConfig {
                 ))
             }
         };
-        let drop_cls = match raw.vision_feature_select_strategy.as_deref().unwrap_or("default") {
+        let drop_cls = match raw
+            .vision_feature_select_strategy
+            .as_deref()
+            .unwrap_or("default")
+        {
             "default" => true,
             "full" => false,
-            other => return Err(LlavaError::invalid("vision_feature_select_strategy", format!("{other:?}"))),
+            other => {
+                return Err(LlavaError::invalid(
+                    "vision_feature_select_strategy",
+                    format!("{other:?}"),
+                ))
+            }
         };
         let cfg = Self {
             vision,
             text,
-            projector_act: Activation::parse(raw.projector_hidden_act.as_deref().unwrap_or("gelu"), "projector_hidden_act")?,
+            projector_act: Activation::parse(
+                raw.projector_hidden_act.as_deref().unwrap_or("gelu"),
+                "projector_hidden_act",
+            )?,
             projector_bias: raw.multimodal_projector_bias.unwrap_or(true),
             vision_feature_layer: feature_layer,
             drop_cls,
-            image_token_index: raw.image_token_index.or(raw.image_token_id).unwrap_or(32000),
+            image_token_index: raw
+                .image_token_index
+                .or(raw.image_token_id)
+                .unwrap_or(32000),
             pad_token_id: raw.pad_token_id.or(t.pad_token_id),
         };
         cfg.validate()?;
@@ -249,21 +283,58 @@ impl LlavaConfig {
     /// Checks that the sizes fit together.
     pub fn validate(&self) -> Result<()> {
         let (v, t) = (&self.vision, &self.text);
-        let check = |ok: bool, name: &str, why: String| if ok { Ok(()) } else { Err(LlavaError::invalid(name, why)) };
-        check(v.patch_size > 0 && v.image_size % v.patch_size == 0, "vision image_size", format!(
-            "{} is not a multiple of patch_size {}", v.image_size, v.patch_size))?;
-        check(v.num_heads > 0 && v.hidden_size % v.num_heads == 0, "vision hidden_size", format!(
-            "{} is not divisible by {} heads", v.hidden_size, v.num_heads))?;
-        check(t.num_heads > 0 && t.num_kv_heads > 0 && t.num_heads % t.num_kv_heads == 0, "text heads", format!(
-            "{} heads are not a multiple of {} key/value heads", t.num_heads, t.num_kv_heads))?;
-        check(t.head_dim % 2 == 0 && t.head_dim > 0, "text head_dim", format!("{} must be even for RoPE", t.head_dim))?;
-        check((self.image_token_index as usize) < t.vocab_size, "image_token_index", format!(
-            "{} is outside the vocabulary of {}", self.image_token_index, t.vocab_size))?;
+        let check = |ok: bool, name: &str, why: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(LlavaError::invalid(name, why))
+            }
+        };
+        check(
+            v.patch_size > 0 && v.image_size % v.patch_size == 0,
+            "vision image_size",
+            format!(
+                "{} is not a multiple of patch_size {}",
+                v.image_size, v.patch_size
+            ),
+        )?;
+        check(
+            v.num_heads > 0 && v.hidden_size % v.num_heads == 0,
+            "vision hidden_size",
+            format!(
+                "{} is not divisible by {} heads",
+                v.hidden_size, v.num_heads
+            ),
+        )?;
+        check(
+            t.num_heads > 0 && t.num_kv_heads > 0 && t.num_heads % t.num_kv_heads == 0,
+            "text heads",
+            format!(
+                "{} heads are not a multiple of {} key/value heads",
+                t.num_heads, t.num_kv_heads
+            ),
+        )?;
+        check(
+            t.head_dim % 2 == 0 && t.head_dim > 0,
+            "text head_dim",
+            format!("{} must be even for RoPE", t.head_dim),
+        )?;
+        check(
+            (self.image_token_index as usize) < t.vocab_size,
+            "image_token_index",
+            format!(
+                "{} is outside the vocabulary of {}",
+                self.image_token_index, t.vocab_size
+            ),
+        )?;
         let states = v.num_layers as i64 + 1;
         check(
             (-states..states).contains(&self.vision_feature_layer),
             "vision_feature_layer",
-            format!("{} is outside the {} hidden states of the tower", self.vision_feature_layer, states),
+            format!(
+                "{} is outside the {} hidden states of the tower",
+                self.vision_feature_layer, states
+            ),
         )
     }
 
@@ -358,13 +429,17 @@ mod tests {
 
     #[test]
     fn unsupported_settings_are_named() {
-        let e = LlavaConfig::from_hf_json(r#"{"model_type": "llava", "text_config": {"model_type": "mistral"}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = LlavaConfig::from_hf_json(
+            r#"{"model_type": "llava", "text_config": {"model_type": "mistral"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("mistral"), "{e}");
-        let e = LlavaConfig::from_hf_json(r#"{"vision_config": {"image_size": 100, "patch_size": 14}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = LlavaConfig::from_hf_json(
+            r#"{"vision_config": {"image_size": 100, "patch_size": 14}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("patch_size"), "{e}");
         assert!(LlavaConfig::from_hf_json("{").is_err());
     }

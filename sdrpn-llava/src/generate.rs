@@ -67,7 +67,10 @@ impl<B: Backend> Llava<B> {
     ) -> Result<Generation<B>> {
         let [n, t, _] = embeds.dims();
         if n != 1 {
-            return Err(LlavaError::invalid("generation batch", format!("only batch 1 is supported, got {n}")));
+            return Err(LlavaError::invalid(
+                "generation batch",
+                format!("only batch 1 is supported, got {n}"),
+            ));
         }
         if rule.max_new_tokens == 0 {
             return Err(LlavaError::invalid("max_new_tokens", "must be at least 1"));
@@ -86,7 +89,9 @@ impl<B: Backend> Llava<B> {
                 break;
             }
             let position = start + t + tokens.len() - 1;
-            let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![last as i64], [1]), &device).reshape([1, 1]);
+            let ids =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(vec![last as i64], [1]), &device)
+                    .reshape([1, 1]);
             let step = self.forward(self.language.embed(ids), position, Some(cache), step_taps);
             let logits = self.last_logits(step.hidden)?;
             on_step(tokens.len() - 1, step.captured)?;

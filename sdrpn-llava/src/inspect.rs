@@ -33,7 +33,8 @@ pub struct Inspection {
 impl Inspection {
     fn push_f32<B: Backend, const D: usize>(&mut self, name: &str, t: Tensor<B, D>) -> Result<()> {
         let shape = t.dims().to_vec();
-        self.tensors.push((name.into(), shape, HostValues::F32(floats(t)?)));
+        self.tensors
+            .push((name.into(), shape, HostValues::F32(floats(t)?)));
         Ok(())
     }
 
@@ -60,8 +61,14 @@ impl Inspection {
             .iter()
             .map(|(name, shape, values)| {
                 let (dtype, data) = match values {
-                    HostValues::F32(v) => (safetensors::Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                    HostValues::I64(v) => (safetensors::Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                    HostValues::F32(v) => (
+                        safetensors::Dtype::F32,
+                        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    ),
+                    HostValues::I64(v) => (
+                        safetensors::Dtype::I64,
+                        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    ),
                 };
                 (name.clone(), shape.clone(), dtype, data)
             })
@@ -76,8 +83,9 @@ impl Inspection {
             .collect::<Result<Vec<_>>>()?;
         let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
         let tmp = path.with_extension("safetensors.tmp");
-        safetensors::serialize_to_file(views, Some(meta), &tmp)
-            .map_err(|e| LlavaError::invalid("inspect output", format!("{}: {e}", tmp.display())))?;
+        safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| {
+            LlavaError::invalid("inspect output", format!("{}: {e}", tmp.display()))
+        })?;
         std::fs::rename(&tmp, path).map_err(|e| LlavaError::io(path, e))
     }
 }
@@ -91,7 +99,12 @@ impl<B: Backend> LlavaSession<B> {
     /// [P,D]`, `lm_hidden_states [L+1,T,D]`, `lm_attentions [L,H,T,T]`,
     /// `logits [T,V]`, `gen_ids [N]`, `decode_attentions [N-1,L,H,T+N-1]`
     /// (row j: token j fed back at position T+j, zero-padded on the right).
-    pub fn inspect(&self, image: &RgbImage, text: &str, max_new_tokens: usize) -> Result<Inspection> {
+    pub fn inspect(
+        &self,
+        image: &RgbImage,
+        text: &str,
+        max_new_tokens: usize,
+    ) -> Result<Inspection> {
         let prepared = self.prepare(image, text)?;
         let layers = self.model.language.num_layers();
         let mut out = Inspection::default();
@@ -102,8 +115,14 @@ impl<B: Backend> LlavaSession<B> {
             let [_, p, d] = t.dims();
             t.reshape([p, d])
         };
-        out.push_f32("image_features_selected", squeeze(prepared.features.selected.clone()))?;
-        out.push_f32("image_features_projected", squeeze(prepared.features.projected.clone()))?;
+        out.push_f32(
+            "image_features_selected",
+            squeeze(prepared.features.selected.clone()),
+        )?;
+        out.push_f32(
+            "image_features_projected",
+            squeeze(prepared.features.projected.clone()),
+        )?;
 
         // Full pass with every tap (no cache needed: generation below redoes it).
         let taps = Taps {
@@ -111,14 +130,16 @@ impl<B: Backend> LlavaSession<B> {
             ..Taps::attention_of(0..layers)
         };
         let full = self.model.forward(prepared.embeds.clone(), 0, None, &taps);
-        let stack3 = |m: &BTreeMap<usize, Tensor<B, 3>>| {
-            Tensor::cat(m.values().cloned().collect(), 0)
-        };
+        let stack3 =
+            |m: &BTreeMap<usize, Tensor<B, 3>>| Tensor::cat(m.values().cloned().collect(), 0);
         out.push_f32("lm_hidden_states", stack3(&full.captured.hidden))?;
         let attn: Vec<Tensor<B, 4>> = full.captured.attention.values().cloned().collect();
         out.push_f32("lm_attentions", Tensor::cat(attn, 0))?;
         let [_, t, d] = full.hidden.dims();
-        out.push_f32("logits", squeeze(self.model.language.logits(full.hidden.reshape([1, t, d]))))?;
+        out.push_f32(
+            "logits",
+            squeeze(self.model.language.logits(full.hidden.reshape([1, t, d]))),
+        )?;
 
         // Greedy continuation with the attention rows of each fed-back token.
         let mut rows: Vec<Tensor<B, 4>> = Vec::new();
@@ -127,14 +148,20 @@ impl<B: Backend> LlavaSession<B> {
             max_new_tokens,
             stop_strings: Vec::new(),
         };
-        let gen = self.answer_tokens(prepared.embeds, &mut cache, &options, &Taps::attention_of(0..layers), |_, cap| {
-            // [L, H, 1, S] per step -> [L, H, S]
-            let per_layer: Vec<Tensor<B, 4>> = cap.attention.into_values().collect();
-            let step = Tensor::cat(per_layer, 0);
-            let [l, h, _, s] = step.dims();
-            rows.push(step.reshape([1, l, h, s]));
-            Ok(())
-        })?;
+        let gen = self.answer_tokens(
+            prepared.embeds,
+            &mut cache,
+            &options,
+            &Taps::attention_of(0..layers),
+            |_, cap| {
+                // [L, H, 1, S] per step -> [L, H, S]
+                let per_layer: Vec<Tensor<B, 4>> = cap.attention.into_values().collect();
+                let step = Tensor::cat(per_layer, 0);
+                let [l, h, _, s] = step.dims();
+                rows.push(step.reshape([1, l, h, s]));
+                Ok(())
+            },
+        )?;
         out.push_ids("gen_ids", &gen);
         if !rows.is_empty() {
             let width = t + rows.len();

@@ -40,7 +40,9 @@ impl<B: Backend> Rope<B> {
                 }
             }
         }
-        let make = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [len, head_dim]), device).unsqueeze::<4>();
+        let make = |v: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(v, [len, head_dim]), device).unsqueeze::<4>()
+        };
         Self {
             cos: make(cos),
             sin: make(sin),
@@ -119,11 +121,15 @@ impl<B: Backend> LlamaAttention<B> {
         let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
         if t > 1 {
             // Key j is visible to the query at position start+i when j <= start+i.
-            let q_pos = Tensor::<B, 1, Int>::arange(start as i64..(start + t) as i64, &device).reshape([t, 1]);
+            let q_pos = Tensor::<B, 1, Int>::arange(start as i64..(start + t) as i64, &device)
+                .reshape([t, 1]);
             let k_pos = Tensor::<B, 1, Int>::arange(0..s as i64, &device).reshape([1, s]);
             let mask = k_pos.expand([t, s]).greater(q_pos.expand([t, s]));
             let [n, _, _, _] = scores.dims();
-            scores = scores.mask_fill(mask.unsqueeze::<4>().expand([n, h, t, s]), f32::NEG_INFINITY);
+            scores = scores.mask_fill(
+                mask.unsqueeze::<4>().expand([n, h, t, s]),
+                f32::NEG_INFINITY,
+            );
         }
         let probs = softmax_f32(scores);
         let out = self.o_proj.forward(merge_heads(probs.clone().matmul(v)));
@@ -173,9 +179,16 @@ pub struct LlamaDecoderLayer<B: Backend> {
 impl<B: Backend> LlamaDecoderLayer<B> {
     fn load(loader: &mut TensorLoader<B>, prefix: &str, cfg: &LlamaConfig) -> Self {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
-        let lin = |l: &mut TensorLoader<B>, name: &str, a: usize, b: usize| l.linear(&format!("{prefix}.{name}"), a, b, false);
+        let lin = |l: &mut TensorLoader<B>, name: &str, a: usize, b: usize| {
+            l.linear(&format!("{prefix}.{name}"), a, b, false)
+        };
         Self {
-            input_layernorm: RmsNorm::load(loader, &format!("{prefix}.input_layernorm"), d, cfg.rms_norm_eps),
+            input_layernorm: RmsNorm::load(
+                loader,
+                &format!("{prefix}.input_layernorm"),
+                d,
+                cfg.rms_norm_eps,
+            ),
             self_attn: LlamaAttention {
                 q_proj: lin(loader, "self_attn.q_proj", d, cfg.num_heads * hd),
                 k_proj: lin(loader, "self_attn.k_proj", d, cfg.num_kv_heads * hd),
@@ -186,7 +199,12 @@ impl<B: Backend> LlamaDecoderLayer<B> {
                 head_dim: hd,
                 rope_theta: cfg.rope_theta,
             },
-            post_attention_layernorm: RmsNorm::load(loader, &format!("{prefix}.post_attention_layernorm"), d, cfg.rms_norm_eps),
+            post_attention_layernorm: RmsNorm::load(
+                loader,
+                &format!("{prefix}.post_attention_layernorm"),
+                d,
+                cfg.rms_norm_eps,
+            ),
             mlp: LlamaMlp {
                 gate_proj: lin(loader, "mlp.gate_proj", d, cfg.intermediate_size),
                 up_proj: lin(loader, "mlp.up_proj", d, cfg.intermediate_size),
@@ -197,8 +215,15 @@ impl<B: Backend> LlamaDecoderLayer<B> {
 
     /// # Shapes
     /// - `x`: `[N, T, D]` -> (`[N, T, D]`, probabilities `[N, H, T, S]`)
-    pub fn forward(&self, x: Tensor<B, 3>, start: usize, cache: Option<(&mut KvCache<B>, usize)>) -> (Tensor<B, 3>, Tensor<B, 4>) {
-        let (attn, probs) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), start, cache);
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        start: usize,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+        let (attn, probs) =
+            self.self_attn
+                .forward(self.input_layernorm.forward(x.clone()), start, cache);
         let x = x + attn;
         let out = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
         (out, probs)
@@ -240,7 +265,13 @@ impl<B: Backend> LlamaModel<B> {
                 weight: Param::from_tensor(embed),
             },
             layers: (0..cfg.num_layers)
-                .map(|i| LlamaDecoderLayer::load(loader, &format!("language_model.model.layers.{i}"), cfg))
+                .map(|i| {
+                    LlamaDecoderLayer::load(
+                        loader,
+                        &format!("language_model.model.layers.{i}"),
+                        cfg,
+                    )
+                })
                 .collect(),
             norm: RmsNorm::load(loader, "language_model.model.norm", d, cfg.rms_norm_eps),
             lm_head,
@@ -276,7 +307,8 @@ impl<B: Backend> LlamaModel<B> {
             captured.hidden.insert(0, h.clone());
         }
         for i in layers {
-            let (out, probs) = self.layers[i].forward(h, start, cache.as_deref_mut().map(|c| (c, i)));
+            let (out, probs) =
+                self.layers[i].forward(h, start, cache.as_deref_mut().map(|c| (c, i)));
             h = out;
             if let Some(kept) = taps.select(i, &probs, start) {
                 captured.attention.insert(i, kept);

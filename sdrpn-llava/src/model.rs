@@ -57,14 +57,25 @@ impl<B: Backend> Llava<B> {
         config.validate()?;
         let checkpoint = Checkpoint::open(dir)?;
         let mut loader = TensorLoader::new(&checkpoint, device);
-        let model = Self {
-            vision: ClipVisionTower::load(&mut loader, "vision_tower.vision_model", &config.vision),
-            projector: Projector::load(&mut loader, &config),
-            language: LlamaModel::load(&mut loader, &config.text),
-            config,
-        };
+        let model = Self::build(&mut loader, config);
         loader.finish(|_| false)?;
         Ok(model)
+    }
+
+    /// A model of `config` with seeded random weights (benchmarks, demos).
+    pub fn random(config: LlavaConfig, seed: u64, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        let mut loader = TensorLoader::random(device, seed);
+        Ok(Self::build(&mut loader, config))
+    }
+
+    fn build(loader: &mut TensorLoader<B>, config: LlavaConfig) -> Self {
+        Self {
+            vision: ClipVisionTower::load(loader, "vision_tower.vision_model", &config.vision),
+            projector: Projector::load(loader, &config),
+            language: LlamaModel::load(loader, &config.text),
+            config,
+        }
     }
 
     /// The configuration.
@@ -85,7 +96,9 @@ impl<B: Backend> Llava<B> {
                 format!("expected [N, 3, {s}, {s}], got [{n}, {c}, {h}, {w}]"),
             ));
         }
-        let states = self.vision.hidden_state(pixels, self.config.feature_state());
+        let states = self
+            .vision
+            .hidden_state(pixels, self.config.feature_state());
         let [n, tokens, dv] = states.dims();
         let selected = if self.config.drop_cls {
             states.slice([0..n, 1..tokens, 0..dv])
@@ -93,7 +106,10 @@ impl<B: Backend> Llava<B> {
             states
         };
         let projected = self.projector.forward(selected.clone());
-        Ok(ImageFeatures { selected, projected })
+        Ok(ImageFeatures {
+            selected,
+            projected,
+        })
     }
 
     /// Embeds a token sequence and puts image features at the image-token
@@ -107,7 +123,10 @@ impl<B: Backend> Llava<B> {
         let image_id = self.config.image_token_index;
         let vocab = self.config.text.vocab_size;
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(LlavaError::invalid("token ids", format!("id {bad} is outside the vocabulary of {vocab}")));
+            return Err(LlavaError::invalid(
+                "token ids",
+                format!("id {bad} is outside the vocabulary of {vocab}"),
+            ));
         }
         let slots = ids.iter().filter(|&&t| t == image_id).count();
         let per_image = self.config.image_tokens();
@@ -138,9 +157,15 @@ impl<B: Backend> Llava<B> {
         let (mut i, mut used) = (0, 0);
         while i < t {
             let is_image = ids[i] == image_id;
-            let run = ids[i..].iter().take_while(|&&x| (x == image_id) == is_image).count();
+            let run = ids[i..]
+                .iter()
+                .take_while(|&&x| (x == image_id) == is_image)
+                .count();
             pieces.push(if is_image {
-                let p = features.clone().slice([used..used + run, 0..d]).unsqueeze::<3>();
+                let p = features
+                    .clone()
+                    .slice([used..used + run, 0..d])
+                    .unsqueeze::<3>();
                 used += run;
                 p
             } else {
@@ -156,10 +181,18 @@ impl<B: Backend> Llava<B> {
     ///
     /// # Shapes
     /// - `embeds`: `[N, T, D]`
-    pub fn forward(&self, embeds: Tensor<B, 3>, start: usize, cache: Option<&mut KvCache<B>>, taps: &Taps) -> LmOutput<B> {
+    pub fn forward(
+        &self,
+        embeds: Tensor<B, 3>,
+        start: usize,
+        cache: Option<&mut KvCache<B>>,
+        taps: &Taps,
+    ) -> LmOutput<B> {
         let mut captured = Captured::default();
         let layers = self.language.num_layers();
-        let h = self.language.run_layers(embeds, start, 0..layers, cache, taps, &mut captured);
+        let h = self
+            .language
+            .run_layers(embeds, start, 0..layers, cache, taps, &mut captured);
         let hidden = self.language.final_norm(h);
         if taps.hidden.contains(&layers) {
             captured.hidden.insert(layers, hidden.clone());

@@ -44,10 +44,19 @@ impl<B: Backend> sdrpn_core::rpn::TwigNorm<B> for RmsNorm<B> {
 }
 
 /// Loads a LayerNorm `{prefix}.weight` / `{prefix}.bias`.
-pub fn load_layer_norm<B: Backend>(loader: &mut TensorLoader<B>, prefix: &str, dim: usize, eps: f64) -> LayerNorm<B> {
-    let mut ln = LayerNormConfig::new(dim).with_epsilon(eps).init::<B>(loader.device());
+pub fn load_layer_norm<B: Backend>(
+    loader: &mut TensorLoader<B>,
+    prefix: &str,
+    dim: usize,
+    eps: f64,
+) -> LayerNorm<B> {
+    let mut ln = LayerNormConfig::new(dim)
+        .with_epsilon(eps)
+        .init::<B>(loader.device());
     ln.gamma = Param::from_tensor(loader.tensor(&format!("{prefix}.weight"), [dim]));
-    ln.beta = Some(Param::from_tensor(loader.tensor(&format!("{prefix}.bias"), [dim])));
+    ln.beta = Some(Param::from_tensor(
+        loader.tensor(&format!("{prefix}.bias"), [dim]),
+    ));
     ln
 }
 

@@ -37,7 +37,10 @@ impl std::str::FromStr for ImageMode {
         match s {
             "pad" => Ok(ImageMode::Pad),
             "crop" => Ok(ImageMode::Crop),
-            other => Err(LlavaError::invalid("image mode", format!("{other:?} (expected pad or crop)"))),
+            other => Err(LlavaError::invalid(
+                "image mode",
+                format!("{other:?} (expected pad or crop)"),
+            )),
         }
     }
 }
@@ -76,14 +79,22 @@ pub fn expand_to_square(img: &RgbImage, fill: Rgb<u8>) -> RgbImage {
     }
     let side = w.max(h);
     let mut out = RgbImage::from_pixel(side, side, fill);
-    let (dx, dy) = if w > h { (0, (w - h) / 2) } else { ((h - w) / 2, 0) };
+    let (dx, dy) = if w > h {
+        (0, (w - h) / 2)
+    } else {
+        ((h - w) / 2, 0)
+    };
     image::imageops::replace(&mut out, img, dx as i64, dy as i64);
     out
 }
 
 /// The shortest-edge resize target of HF's `get_resize_output_image_size`.
 pub fn shortest_edge_size(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let (short, long) = if width <= height { (width, height) } else { (height, width) };
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
     let new_long = (size as f64 * long as f64 / short as f64) as u32;
     if width <= height {
         (size, new_long)

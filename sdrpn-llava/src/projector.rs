@@ -30,6 +30,7 @@ impl<B: Backend> Projector<B> {
     /// # Shapes
     /// - `features`: `[N, P, Dv]` -> `[N, P, D]`
     pub fn forward(&self, features: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.linear_2.forward(activate(self.linear_1.forward(features), self.act))
+        self.linear_2
+            .forward(activate(self.linear_1.forward(features), self.act))
     }
 }

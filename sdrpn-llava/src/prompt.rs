@@ -24,7 +24,10 @@ impl std::str::FromStr for Template {
         match s {
             "vicuna_v1" => Ok(Template::VicunaV1),
             "raw" => Ok(Template::Raw),
-            other => Err(LlavaError::invalid("template", format!("{other:?} (expected vicuna_v1 or raw)"))),
+            other => Err(LlavaError::invalid(
+                "template",
+                format!("{other:?} (expected vicuna_v1 or raw)"),
+            )),
         }
     }
 }

@@ -122,10 +122,9 @@ pub fn resize(src: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbIma
             let row = &data[y * in_w * 3..(y + 1) * in_w * 3];
             for (xx, (xmin, k)) in horizontal.spans.iter().enumerate() {
                 for c in 0..3 {
-                    let acc = k
-                        .iter()
-                        .enumerate()
-                        .fold(round, |acc, (i, &w)| acc + row[(xmin + i) * 3 + c] as i64 * w as i64);
+                    let acc = k.iter().enumerate().fold(round, |acc, (i, &w)| {
+                        acc + row[(xmin + i) * 3 + c] as i64 * w as i64
+                    });
                     tmp[(ty * out_w + xx) * 3 + c] = clip8(acc);
                 }
             }

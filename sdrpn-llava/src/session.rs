@@ -83,7 +83,11 @@ impl<B: Backend> LlavaSession<B> {
     pub fn load(dir: &Path, device: &B::Device, options: PromptOptions) -> Result<Self> {
         let model = Llava::load(dir, device)?;
         let tokenizer = LlavaTokenizer::from_dir(dir, model.config().image_token_index)?;
-        Ok(Self { model, tokenizer, options })
+        Ok(Self {
+            model,
+            tokenizer,
+            options,
+        })
     }
 
     /// The model's device.
@@ -102,13 +106,20 @@ impl<B: Backend> LlavaSession<B> {
     pub fn prepare(&self, image: &RgbImage, text: &str) -> Result<Prepared<B>> {
         let prompt = self.options.template.render(text);
         let per_image = self.model.config().image_tokens();
-        let ids = self.tokenizer.encode_prompt(&prompt, self.options.tokenization, per_image)?;
+        let ids = self
+            .tokenizer
+            .encode_prompt(&prompt, self.options.tokenization, per_image)?;
         let image_id = self.tokenizer.image_token();
         let start = ids.iter().position(|&t| t == image_id).ok_or_else(|| {
             LlavaError::invalid("prompt", format!("{prompt:?} has no <image> placeholder"))
         })?;
-        if ids.len() - start < per_image || ids.iter().filter(|&&t| t == image_id).count() != per_image {
-            return Err(LlavaError::invalid("prompt", "exactly one <image> placeholder is supported"));
+        if ids.len() - start < per_image
+            || ids.iter().filter(|&&t| t == image_id).count() != per_image
+        {
+            return Err(LlavaError::invalid(
+                "prompt",
+                "exactly one <image> placeholder is supported",
+            ));
         }
         if ids.len() > self.model.config().text.max_position_embeddings {
             return Err(LlavaError::invalid(
@@ -149,7 +160,12 @@ impl<B: Backend> LlavaSession<B> {
                 && self
                     .tokenizer
                     .decode(tokens)
-                    .map(|text| options.stop_strings.iter().any(|s| text.contains(s.as_str())))
+                    .map(|text| {
+                        options
+                            .stop_strings
+                            .iter()
+                            .any(|s| text.contains(s.as_str()))
+                    })
                     .unwrap_or(false)
         };
         let rule = StopRule {
@@ -157,9 +173,9 @@ impl<B: Backend> LlavaSession<B> {
             eos: vec![self.tokenizer.eos()],
             stop: Some(&stop),
         };
-        let generation = self
-            .model
-            .generate(embeds, cache, &rule, &Taps::none(), step_taps, on_step)?;
+        let generation =
+            self.model
+                .generate(embeds, cache, &rule, &Taps::none(), step_taps, on_step)?;
         Ok(generation.tokens)
     }
 
@@ -176,10 +192,21 @@ impl<B: Backend> LlavaSession<B> {
     }
 
     /// Greedy answer to `question` about `image` (the plain baseline).
-    pub fn answer(&self, image: &RgbImage, question: &str, options: &AnswerOptions) -> Result<String> {
+    pub fn answer(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        options: &AnswerOptions,
+    ) -> Result<String> {
         let prepared = self.prepare(image, question)?;
         let mut cache = KvCache::new(self.model.language.num_layers());
-        let tokens = self.answer_tokens(prepared.embeds, &mut cache, options, &Taps::none(), |_, _| Ok(()))?;
+        let tokens = self.answer_tokens(
+            prepared.embeds,
+            &mut cache,
+            options,
+            &Taps::none(),
+            |_, _| Ok(()),
+        )?;
         self.answer_text(&tokens, options)
     }
 }

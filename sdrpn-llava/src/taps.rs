@@ -56,7 +56,12 @@ impl Taps {
     ///
     /// # Shapes
     /// - `probs`: `[N, H, T, S]` -> `[N, h, q, S]`
-    pub(crate) fn select<B: Backend>(&self, layer: usize, probs: &Tensor<B, 4>, start: usize) -> Option<Tensor<B, 4>> {
+    pub(crate) fn select<B: Backend>(
+        &self,
+        layer: usize,
+        probs: &Tensor<B, 4>,
+        start: usize,
+    ) -> Option<Tensor<B, 4>> {
         let heads = self.attention.get(&layer)?;
         let [_, _, t, _] = probs.dims();
         let device = probs.device();

@@ -35,7 +35,10 @@ impl std::str::FromStr for Tokenization {
         match s {
             "llava" => Ok(Tokenization::Llava),
             "hf" => Ok(Tokenization::Hf),
-            other => Err(LlavaError::invalid("tokenization", format!("{other:?} (expected llava or hf)"))),
+            other => Err(LlavaError::invalid(
+                "tokenization",
+                format!("{other:?} (expected llava or hf)"),
+            )),
         }
     }
 }
@@ -54,9 +57,13 @@ impl LlavaTokenizer {
     pub fn from_dir(dir: &Path, image_token: u32) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
-            return Err(LlavaError::Tokenizer(format!("{} does not exist", path.display())));
+            return Err(LlavaError::Tokenizer(format!(
+                "{} does not exist",
+                path.display()
+            )));
         }
-        let inner = Tokenizer::from_file(&path).map_err(|e| LlavaError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner = Tokenizer::from_file(&path)
+            .map_err(|e| LlavaError::Tokenizer(format!("{}: {e}", path.display())))?;
         let eos = inner
             .token_to_id("</s>")
             .ok_or_else(|| LlavaError::Tokenizer(format!("{}: no </s> token", path.display())))?;
@@ -100,14 +107,20 @@ impl LlavaTokenizer {
 
     /// Tokenises a prompt holding `<image>` placeholders; each image becomes
     /// `image_tokens` copies of the image-token id.
-    pub fn encode_prompt(&self, prompt: &str, mode: Tokenization, image_tokens: usize) -> Result<Vec<u32>> {
+    pub fn encode_prompt(
+        &self,
+        prompt: &str,
+        mode: Tokenization,
+        image_tokens: usize,
+    ) -> Result<Vec<u32>> {
         let ids = match mode {
             Tokenization::Llava => {
                 let chunks: Vec<Vec<u32>> = prompt
                     .split(IMAGE_PLACEHOLDER)
                     .map(|c| self.encode(c))
                     .collect::<Result<_>>()?;
-                let skip = usize::from(self.bos.is_some() && chunks[0].first() == self.bos.as_ref());
+                let skip =
+                    usize::from(self.bos.is_some() && chunks[0].first() == self.bos.as_ref());
                 let mut ids = Vec::new();
                 if skip == 1 {
                     ids.push(chunks[0][0]);
@@ -131,7 +144,8 @@ impl LlavaTokenizer {
                     }
                 }
                 let placeholders = prompt.matches(IMAGE_PLACEHOLDER).count();
-                let images = ids.iter().filter(|&&t| t == self.image_token).count() / image_tokens.max(1);
+                let images =
+                    ids.iter().filter(|&&t| t == self.image_token).count() / image_tokens.max(1);
                 if images != placeholders {
                     return Err(LlavaError::Tokenizer(format!(
                         "the tokenizer does not treat {IMAGE_PLACEHOLDER} as one special token (found {images} image tokens for {placeholders} placeholders); use --tokenization llava"

@@ -8,8 +8,8 @@
 //! tensor at once.
 
 use crate::error::{LlavaError, Result};
-use burn::nn::Linear;
 use burn::module::Param;
+use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use memmap2::Mmap;
@@ -64,15 +64,22 @@ impl Checkpoint {
         let single = dir.join("model.safetensors");
         let shard_names: Vec<String> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| LlavaError::io(&index, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| LlavaError::Json {
-                path: index.clone(),
-                reason: e.to_string(),
-            })?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LlavaError::Json {
-                path: index.clone(),
-                reason: "no \"weight_map\" object".into(),
-            })?;
-            let set: BTreeSet<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| LlavaError::Json {
+                    path: index.clone(),
+                    reason: e.to_string(),
+                })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| LlavaError::Json {
+                    path: index.clone(),
+                    reason: "no \"weight_map\" object".into(),
+                })?;
+            let set: BTreeSet<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
             set.into_iter().collect()
         } else if single.exists() {
             vec!["model.safetensors".into()]
@@ -92,10 +99,11 @@ impl Checkpoint {
             let file = File::open(&path).map_err(|e| LlavaError::io(&path, e))?;
             // SAFETY: the file is only read; a concurrent writer is outside our contract.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| LlavaError::io(&path, e))?;
-            let (header, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| LlavaError::Safetensors {
-                path: path.clone(),
-                reason: format!("not a valid safetensors file: {e}"),
-            })?;
+            let (header, meta) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| LlavaError::Safetensors {
+                    path: path.clone(),
+                    reason: format!("not a valid safetensors file: {e}"),
+                })?;
             let start = 8 + header;
             for (key, info) in meta.tensors() {
                 let canonical = canonical_name(&key);
@@ -109,7 +117,10 @@ impl Checkpoint {
                 if let Some(prev) = entries.insert(canonical.clone(), entry) {
                     return Err(LlavaError::Safetensors {
                         path,
-                        reason: format!("tensor {canonical} is stored twice (also as {})", prev.original),
+                        reason: format!(
+                            "tensor {canonical} is stored twice (also as {})",
+                            prev.original
+                        ),
                     });
                 }
             }
@@ -139,15 +150,22 @@ impl Checkpoint {
 
     /// The values of a tensor as f32, whatever the stored float dtype.
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let e = self
-            .entries
-            .get(name)
-            .ok_or_else(|| LlavaError::invalid("tensor name", format!("{name} is not in {}", self.dir.display())))?;
-        let (path, mmap) = &self.files[e.file];
-        let bytes = mmap.get(e.range.0..e.range.1).ok_or_else(|| LlavaError::Safetensors {
-            path: path.clone(),
-            reason: format!("tensor {} points past the end of the file (truncated download?)", e.original),
+        let e = self.entries.get(name).ok_or_else(|| {
+            LlavaError::invalid(
+                "tensor name",
+                format!("{name} is not in {}", self.dir.display()),
+            )
         })?;
+        let (path, mmap) = &self.files[e.file];
+        let bytes = mmap
+            .get(e.range.0..e.range.1)
+            .ok_or_else(|| LlavaError::Safetensors {
+                path: path.clone(),
+                reason: format!(
+                    "tensor {} points past the end of the file (truncated download?)",
+                    e.original
+                ),
+            })?;
         let count: usize = e.shape.iter().product();
         let width = match e.dtype {
             Dtype::F32 => 4,
@@ -155,7 +173,10 @@ impl Checkpoint {
             other => {
                 return Err(LlavaError::Safetensors {
                     path: path.clone(),
-                    reason: format!("tensor {} has dtype {other:?}; only F32, F16 and BF16 are supported", e.original),
+                    reason: format!(
+                        "tensor {} has dtype {other:?}; only F32, F16 and BF16 are supported",
+                        e.original
+                    ),
                 })
             }
         };
@@ -172,7 +193,10 @@ impl Checkpoint {
             });
         }
         Ok(match e.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
             Dtype::F16 => bytes
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -188,7 +212,9 @@ impl Checkpoint {
 /// Hands tensors of a [`Checkpoint`] to model constructors, recording every
 /// problem instead of stopping at the first.
 pub struct TensorLoader<'a, B: Backend> {
-    checkpoint: &'a Checkpoint,
+    /// `None`: random weights (benchmarks, demos).
+    checkpoint: Option<&'a Checkpoint>,
+    rng_state: u64,
     device: B::Device,
     taken: BTreeSet<String>,
     missing: Vec<String>,
@@ -200,13 +226,53 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
     /// A loader that creates tensors on `device` (in the device's default float dtype).
     pub fn new(checkpoint: &'a Checkpoint, device: &B::Device) -> Self {
         Self {
-            checkpoint,
+            checkpoint: Some(checkpoint),
+            rng_state: 0,
             device: device.clone(),
             taken: BTreeSet::new(),
             missing: Vec::new(),
             wrong_shape: Vec::new(),
             failed: None,
         }
+    }
+
+    /// A loader that makes seeded random weights instead of reading a
+    /// checkpoint: norm scales 1, biases 0, everything else uniform with
+    /// standard deviation 0.02. For benchmarks and demos, where the values
+    /// do not matter.
+    pub fn random(device: &B::Device, seed: u64) -> Self {
+        Self {
+            checkpoint: None,
+            rng_state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            device: device.clone(),
+            taken: BTreeSet::new(),
+            missing: Vec::new(),
+            wrong_shape: Vec::new(),
+            failed: None,
+        }
+    }
+
+    fn random_values(&mut self, name: &str, count: usize) -> Vec<f32> {
+        let leaf = name.rsplit('.').nth(1).unwrap_or("");
+        if leaf.contains("norm") || leaf.contains("layrnorm") {
+            let value = if name.ends_with(".weight") { 1.0 } else { 0.0 };
+            return vec![value; count];
+        }
+        if name.ends_with(".bias") {
+            return vec![0.0; count];
+        }
+        // splitmix64 -> uniform in [-a, a) with std 0.02.
+        let a = 0.02f32 * 3f32.sqrt();
+        (0..count)
+            .map(|_| {
+                self.rng_state = self.rng_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = self.rng_state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+            })
+            .collect()
     }
 
     /// The device tensors are created on.
@@ -227,12 +293,16 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
     /// The values of `name` as f32 if it exists with `shape`; records the problem otherwise.
     fn values(&mut self, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
         self.taken.insert(name.to_string());
-        match self.checkpoint.shape(name) {
+        let Some(checkpoint) = self.checkpoint else {
+            return Some(self.random_values(name, shape.iter().product()));
+        };
+        match checkpoint.shape(name) {
             None => self.missing.push(name.to_string()),
             Some(found) if found != shape => {
-                self.wrong_shape.push(format!("{name}: expected {shape:?}, found {found:?}"));
+                self.wrong_shape
+                    .push(format!("{name}: expected {shape:?}, found {found:?}"));
             }
-            Some(_) => match self.checkpoint.read_f32(name) {
+            Some(_) => match checkpoint.read_f32(name) {
                 Ok(values) => return Some(values),
                 Err(e) => {
                     self.failed.get_or_insert(e);
@@ -252,7 +322,14 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
     /// Like [`TensorLoader::linear`] for a weight stored with another shape
     /// of `d_out` rows (a patch-embedding convolution `[out, c, k, k]` is a
     /// linear map of flattened patches).
-    pub fn linear_stored_as(&mut self, prefix: &str, stored: &[usize], d_in: usize, d_out: usize, bias: bool) -> Linear<B> {
+    pub fn linear_stored_as(
+        &mut self,
+        prefix: &str,
+        stored: &[usize],
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Linear<B> {
         let weight = match self.values(&format!("{prefix}.weight"), stored) {
             Some(w) => {
                 let mut t = vec![0.0f32; w.len()];
@@ -265,7 +342,8 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
             }
             None => Tensor::zeros([d_in, d_out], &self.device),
         };
-        let bias = bias.then(|| Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [d_out])));
+        let bias =
+            bias.then(|| Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [d_out])));
         Linear {
             weight: Param::from_tensor(weight),
             bias,
@@ -280,8 +358,10 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let unexpected: Vec<String> = self
-            .checkpoint
+        let Some(checkpoint) = self.checkpoint else {
+            return Ok(());
+        };
+        let unexpected: Vec<String> = checkpoint
             .names()
             .filter(|n| !self.taken.contains(*n) && !is_ignorable_buffer(n) && !unused(n))
             .map(str::to_string)
@@ -290,7 +370,7 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
             return Ok(());
         }
         Err(LlavaError::Checkpoint {
-            dir: self.checkpoint.dir.clone(),
+            dir: checkpoint.dir.clone(),
             missing: self.missing,
             unexpected,
             wrong_shape: self.wrong_shape,
@@ -308,7 +388,10 @@ mod tests {
             canonical_name("model.language_model.layers.3.mlp.up_proj.weight"),
             "language_model.model.layers.3.mlp.up_proj.weight"
         );
-        assert_eq!(canonical_name("lm_head.weight"), "language_model.lm_head.weight");
+        assert_eq!(
+            canonical_name("lm_head.weight"),
+            "language_model.lm_head.weight"
+        );
         assert_eq!(
             canonical_name("model.vision_tower.vision_model.pre_layrnorm.bias"),
             "vision_tower.vision_model.pre_layrnorm.bias"
@@ -318,6 +401,9 @@ mod tests {
             "multi_modal_projector.linear_1.weight"
         );
         // Already canonical names stay.
-        assert_eq!(canonical_name("language_model.lm_head.weight"), "language_model.lm_head.weight");
+        assert_eq!(
+            canonical_name("language_model.lm_head.weight"),
+            "language_model.lm_head.weight"
+        );
     }
 }

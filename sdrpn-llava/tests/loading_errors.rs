@@ -30,7 +30,12 @@ fn edited_model(tag: &str, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<u8>)>
     edit(&mut tensors);
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, s, d)| (n.clone(), TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
     dir
@@ -45,14 +50,27 @@ fn missing_unexpected_and_misshaped_tensors_are_all_listed() {
     let dir = edited_model("problems", |t| {
         t.retain(|(n, _, _)| n != "language_model.model.layers.2.mlp.up_proj.weight");
         t.push(("extra.weight".into(), vec![2], vec![0; 8]));
-        let norm = t.iter_mut().find(|(n, _, _)| n == "language_model.model.norm.weight").unwrap();
+        let norm = t
+            .iter_mut()
+            .find(|(n, _, _)| n == "language_model.model.norm.weight")
+            .unwrap();
         norm.1 = vec![32];
         norm.2.truncate(32 * 4);
     });
     let e = load_err(&dir);
-    assert!(e.contains("1 missing tensors") && e.contains("language_model.model.layers.2.mlp.up_proj.weight"), "{e}");
-    assert!(e.contains("1 unexpected tensors") && e.contains("extra.weight"), "{e}");
-    assert!(e.contains("language_model.model.norm.weight: expected [64], found [32]"), "{e}");
+    assert!(
+        e.contains("1 missing tensors")
+            && e.contains("language_model.model.layers.2.mlp.up_proj.weight"),
+        "{e}"
+    );
+    assert!(
+        e.contains("1 unexpected tensors") && e.contains("extra.weight"),
+        "{e}"
+    );
+    assert!(
+        e.contains("language_model.model.norm.weight: expected [64], found [32]"),
+        "{e}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -66,7 +84,11 @@ fn unsupported_dtype_is_named() {
         .tensors()
         .into_iter()
         .map(|(n, v)| {
-            let dtype = if n == "language_model.model.norm.weight" { safetensors::Dtype::I32 } else { v.dtype() };
+            let dtype = if n == "language_model.model.norm.weight" {
+                safetensors::Dtype::I32
+            } else {
+                v.dtype()
+            };
             (n, dtype, v.shape().to_vec(), v.data().to_vec())
         })
         .collect();
@@ -76,7 +98,10 @@ fn unsupported_dtype_is_named() {
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("I32") && e.contains("language_model.model.norm.weight"), "{e}");
+    assert!(
+        e.contains("I32") && e.contains("language_model.model.norm.weight"),
+        "{e}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -90,7 +115,10 @@ fn truncated_or_absent_files_are_named() {
     assert!(e.contains("model.safetensors"), "{e}");
     std::fs::remove_file(&path).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("neither model.safetensors nor model.safetensors.index.json"), "{e}");
+    assert!(
+        e.contains("neither model.safetensors nor model.safetensors.index.json"),
+        "{e}"
+    );
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("config.json"), "{e}");
@@ -99,12 +127,17 @@ fn truncated_or_absent_files_are_named() {
 
 #[test]
 fn bad_images_and_prompts_are_clear_errors() {
-    let e = load_rgb(Path::new("/nonexistent/cat.png")).unwrap_err().to_string();
+    let e = load_rgb(Path::new("/nonexistent/cat.png"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/nonexistent/cat.png"), "{e}");
     let junk = std::env::temp_dir().join(format!("sdrpn-junk-{}.png", std::process::id()));
     std::fs::write(&junk, b"not an image").unwrap();
     let e = load_rgb(&junk).unwrap_err().to_string();
-    assert!(e.contains("cannot decode") || e.contains("sdrpn-junk"), "{e}");
+    assert!(
+        e.contains("cannot decode") || e.contains("sdrpn-junk"),
+        "{e}"
+    );
     std::fs::remove_file(junk).ok();
 
     let options = PromptOptions {
@@ -113,8 +146,14 @@ fn bad_images_and_prompts_are_clear_errors() {
     };
     let session = LlavaSession::<B>::load(&model_dir("tiny-llava"), &device(), options).unwrap();
     let image = load_rgb(&fixtures().join("images/wide.png")).unwrap();
-    let e = session.prepare(&image, "no placeholder here").unwrap_err().to_string();
+    let e = session
+        .prepare(&image, "no placeholder here")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no <image> placeholder"), "{e}");
-    let e = session.prepare(&image, "<image> and <image>").unwrap_err().to_string();
+    let e = session
+        .prepare(&image, "<image> and <image>")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("exactly one <image>"), "{e}");
 }

@@ -53,14 +53,31 @@ fn last_rows(attn: &[f32], l: usize, h: usize, t: usize, rows: usize) -> Vec<f32
 }
 
 fn check_common(out: &Inspection, reference: &Reference, case: &str) {
-    assert_eq!(ids(out, "input_ids"), reference.ids("input_ids"), "{case}: input_ids");
-    assert_eq!(ids(out, "gen_ids"), reference.ids("gen_ids"), "{case}: gen_ids");
-    let proj = relative_error(f32s(out, "image_features_projected"), &reference.get("image_features_projected").1);
-    assert!(proj <= 1e-4, "{case}: projected features relative error {proj:e}");
+    assert_eq!(
+        ids(out, "input_ids"),
+        reference.ids("input_ids"),
+        "{case}: input_ids"
+    );
+    assert_eq!(
+        ids(out, "gen_ids"),
+        reference.ids("gen_ids"),
+        "{case}: gen_ids"
+    );
+    let proj = relative_error(
+        f32s(out, "image_features_projected"),
+        &reference.get("image_features_projected").1,
+    );
+    assert!(
+        proj <= 1e-4,
+        "{case}: projected features relative error {proj:e}"
+    );
     let decode = &reference.get("decode_attentions");
     let ours = f32s(out, "decode_attentions");
     let err = max_abs_error(&ours[..decode.1.len()], &decode.1);
-    assert!(err <= 1e-5, "{case}: decode attention max abs error {err:e}");
+    assert!(
+        err <= 1e-5,
+        "{case}: decode attention max abs error {err:e}"
+    );
     eprintln!("{case}: projected rel {proj:.2e}, decode attention abs {err:.2e}");
 }
 
@@ -80,7 +97,10 @@ fn case_a_hf_tokenization_crop_raw_template_matches_everything() {
         assert!(e <= tol, "{name}: relative error {e:e} > {tol:e}");
         eprintln!("a: {name} rel {e:.2e}");
     }
-    let attn = max_abs_error(f32s(&out, "lm_attentions"), &reference.get("lm_attentions").1);
+    let attn = max_abs_error(
+        f32s(&out, "lm_attentions"),
+        &reference.get("lm_attentions").1,
+    );
     assert!(attn <= 1e-5, "attention max abs error {attn:e}");
     eprintln!("a: pixels abs {pixels:.2e}, attention abs {attn:.2e}");
 }

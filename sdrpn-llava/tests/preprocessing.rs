@@ -16,9 +16,17 @@ fn image_of(shape: &[usize], values: &[f64]) -> RgbImage {
 #[test]
 fn bicubic_resize_is_bit_exact_with_pillow() {
     let reference = Reference::open("bicubic");
-    let mut cases: Vec<&String> = reference.tensors.keys().filter(|k| !k.ends_with("_src")).collect();
+    let mut cases: Vec<&String> = reference
+        .tensors
+        .keys()
+        .filter(|k| !k.ends_with("_src"))
+        .collect();
     cases.sort();
-    assert!(cases.len() >= 6, "expected at least 6 resize cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 6,
+        "expected at least 6 resize cases, found {}",
+        cases.len()
+    );
     for case in cases {
         let (shape, want) = reference.get(case);
         let source = match reference.tensors.get(&format!("{case}_src")) {
@@ -32,6 +40,9 @@ fn bicubic_resize_is_bit_exact_with_pillow() {
             .zip(want)
             .map(|(&a, &b)| (a as f64 - b).abs())
             .fold(0.0, f64::max);
-        assert_eq!(worst, 0.0, "{case}: differs from Pillow by up to {worst}/255");
+        assert_eq!(
+            worst, 0.0,
+            "{case}: differs from Pillow by up to {worst}/255"
+        );
     }
 }

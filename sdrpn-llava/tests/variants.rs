@@ -28,7 +28,9 @@ fn logits_and_ids(model: &str) -> (Vec<f32>, Vec<i64>) {
     };
     let session = LlavaSession::<B>::load(&model_dir(model), &device(), options).unwrap();
     let image = load_rgb(&fixtures().join("images/wide.png")).unwrap();
-    let out = session.inspect(&image, reference.meta("prompt"), 8).unwrap();
+    let out = session
+        .inspect(&image, reference.meta("prompt"), 8)
+        .unwrap();
     let logits = match out.get("logits") {
         Some((_, HostValues::F32(v))) => v.clone(),
         _ => unreachable!(),
@@ -44,10 +46,17 @@ fn logits_and_ids(model: &str) -> (Vec<f32>, Vec<i64>) {
 fn half_precision_and_new_layout_checkpoints_match_the_f32_one() {
     let reference = Reference::open("hf_crop_raw");
     let (base_logits, base_ids) = logits_and_ids("tiny-llava");
-    for variant in ["tiny-llava-bf16-sharded", "tiny-llava-f16", "tiny-llava-newlayout"] {
+    for variant in [
+        "tiny-llava-bf16-sharded",
+        "tiny-llava-f16",
+        "tiny-llava-newlayout",
+    ] {
         let (logits, ids) = logits_and_ids(variant);
         assert_eq!(ids, base_ids, "{variant}: generated ids");
-        assert_eq!(logits, base_logits, "{variant}: logits differ from the f32 checkpoint's");
+        assert_eq!(
+            logits, base_logits,
+            "{variant}: logits differ from the f32 checkpoint's"
+        );
         let e = relative_error(&logits, &reference.get("logits").1);
         assert!(e <= 1e-4, "{variant}: logits relative error vs HF {e:e}");
     }

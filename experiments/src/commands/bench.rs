@@ -12,6 +12,116 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Forward pass of a small transformer on each CPU backend (ndarray vs flex).
     Backends(BackendsArgs),
+    /// LLaVA prefill and decode throughput on a random model of a given config.
+    Model(ModelArgs),
+}
+
+/// Arguments of `sdrpn bench model`.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// llava-hf config.json of the model to build with random weights
+    #[arg(long, default_value = "experiments/bench/mid150m.json")]
+    config: std::path::PathBuf,
+    /// Text tokens before the image (35 = LLaVA's system prompt)
+    #[arg(long, default_value_t = 35)]
+    before: usize,
+    /// Text tokens after the image
+    #[arg(long, default_value_t = 20)]
+    after: usize,
+    /// Greedy tokens to decode (EOS ignored)
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Timed repetitions after one warm-up (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    #[command(flatten)]
+    device: super::common::DeviceArgs,
+}
+
+/// Seconds of (vision + projector, LM prefill, decode) for one run.
+pub struct ModelTimes {
+    vision: f64,
+    prefill: f64,
+    decode: f64,
+    prompt_tokens: usize,
+    params: usize,
+}
+
+impl BackendJob for ModelArgs {
+    type Output = anyhow::Result<Vec<ModelTimes>>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        use burn::module::Module;
+        use sdrpn_llava::cache::KvCache;
+        use sdrpn_llava::taps::Taps;
+        let text = std::fs::read_to_string(&self.config)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.config.display()))?;
+        let config = sdrpn_llava::LlavaConfig::from_hf_json(&text)?;
+        let model = sdrpn_llava::Llava::<B>::random(config.clone(), 0, &device)?;
+        let s = config.vision.image_size;
+        let image_id = config.image_token_index;
+        let mut ids: Vec<u32> = vec![1];
+        ids.extend((1..self.before as u32).map(|i| 3 + (i * 7919) % 30000));
+        ids.extend(std::iter::repeat_n(image_id, config.image_tokens()));
+        ids.extend((0..self.after as u32).map(|i| 3 + (i * 104729) % 30000));
+        let pixels = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
+        let sync = |t: Tensor<B, 3>| {
+            let _ = t.sum().into_data();
+        };
+        let mut runs = Vec::new();
+        for _ in 0..=self.iters {
+            let t0 = Instant::now();
+            let features = model.image_features(pixels.clone())?;
+            let [_, p, d] = features.projected.dims();
+            let projected = features.projected.reshape([p, d]);
+            sync(projected.clone().unsqueeze());
+            let t1 = Instant::now();
+            let embeds = model.embed_prompt(&ids, &[projected])?;
+            let mut cache = KvCache::new(config.text.num_layers);
+            let out = model.forward(embeds, 0, Some(&mut cache), &Taps::none());
+            let [_, t, dm] = out.hidden.dims();
+            let last = model
+                .language
+                .logits(out.hidden.slice([0..1, t - 1..t, 0..dm]));
+            let mut token =
+                sdrpn_llava::generate::argmax(&sdrpn_core::readback::floats(last)?) as i64;
+            let t2 = Instant::now();
+            for step in 0..self.new_tokens {
+                let id =
+                    Tensor::<B, 1, burn::tensor::Int>::from_data([token], &device).reshape([1, 1]);
+                let h = model.forward(
+                    model.language.embed(id),
+                    ids.len() + step,
+                    Some(&mut cache),
+                    &Taps::none(),
+                );
+                let logits = sdrpn_core::readback::floats(model.language.logits(h.hidden))?;
+                token = sdrpn_llava::generate::argmax(&logits) as i64;
+            }
+            let t3 = Instant::now();
+            runs.push(ModelTimes {
+                vision: (t1 - t0).as_secs_f64(),
+                prefill: (t2 - t1).as_secs_f64(),
+                decode: (t3 - t2).as_secs_f64(),
+                prompt_tokens: ids.len(),
+                params: model.num_params(),
+            });
+        }
+        runs.remove(0);
+        Ok(runs)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Arguments of `sdrpn bench backends`.
@@ -49,7 +159,11 @@ impl BackendJob for TransformerForward<'_> {
             .with_dropout(0.0)
             .with_norm_first(true)
             .init::<B>(&device);
-        let x = Tensor::<B, 3>::random([1, a.seq, a.d_model], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<B, 3>::random(
+            [1, a.seq, a.d_model],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let mut times = Vec::with_capacity(a.iters);
         for i in 0..=a.iters {
             let start = Instant::now();
@@ -67,6 +181,41 @@ impl BackendJob for TransformerForward<'_> {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Model(args) => {
+            let device = args.device.clone();
+            let (iters, new_tokens, config) =
+                (args.iters.max(1), args.new_tokens, args.config.clone());
+            let args = ModelArgs { iters, ..args };
+            let runs = device.run(args)?;
+            let first = &runs[0];
+            let vision = median(runs.iter().map(|r| r.vision).collect());
+            let prefill = median(runs.iter().map(|r| r.prefill).collect());
+            let decode = median(runs.iter().map(|r| r.decode).collect());
+            println!(
+                "model {} ({:.1}M parameters, random weights) on {} ({}), {} threads, median of {iters}",
+                config.display(),
+                first.params as f64 / 1e6,
+                device.device,
+                device.dtype,
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            );
+            println!("vision+projector  {:>9.1} ms", vision * 1e3);
+            println!(
+                "prefill           {:>9.1} ms  {:>8.1} tokens/s  ({} prompt tokens)",
+                prefill * 1e3,
+                first.prompt_tokens as f64 / prefill,
+                first.prompt_tokens
+            );
+            println!(
+                "decode            {:>9.1} ms  {:>8.1} tokens/s  ({new_tokens} tokens, KV cache)",
+                decode * 1e3,
+                new_tokens as f64 / decode
+            );
+            if let Some(mib) = peak_rss_mib() {
+                println!("peak RSS          {mib:>9.0} MiB");
+            }
+            Ok(())
+        }
         BenchCommand::Backends(args) => {
             let devices = if args.devices.is_empty() {
                 let mut v = Vec::new();
@@ -83,7 +232,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let flops = 2.0
                 * args.layers as f64
                 * args.seq as f64
-                * (12.0 * (args.d_model * args.d_model) as f64 + 2.0 * (args.seq * args.d_model) as f64);
+                * (12.0 * (args.d_model * args.d_model) as f64
+                    + 2.0 * (args.seq * args.d_model) as f64);
             println!(
                 "transformer forward: {} layers, d_model {}, {} heads, seq {}, median of {} ({} threads available)",
                 args.layers,

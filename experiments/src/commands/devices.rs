@@ -20,7 +20,12 @@ impl BackendJob for Probe {
     type Output = String;
     fn run<B: Backend>(self, device: B::Device) -> String {
         let t = Tensor::<B, 1>::from_floats([1.0, 2.0, 3.0], &device);
-        let sum = t.sum().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+        let sum = t
+            .sum()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap_or_default();
         format!("ok ({}, {device:?}, sum check {:?})", B::name(&device), sum)
     }
 }

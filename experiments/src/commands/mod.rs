@@ -1,7 +1,10 @@
 //! The subcommands of `sdrpn`, one file each.
 
 mod bench;
+mod common;
 mod devices;
+mod generate;
+mod inspect;
 mod score;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +25,10 @@ enum Command {
     /// Performance benchmarks (programs that print numbers).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Answer a question about an image with LLaVA (no RoI: the baseline).
+    Generate(generate::GenerateArgs),
+    /// Write every intermediate tensor of one prompt to a safetensors file.
+    Inspect(inspect::InspectArgs),
     /// Score predictions with a benchmark metric (exact to lmms-eval).
     Score(score::ScoreArgs),
 }
@@ -32,6 +39,8 @@ impl Cli {
         match self.command {
             Command::Devices(a) => devices::run(a),
             Command::Bench(b) => bench::run(b),
+            Command::Generate(a) => generate::run(a),
+            Command::Inspect(a) => inspect::run(a),
             Command::Score(a) => score::run(a),
         }
     }

@@ -33,10 +33,12 @@ struct Line {
 }
 
 pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
-    let file = std::fs::File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
+    let file = std::fs::File::open(&args.input)
+        .with_context(|| format!("cannot open {}", args.input.display()))?;
     let mut records = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: cannot read line {}", args.input.display(), i + 1))?;
+        let line =
+            line.with_context(|| format!("{}: cannot read line {}", args.input.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
         }

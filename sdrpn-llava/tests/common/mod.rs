@@ -28,7 +28,9 @@ pub struct Reference {
 
 impl Reference {
     pub fn open(name: &str) -> Self {
-        let path = fixtures().join("reference").join(format!("{name}.safetensors"));
+        let path = fixtures()
+            .join("reference")
+            .join(format!("{name}.safetensors"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
@@ -39,8 +41,14 @@ impl Reference {
             .map(|(name, view)| {
                 let data = view.data();
                 let values: Vec<f64> = match view.dtype() {
-                    Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-                    Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                    Dtype::F32 => data
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                        .collect(),
+                    Dtype::I64 => data
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                        .collect(),
                     Dtype::U8 => data.iter().map(|&b| b as f64).collect(),
                     other => panic!("unexpected dtype {other:?}"),
                 };
@@ -51,7 +59,9 @@ impl Reference {
     }
 
     pub fn get(&self, name: &str) -> &(Vec<usize>, Vec<f64>) {
-        self.tensors.get(name).unwrap_or_else(|| panic!("reference lacks {name}"))
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("reference lacks {name}"))
     }
 
     pub fn ids(&self, name: &str) -> Vec<u32> {
@@ -59,7 +69,9 @@ impl Reference {
     }
 
     pub fn meta(&self, key: &str) -> &str {
-        self.metadata.get(key).unwrap_or_else(|| panic!("reference metadata lacks {key}"))
+        self.metadata
+            .get(key)
+            .unwrap_or_else(|| panic!("reference metadata lacks {key}"))
     }
 }
 
@@ -74,5 +86,8 @@ pub fn relative_error(a: &[f32], b: &[f64]) -> f64 {
 /// max |a - b|.
 pub fn max_abs_error(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max)
 }

@@ -798,6 +798,22 @@ def main():
         bmeta[name] = src_name
     write_ref(os.path.join(out, "reference", "bicubic.safetensors"), bt, bmeta)
 
+    # ---- PIL bilinear references (the RoI crop of SD-RPN's pass 2:
+    # image.crop(box).resize(size, Image.BILINEAR)); crop box "x0,y0,x1,y1".
+    bil_cases = [
+        ("big_crop_up_96x72", "big.png", images["big.png"], (100, 80, 140, 110), (96, 72)),
+        ("big_down_84x63", "big.png", images["big.png"], (0, 0, 400, 300), (84, 63)),
+        ("wide_down_33x20", "wide.png", images["wide.png"], (0, 0, 97, 61), (33, 20)),
+        ("tiny7x5_up_20x14", "tiny7x5", tiny_src, (0, 0, 7, 5), (20, 14)),
+    ]
+    lt, lmeta = {}, {"pillow": Image.__version__,
+                     "note": "u8 [H,W,3] = PIL src.crop(box).resize((w,h), Image.BILINEAR); "
+                             "metadata <case> = 'source;x0,y0,x1,y1'; tiny7x5 is in bicubic.safetensors"}
+    for name, src_name, src, box, (w, h) in bil_cases:
+        lt[name] = torch.from_numpy(np.asarray(src.crop(box).resize((w, h), Image.BILINEAR)).copy())
+        lmeta[name] = src_name + ";" + ",".join(str(v) for v in box)
+    write_ref(os.path.join(out, "reference", "bilinear.safetensors"), lt, lmeta)
+
     with open(os.path.join(out, "reference", "run_log.json"), "w") as f:
         json.dump({"versions": versions, "seed_tiny": seed84, "seed_336": seed336, **log,
                    "keys_llava_hf_layout": sorted(keys_legacy), "keys_new_layout": sorted(keys_memory)}, f, indent=1)

@@ -3,6 +3,9 @@
 use clap::Parser;
 use experiments::commands::Cli;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = cli.run() {

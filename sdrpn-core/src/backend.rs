@@ -184,7 +184,7 @@ pub fn run_on_with<J: BackendJob>(
         DeviceSpec::Cpu(kind) => match kind.unwrap_or(DEFAULT_CPU) {
             CpuKind::NdArray => {
                 #[cfg(feature = "ndarray")]
-                return start::<burn::backend::NdArray, J>(
+                let out = start::<burn::backend::NdArray, J>(
                     Default::default(),
                     spec,
                     precision,
@@ -192,47 +192,45 @@ pub fn run_on_with<J: BackendJob>(
                     job,
                 );
                 #[cfg(not(feature = "ndarray"))]
-                Err(not_compiled(spec, "ndarray"))
+                let out = Err(not_compiled(spec, "ndarray"));
+                out
             }
             CpuKind::Flex => {
                 #[cfg(feature = "flex")]
-                return start::<burn::backend::Flex, J>(
-                    Default::default(),
-                    spec,
-                    precision,
-                    None,
-                    job,
-                );
+                let out =
+                    start::<burn::backend::Flex, J>(Default::default(), spec, precision, None, job);
                 #[cfg(not(feature = "flex"))]
-                Err(not_compiled(spec, "flex"))
+                let out = Err(not_compiled(spec, "flex"));
+                out
             }
         },
         DeviceSpec::Wgpu(index) => {
             #[cfg(feature = "wgpu")]
-            {
+            let out = {
                 use burn::backend::wgpu::WgpuDevice;
                 let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
                 let hint = "no WGPU adapter could be started (on Linux install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers libvulkan1`)";
-                return start::<burn::backend::Wgpu, J>(device, spec, precision, Some(hint), job);
-            }
+                start::<burn::backend::Wgpu, J>(device, spec, precision, Some(hint), job)
+            };
             #[cfg(not(feature = "wgpu"))]
-            {
+            let out = {
                 let _ = index;
                 Err(not_compiled(spec, "wgpu"))
-            }
+            };
+            out
         }
         DeviceSpec::Cuda(index) => {
             #[cfg(feature = "cuda")]
-            {
-                cuda_driver::check(index)?;
+            let out = cuda_driver::check(index).and_then(|()| {
                 let device = burn::backend::cuda::CudaDevice::new(index);
-                return start::<burn::backend::Cuda, J>(device, spec, precision, None, job);
-            }
+                start::<burn::backend::Cuda, J>(device, spec, precision, None, job)
+            });
             #[cfg(not(feature = "cuda"))]
-            {
+            let out = {
                 let _ = index;
                 Err(not_compiled(spec, "cuda"))
-            }
+            };
+            out
         }
     }
 }

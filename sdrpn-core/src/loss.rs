@@ -9,10 +9,11 @@ use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Which loss trains the RPN.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LossKind {
     /// Binary cross-entropy with logits (paper default).
+    #[default]
     Bce,
     /// Sigmoid focal loss (torchvision form).
     Focal {
@@ -23,12 +24,6 @@ pub enum LossKind {
     },
     /// Mean squared error of `sigmoid(logits)` to the normalised map.
     Mse,
-}
-
-impl Default for LossKind {
-    fn default() -> Self {
-        LossKind::Bce
-    }
 }
 
 impl LossKind {

@@ -37,7 +37,7 @@ mod tests {
         assert!(0.2f32 > round_down_f32(t));
         assert!((0.2f32 as f64) > t);
         // A value just below 0.1 (as f64) is background; 0.1f32 is above 0.1.
-        assert!(!(0.1f32 < round_up_f32(0.1)));
+        assert!(0.1f32 >= round_up_f32(0.1));
         assert!(0.1f32.next_down() < round_up_f32(0.1));
         // Exactly representable thresholds stay put.
         assert_eq!(round_down_f32(0.5), 0.5);

@@ -9,6 +9,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use sdrpn_core::readback::floats;
 
+/// A test on the tokens generated so far: true stops generation.
+pub type StopTest<'a> = &'a dyn Fn(&[u32]) -> bool;
+
 /// When to stop generating.
 pub struct StopRule<'a> {
     /// Most tokens to generate.
@@ -16,7 +19,7 @@ pub struct StopRule<'a> {
     /// Token ids that end the answer (kept in the output).
     pub eos: Vec<u32>,
     /// Extra test on the tokens so far (e.g. a decoded stop string).
-    pub stop: Option<&'a dyn Fn(&[u32]) -> bool>,
+    pub stop: Option<StopTest<'a>>,
 }
 
 /// What a generation produced.

@@ -79,6 +79,39 @@ pub struct LlamaAttention<B: Backend> {
     rope_theta: f64,
 }
 
+/// What every layer of one pass shares: RoPE tables of the pass's positions
+/// and the causal mask (built once per pass, not per layer).
+#[derive(Debug, Clone)]
+pub struct PassContext<B: Backend> {
+    /// First position of the pass.
+    pub start: usize,
+    rope: Rope<B>,
+    /// `[1, 1, T, S]` true where a key is in a query's future (`None` for one query).
+    future: Option<Tensor<B, 4, burn::tensor::Bool>>,
+}
+
+impl<B: Backend> PassContext<B> {
+    /// Context for `len` new positions from `start`, with `start` positions cached before them.
+    pub fn new(head_dim: usize, theta: f64, start: usize, len: usize, device: &B::Device) -> Self {
+        let future = (len > 1).then(|| {
+            // Key j is visible to the query at position start+i when j <= start+i.
+            let s = start + len;
+            let q_pos =
+                Tensor::<B, 1, Int>::arange(start as i64..s as i64, device).reshape([len, 1]);
+            let k_pos = Tensor::<B, 1, Int>::arange(0..s as i64, device).reshape([1, s]);
+            k_pos
+                .expand([len, s])
+                .greater(q_pos.expand([len, s]))
+                .unsqueeze::<4>()
+        });
+        Self {
+            start,
+            rope: Rope::new(head_dim, theta, start, len, device),
+            future,
+        }
+    }
+}
+
 impl<B: Backend> LlamaAttention<B> {
     /// The query projection (the RPN head reuses it).
     pub fn q_proj(&self) -> &Linear<B> {
@@ -90,24 +123,25 @@ impl<B: Backend> LlamaAttention<B> {
         (self.num_heads, self.head_dim)
     }
 
-    /// Attention over the new positions `start..start+T` and everything in
-    /// `cache` (if given, the new keys/values are appended to it).
-    /// Returns the output and the post-softmax probabilities.
+    /// Attention over the pass's new positions and everything in `cache`
+    /// (if given, the new keys/values are appended to it). Returns the
+    /// output and the post-softmax probabilities.
     ///
     /// # Shapes
     /// - `x`: `[N, T, D]` -> (`[N, T, D]`, `[N, H, T, S]`)
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        start: usize,
+        pass: &PassContext<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> (Tensor<B, 3>, Tensor<B, 4>) {
-        let [_, t, _] = x.dims();
-        let device = x.device();
         let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let rope = Rope::new(hd, self.rope_theta, start, t, &device);
-        let q = rope.apply(split_heads(self.q_proj.forward(x.clone()), h, hd));
-        let k = rope.apply(split_heads(self.k_proj.forward(x.clone()), hkv, hd));
+        let q = pass
+            .rope
+            .apply(split_heads(self.q_proj.forward(x.clone()), h, hd));
+        let k = pass
+            .rope
+            .apply(split_heads(self.k_proj.forward(x.clone()), hkv, hd));
         let v = split_heads(self.v_proj.forward(x), hkv, hd);
         let (k, v) = match cache {
             Some((cache, layer)) => {
@@ -117,19 +151,10 @@ impl<B: Backend> LlamaAttention<B> {
             None => (k, v),
         };
         let (k, v) = (repeat_kv(k, h / hkv), repeat_kv(v, h / hkv));
-        let s = k.dims()[2];
         let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-        if t > 1 {
-            // Key j is visible to the query at position start+i when j <= start+i.
-            let q_pos = Tensor::<B, 1, Int>::arange(start as i64..(start + t) as i64, &device)
-                .reshape([t, 1]);
-            let k_pos = Tensor::<B, 1, Int>::arange(0..s as i64, &device).reshape([1, s]);
-            let mask = k_pos.expand([t, s]).greater(q_pos.expand([t, s]));
-            let [n, _, _, _] = scores.dims();
-            scores = scores.mask_fill(
-                mask.unsqueeze::<4>().expand([n, h, t, s]),
-                f32::NEG_INFINITY,
-            );
+        if let Some(future) = &pass.future {
+            let [n, _, t, s] = scores.dims();
+            scores = scores.mask_fill(future.clone().expand([n, h, t, s]), f32::NEG_INFINITY);
         }
         let probs = softmax_f32(scores);
         let out = self.o_proj.forward(merge_heads(probs.clone().matmul(v)));
@@ -213,17 +238,28 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         }
     }
 
+    /// A pass context for this layer's attention geometry.
+    pub fn pass_context(&self, start: usize, len: usize, device: &B::Device) -> PassContext<B> {
+        PassContext::new(
+            self.self_attn.head_dim,
+            self.self_attn.rope_theta,
+            start,
+            len,
+            device,
+        )
+    }
+
     /// # Shapes
     /// - `x`: `[N, T, D]` -> (`[N, T, D]`, probabilities `[N, H, T, S]`)
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        start: usize,
+        pass: &PassContext<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let (attn, probs) =
             self.self_attn
-                .forward(self.input_layernorm.forward(x.clone()), start, cache);
+                .forward(self.input_layernorm.forward(x.clone()), pass, cache);
         let x = x + attn;
         let out = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
         (out, probs)
@@ -232,7 +268,9 @@ impl<B: Backend> LlamaDecoderLayer<B> {
 
 impl<B: Backend> sdrpn_core::rpn::TwigLayer<B> for LlamaDecoderLayer<B> {
     fn forward_twig(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.forward(x, 0, None).0
+        let [_, t, _] = x.dims();
+        let pass = self.pass_context(0, t, &x.device());
+        self.forward(x, &pass, None).0
     }
 }
 
@@ -306,9 +344,14 @@ impl<B: Backend> LlamaModel<B> {
         if layers.start == 0 && taps.hidden.contains(&0) {
             captured.hidden.insert(0, h.clone());
         }
+        let [_, t, _] = h.dims();
+        let pass = match self.layers.get(layers.start) {
+            Some(layer) => layer.pass_context(start, t, &h.device()),
+            None => return h,
+        };
         for i in layers {
             let (out, probs) =
-                self.layers[i].forward(h, start, cache.as_deref_mut().map(|c| (c, i)));
+                self.layers[i].forward(h, &pass, cache.as_deref_mut().map(|c| (c, i)));
             h = out;
             if let Some(kept) = taps.select(i, &probs, start) {
                 captured.attention.insert(i, kept);

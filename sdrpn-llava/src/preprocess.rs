@@ -12,12 +12,15 @@
 use crate::error::{LlavaError, Result};
 use crate::resample::{resize, Filter};
 use image::{Rgb, RgbImage};
+use sdrpn_core::crop::PixelBox;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// CLIP's normalisation mean.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// CLIP's normalisation standard deviation.
+/// CLIP's normalisation standard deviation (the published decimals, rounded
+/// to f32 as numpy's `np.array(std, dtype=float32)` does).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// How the image reaches the square model input.
@@ -127,6 +130,35 @@ pub fn clip_preprocess(img: &RgbImage, size: u32) -> Vec<f32> {
         }
     }
     out
+}
+
+/// The RoI crop of SD-RPN's second pass: `image.crop(box).resize((size,
+/// size), Image.BILINEAR)` in Pillow terms (aspect not kept), then the CLIP
+/// preprocessing (a no-op resize at that size).
+pub fn crop_and_resize(
+    img: &RgbImage,
+    region: PixelBox,
+    width: u32,
+    height: u32,
+) -> Result<RgbImage> {
+    if region.x1 > img.width()
+        || region.y1 > img.height()
+        || region.width() == 0
+        || region.height() == 0
+    {
+        return Err(LlavaError::invalid(
+            "crop box",
+            format!(
+                "{region:?} is empty or outside the {}x{} image",
+                img.width(),
+                img.height()
+            ),
+        ));
+    }
+    let cropped =
+        image::imageops::crop_imm(img, region.x0, region.y0, region.width(), region.height())
+            .to_image();
+    Ok(resize(&cropped, width, height, Filter::Bilinear))
 }
 
 /// Preprocesses an image for a vision tower of input side `size`.

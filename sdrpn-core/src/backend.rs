@@ -118,6 +118,7 @@ pub fn compiled_backends() -> Vec<&'static str> {
     v
 }
 
+#[allow(dead_code)] // unused when every backend is compiled in
 fn not_compiled(spec: &DeviceSpec, feature: &str) -> CoreError {
     CoreError::Device(format!(
         "device {spec} needs the `{feature}` cargo feature, which this build lacks (compiled in: {}); rebuild with `--features {feature}`",

@@ -4,4 +4,6 @@
 //! subcommands of the `sdrpn` binary ([`commands`]).
 
 pub mod commands;
+pub mod heatmap;
+pub mod progress;
 pub mod scorers;

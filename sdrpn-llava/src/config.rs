@@ -280,6 +280,54 @@ impl LlavaConfig {
         Ok(cfg)
     }
 
+    /// The configuration as a llava-hf `config.json` (read back by
+    /// [`LlavaConfig::from_hf_json`] to the same value).
+    pub fn to_hf_json(&self) -> String {
+        let act = |a: Activation| match a {
+            Activation::QuickGelu => "quick_gelu",
+            Activation::Gelu => "gelu",
+        };
+        let (v, t) = (&self.vision, &self.text);
+        let json = serde_json::json!({
+            "architectures": ["LlavaForConditionalGeneration"],
+            "model_type": "llava",
+            "image_token_index": self.image_token_index,
+            "pad_token_id": self.pad_token_id,
+            "projector_hidden_act": act(self.projector_act),
+            "multimodal_projector_bias": self.projector_bias,
+            "vision_feature_layer": self.vision_feature_layer,
+            "vision_feature_select_strategy": if self.drop_cls { "default" } else { "full" },
+            "tie_word_embeddings": t.tie_word_embeddings,
+            "text_config": {
+                "model_type": "llama",
+                "vocab_size": t.vocab_size,
+                "hidden_size": t.hidden_size,
+                "intermediate_size": t.intermediate_size,
+                "num_hidden_layers": t.num_layers,
+                "num_attention_heads": t.num_heads,
+                "num_key_value_heads": t.num_kv_heads,
+                "head_dim": t.head_dim,
+                "rms_norm_eps": t.rms_norm_eps,
+                "rope_theta": t.rope_theta,
+                "max_position_embeddings": t.max_position_embeddings,
+                "tie_word_embeddings": t.tie_word_embeddings,
+                "hidden_act": "silu",
+            },
+            "vision_config": {
+                "model_type": "clip_vision_model",
+                "hidden_size": v.hidden_size,
+                "intermediate_size": v.intermediate_size,
+                "num_hidden_layers": v.num_layers,
+                "num_attention_heads": v.num_heads,
+                "image_size": v.image_size,
+                "patch_size": v.patch_size,
+                "layer_norm_eps": v.layer_norm_eps,
+                "hidden_act": act(v.hidden_act),
+            },
+        });
+        serde_json::to_string_pretty(&json).expect("a JSON value serialises")
+    }
+
     /// Checks that the sizes fit together.
     pub fn validate(&self) -> Result<()> {
         let (v, t) = (&self.vision, &self.text);
@@ -425,6 +473,13 @@ mod tests {
         assert_eq!(cfg, LlavaConfig::llava_v1_5_7b());
         assert_eq!(cfg.feature_state(), 23);
         assert_eq!(cfg.image_tokens(), 576);
+    }
+
+    #[test]
+    fn hf_json_round_trips() {
+        for cfg in [LlavaConfig::llava_v1_5_7b(), LlavaConfig::llava_v1_5_13b()] {
+            assert_eq!(LlavaConfig::from_hf_json(&cfg.to_hf_json()).unwrap(), cfg);
+        }
     }
 
     #[test]

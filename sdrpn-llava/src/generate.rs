@@ -46,7 +46,7 @@ pub fn argmax(values: &[f32]) -> usize {
 
 impl<B: Backend> Llava<B> {
     /// Logits of the last position of `hidden` (`[1, T, D]`), on the host.
-    fn last_logits(&self, hidden: Tensor<B, 3>) -> Result<Vec<f32>> {
+    pub fn last_logits(&self, hidden: Tensor<B, 3>) -> Result<Vec<f32>> {
         let [n, t, d] = hidden.dims();
         let last = hidden.slice([n - 1..n, t - 1..t, 0..d]);
         Ok(floats(self.language.logits(last))?)
@@ -66,22 +66,42 @@ impl<B: Backend> Llava<B> {
         rule: &StopRule,
         prefill_taps: &Taps,
         step_taps: &Taps,
-        mut on_step: impl FnMut(usize, Captured<B>) -> Result<()>,
+        on_step: impl FnMut(usize, Captured<B>) -> Result<()>,
     ) -> Result<Generation<B>> {
-        let [n, t, _] = embeds.dims();
+        let [n, _, _] = embeds.dims();
         if n != 1 {
             return Err(LlavaError::invalid(
                 "generation batch",
                 format!("only batch 1 is supported, got {n}"),
             ));
         }
-        if rule.max_new_tokens == 0 {
-            return Err(LlavaError::invalid("max_new_tokens", "must be at least 1"));
-        }
         let start = cache.len();
         let out = self.forward(embeds, start, Some(cache), prefill_taps);
         let first_logits = self.last_logits(out.hidden)?;
-        let mut tokens = vec![argmax(&first_logits) as u32];
+        let tokens = self.decode(&first_logits, cache, rule, step_taps, on_step)?;
+        Ok(Generation {
+            tokens,
+            prefill: out.captured,
+            first_logits,
+        })
+    }
+
+    /// Greedy decoding after a prefill: `first_logits` are the logits of the
+    /// last prompt position and `cache` holds every prompt position of every
+    /// layer. Returns the generated tokens.
+    pub fn decode(
+        &self,
+        first_logits: &[f32],
+        cache: &mut KvCache<B>,
+        rule: &StopRule,
+        step_taps: &Taps,
+        mut on_step: impl FnMut(usize, Captured<B>) -> Result<()>,
+    ) -> Result<Vec<u32>> {
+        if rule.max_new_tokens == 0 {
+            return Err(LlavaError::invalid("max_new_tokens", "must be at least 1"));
+        }
+        let prompt_len = cache.len();
+        let mut tokens = vec![argmax(first_logits) as u32];
         let device = self.language.device();
         loop {
             let last = *tokens.last().expect("at least one token");
@@ -91,7 +111,7 @@ impl<B: Backend> Llava<B> {
             if done {
                 break;
             }
-            let position = start + t + tokens.len() - 1;
+            let position = prompt_len + tokens.len() - 1;
             let ids =
                 Tensor::<B, 1, Int>::from_data(TensorData::new(vec![last as i64], [1]), &device)
                     .reshape([1, 1]);
@@ -100,11 +120,7 @@ impl<B: Backend> Llava<B> {
             on_step(tokens.len() - 1, step.captured)?;
             tokens.push(argmax(&logits) as u32);
         }
-        Ok(Generation {
-            tokens,
-            prefill: out.captured,
-            first_logits,
-        })
+        Ok(tokens)
     }
 }
 

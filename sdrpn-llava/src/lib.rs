@@ -12,6 +12,7 @@ pub mod clip;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod host;
 pub mod inspect;
 pub mod llama;
 pub mod model;
@@ -23,6 +24,7 @@ pub mod resample;
 pub mod session;
 pub mod taps;
 pub mod tokenizer;
+pub mod two_pass;
 pub mod weights;
 
 pub use config::LlavaConfig;

@@ -69,6 +69,36 @@ impl<B: Backend> Llava<B> {
         Ok(Self::build(&mut loader, config))
     }
 
+    /// Writes a complete llava-hf checkpoint folder with seeded random
+    /// weights (`config.json` + `model.safetensors`); `qk_scale` multiplies
+    /// the attention query/key weights of the language model (sharper
+    /// attention makes demo pseudo-labels less diffuse). The tokenizer is
+    /// not written.
+    pub fn write_random_checkpoint(
+        config: &LlavaConfig,
+        seed: u64,
+        qk_scale: f32,
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<()> {
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(|e| crate::error::LlavaError::io(dir, e))?;
+        let mut loader = TensorLoader::random(device, seed).recording();
+        let _ = Self::build(&mut loader, config.clone());
+        let mut tensors = loader.take_recorded();
+        for (name, _, values) in tensors.iter_mut() {
+            if name.starts_with("language_model")
+                && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"))
+            {
+                values.iter_mut().for_each(|v| *v *= qk_scale);
+            }
+        }
+        crate::weights::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+        let path = dir.join("config.json");
+        std::fs::write(&path, config.to_hf_json())
+            .map_err(|e| crate::error::LlavaError::io(&path, e))
+    }
+
     fn build(loader: &mut TensorLoader<B>, config: LlavaConfig) -> Self {
         Self {
             vision: ClipVisionTower::load(loader, "vision_tower.vision_model", &config.vision),

@@ -146,15 +146,9 @@ impl<B: Backend> LlavaSession<B> {
         })
     }
 
-    /// The stop rule for `options`: EOS, the token limit, stop strings.
-    pub fn answer_tokens(
-        &self,
-        embeds: Tensor<B, 3>,
-        cache: &mut KvCache<B>,
-        options: &AnswerOptions,
-        step_taps: &Taps,
-        on_step: impl FnMut(usize, crate::taps::Captured<B>) -> Result<()>,
-    ) -> Result<Vec<u32>> {
+    /// Calls `f` with the stop rule of `options`: the token limit, EOS, and
+    /// the stop strings (checked on the decoded text so far).
+    pub fn with_stop_rule<R>(&self, options: &AnswerOptions, f: impl FnOnce(&StopRule) -> R) -> R {
         let stop = |tokens: &[u32]| {
             !options.stop_strings.is_empty()
                 && self
@@ -173,10 +167,24 @@ impl<B: Backend> LlavaSession<B> {
             eos: vec![self.tokenizer.eos()],
             stop: Some(&stop),
         };
-        let generation =
+        f(&rule)
+    }
+
+    /// Greedy generation from prompt embeddings with per-step taps (see
+    /// [`Llava::generate`]); returns the new tokens.
+    pub fn answer_tokens(
+        &self,
+        embeds: Tensor<B, 3>,
+        cache: &mut KvCache<B>,
+        options: &AnswerOptions,
+        step_taps: &Taps,
+        on_step: impl FnMut(usize, crate::taps::Captured<B>) -> Result<()>,
+    ) -> Result<Vec<u32>> {
+        self.with_stop_rule(options, |rule| {
             self.model
-                .generate(embeds, cache, &rule, &Taps::none(), step_taps, on_step)?;
-        Ok(generation.tokens)
+                .generate(embeds, cache, rule, &Taps::none(), step_taps, on_step)
+                .map(|g| g.tokens)
+        })
     }
 
     /// The answer text of generated tokens: decoded without special tokens,

@@ -18,6 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+/// A named f32 tensor on the host: `(name, PyTorch shape, values)`.
+pub type HostTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Where one tensor lives.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -215,6 +218,8 @@ pub struct TensorLoader<'a, B: Backend> {
     /// `None`: random weights (benchmarks, demos).
     checkpoint: Option<&'a Checkpoint>,
     rng_state: u64,
+    /// Random weights handed out so far, when asked to keep them.
+    recorded: Option<Vec<HostTensor>>,
     device: B::Device,
     taken: BTreeSet<String>,
     missing: Vec<String>,
@@ -228,6 +233,7 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
         Self {
             checkpoint: Some(checkpoint),
             rng_state: 0,
+            recorded: None,
             device: device.clone(),
             taken: BTreeSet::new(),
             missing: Vec::new(),
@@ -244,12 +250,24 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
         Self {
             checkpoint: None,
             rng_state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            recorded: None,
             device: device.clone(),
             taken: BTreeSet::new(),
             missing: Vec::new(),
             wrong_shape: Vec::new(),
             failed: None,
         }
+    }
+
+    /// Keeps every random tensor handed out, for [`TensorLoader::take_recorded`].
+    pub fn recording(mut self) -> Self {
+        self.recorded = Some(Vec::new());
+        self
+    }
+
+    /// The random tensors handed out so far (`name`, PyTorch shape, values).
+    pub fn take_recorded(&mut self) -> Vec<HostTensor> {
+        self.recorded.take().unwrap_or_default()
     }
 
     fn random_values(&mut self, name: &str, count: usize) -> Vec<f32> {
@@ -294,7 +312,11 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
     fn values(&mut self, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
         self.taken.insert(name.to_string());
         let Some(checkpoint) = self.checkpoint else {
-            return Some(self.random_values(name, shape.iter().product()));
+            let values = self.random_values(name, shape.iter().product());
+            if let Some(rec) = self.recorded.as_mut() {
+                rec.push((name.to_string(), shape.to_vec(), values.clone()));
+            }
+            return Some(values);
         };
         match checkpoint.shape(name) {
             None => self.missing.push(name.to_string()),
@@ -376,6 +398,29 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
             wrong_shape: self.wrong_shape,
         })
     }
+}
+
+/// Writes f32 tensors as one safetensors file (atomically: temp + rename).
+pub fn write_safetensors(path: &Path, tensors: &[HostTensor]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), data)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| LlavaError::invalid("tensor", format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| LlavaError::Safetensors {
+        path: tmp.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| LlavaError::io(path, e))
 }
 
 #[cfg(test)]

@@ -1,1 +1,25 @@
+//! # sdrpn-train: self-distillation of the RPN
+//!
+//! Stage A ([`label`]): pseudo-label maps from the frozen model's own
+//! attention, stored in resumable shards ([`label_store`]). Stage B
+//! ([`trainer`]): the RPN trained with burn-train on labels built on the fly
+//! from those maps. The method's settings, presets and overrides live in
+//! [`config`].
 
+pub mod config;
+pub mod error;
+pub mod label;
+pub mod label_store;
+pub mod questions;
+pub mod render;
+
+pub use config::SdrpnConfig;
+pub use error::{Result, TrainError};
+pub mod dataset;
+pub mod step;
+pub mod trainer;
+
+#[cfg(test)]
+pub(crate) mod test_backend {
+    pub type B = sdrpn_core::backend::CpuBackend;
+}

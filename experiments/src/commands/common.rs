@@ -26,3 +26,70 @@ impl DeviceArgs {
             .with_context(|| format!("cannot start device {}", self.device))?
     }
 }
+
+/// Which method settings to use: a preset or a TOML file, plus overrides.
+#[derive(Debug, Clone, Default, Args)]
+pub struct MethodArgs {
+    /// Preset: llava-1.5-7b, llava-1.5-13b or tiny (default: chosen from the model's size)
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// Method config file (TOML; see `sdrpn config --preset NAME` for a template)
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Branch layer K of the RPN
+    #[arg(long)]
+    pub branch_layer: Option<usize>,
+    /// Number of twig layers T
+    #[arg(long)]
+    pub twig_layers: Option<usize>,
+    /// Grounding heads, e.g. "14:24,13,26" (layers separated by ';')
+    #[arg(long)]
+    pub grounding_heads: Option<String>,
+    /// Sink heads, e.g. "2:all"
+    #[arg(long)]
+    pub sink_heads: Option<String>,
+    /// RoI threshold t on the blurred RPN map
+    #[arg(long)]
+    pub threshold: Option<f64>,
+}
+
+impl MethodArgs {
+    /// The overrides given.
+    pub fn overrides(&self) -> sdrpn_train::config::Overrides {
+        sdrpn_train::config::Overrides {
+            branch_layer: self.branch_layer,
+            twig_layers: self.twig_layers,
+            grounding_heads: self.grounding_heads.clone(),
+            sink_heads: self.sink_heads.clone(),
+            threshold: self.threshold,
+        }
+    }
+
+    /// The config: `--config`, else `--preset`, else `fallback`, with overrides applied.
+    pub fn resolve(
+        &self,
+        fallback: impl FnOnce() -> anyhow::Result<sdrpn_train::SdrpnConfig>,
+    ) -> anyhow::Result<sdrpn_train::SdrpnConfig> {
+        let mut config = match (&self.config, &self.preset) {
+            (Some(path), _) => sdrpn_train::SdrpnConfig::load(path)?,
+            (None, Some(name)) => sdrpn_train::SdrpnConfig::preset(name)?,
+            (None, None) => fallback()?,
+        };
+        config.apply(&self.overrides())?;
+        Ok(config)
+    }
+}
+
+/// The preset that fits a model folder's size (32 layers: 7B, 40: 13B, up to 8: tiny).
+pub fn preset_for_model(model: &std::path::Path) -> anyhow::Result<sdrpn_train::SdrpnConfig> {
+    let cfg = sdrpn_llava::LlavaConfig::from_dir(model)?;
+    let name = match cfg.text.num_layers {
+        32 => "llava-1.5-7b",
+        40 => "llava-1.5-13b",
+        n if n <= 8 => "tiny",
+        n => anyhow::bail!(
+            "no preset fits a {n}-layer model: pass --config FILE (or --preset with overrides)"
+        ),
+    };
+    Ok(sdrpn_train::SdrpnConfig::preset(name)?)
+}

@@ -4,8 +4,11 @@ mod bench;
 mod common;
 mod devices;
 mod generate;
+mod infer;
 mod inspect;
+mod label;
 mod score;
+mod train;
 
 use clap::{Parser, Subcommand};
 use sdrpn_core::backend::DeviceSpec;
@@ -29,6 +32,12 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Write every intermediate tensor of one prompt to a safetensors file.
     Inspect(inspect::InspectArgs),
+    /// Stage A: pseudo-label maps from the frozen model's own attention.
+    Label(label::LabelArgs),
+    /// Stage B: train the RPN on the labels (burn-train).
+    Train(train::TrainArgs),
+    /// Stage C: answer with the trained RPN (two passes: RoI, then crop).
+    Infer(infer::InferArgs),
     /// Score predictions with a benchmark metric (exact to lmms-eval).
     Score(score::ScoreArgs),
 }
@@ -41,6 +50,9 @@ impl Cli {
             Command::Bench(b) => bench::run(b),
             Command::Generate(a) => generate::run(a),
             Command::Inspect(a) => inspect::run(a),
+            Command::Label(a) => label::run(a),
+            Command::Train(a) => train::run(a),
+            Command::Infer(a) => infer::run(a),
             Command::Score(a) => score::run(a),
         }
     }

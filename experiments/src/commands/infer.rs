@@ -1,0 +1,125 @@
+//! `sdrpn infer`: stage C, two-pass answering with the trained RPN.
+
+use super::common::DeviceArgs;
+use crate::heatmap;
+use anyhow::Context;
+use burn::tensor::backend::Backend;
+use clap::Args;
+use sdrpn_core::backend::BackendJob;
+use sdrpn_core::host::RpnHost;
+use sdrpn_llava::preprocess::load_rgb;
+use sdrpn_llava::session::{AnswerOptions, LlavaSession};
+use sdrpn_llava::two_pass::{TwoPassOptions, TwoPassOutput};
+use sdrpn_train::trainer::load_rpn;
+use std::path::PathBuf;
+
+/// Arguments of `sdrpn infer`.
+#[derive(Debug, Clone, Args)]
+pub struct InferArgs {
+    /// llava-hf checkpoint folder
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Run folder written by `sdrpn train` (holds the RPN and its config)
+    #[arg(long)]
+    pub rpn: PathBuf,
+    /// Image file
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The question
+    #[arg(long)]
+    pub question: String,
+    /// RoI threshold (default: the run's, 0.15)
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Skip the RPN: the plain baseline (same answer as `sdrpn generate`)
+    #[arg(long)]
+    pub no_roi: bool,
+    /// Write the image with the RoI map and crop box to this PNG
+    #[arg(long)]
+    pub heatmap: Option<PathBuf>,
+    /// Print JSON: answer, roi_map, boxes, crop, mode, timings
+    #[arg(long)]
+    pub json: bool,
+    /// Most new tokens (default: the run's)
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl BackendJob for InferArgs {
+    type Output = anyhow::Result<(
+        TwoPassOutput,
+        sdrpn_core::Grid,
+        sdrpn_llava::preprocess::ImageMode,
+    )>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let image = load_rgb(&self.image)?;
+        let run_config = sdrpn_train::SdrpnConfig::load(&self.rpn.join("config.toml"))
+            .with_context(|| format!("{} is not a `sdrpn train` run", self.rpn.display()))?;
+        let session = LlavaSession::<B>::load(&self.model, &device, run_config.prompt)
+            .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
+        let mut answer = AnswerOptions {
+            max_new_tokens: run_config.inference.max_new_tokens,
+            stop_strings: Vec::new(),
+        };
+        if let Some(n) = self.max_new_tokens {
+            answer.max_new_tokens = n;
+        }
+        let out = if self.no_roi {
+            session.answer_baseline(&image, &self.question, &answer)?
+        } else {
+            let (config, rpn) = load_rpn(&session, &self.rpn)?;
+            let mut roi = config.inference.roi.clone();
+            if let Some(t) = self.threshold {
+                roi.threshold = t;
+            }
+            let options = TwoPassOptions {
+                branch: config.rpn.branch_layer,
+                roi,
+                answer,
+                reuse_prefix_cache: config.inference.reuse_prefix_cache,
+            };
+            session.answer_with_roi(&rpn, &image, &self.question, &options)?
+        };
+        if let Some(path) = &self.heatmap {
+            let drawn = heatmap::render(
+                &image,
+                &out.roi_map,
+                session.grid(),
+                session.options.image_mode,
+                out.crop,
+            );
+            drawn
+                .save(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok((out, session.grid(), session.options.image_mode))
+    }
+}
+
+pub fn run(args: InferArgs) -> anyhow::Result<()> {
+    let device = args.device.clone();
+    let json = args.json;
+    let (out, grid, _) = device.run(args)?;
+    if json {
+        let map: Vec<Vec<f32>> = if out.roi_map.is_empty() {
+            Vec::new()
+        } else {
+            out.roi_map.chunks(grid.cols).map(|r| r.to_vec()).collect()
+        };
+        let value = serde_json::json!({
+            "answer": out.answer,
+            "roi_map": map,
+            "boxes": out.boxes.iter().map(|b| [b.x0, b.y0, b.x1, b.y1]).collect::<Vec<_>>(),
+            "crop": out.crop.map(|c| [c.x0, c.y0, c.x1, c.y1]),
+            "mode": out.mode,
+            "roi_tokens": out.roi_tokens,
+            "timings": out.timings,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{}", out.answer);
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `sdrpn label`: stage A, pseudo-label maps from the frozen model's attention.
+
+use super::common::{preset_for_model, DeviceArgs, MethodArgs};
+use crate::progress::bar;
+use anyhow::{bail, Context};
+use burn::tensor::backend::Backend;
+use clap::Args;
+use sdrpn_core::backend::BackendJob;
+use sdrpn_llava::session::LlavaSession;
+use sdrpn_train::label::{run_labelling, LabelJob, LabelProgress};
+use sdrpn_train::questions::{read_questions, ShardSpec};
+use sdrpn_train::SdrpnConfig;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `sdrpn label`.
+#[derive(Debug, Clone, Args)]
+pub struct LabelArgs {
+    /// llava-hf checkpoint folder
+    #[arg(long)]
+    pub model: PathBuf,
+    /// LLaVA-style question file (jsonl: question_id, image, text)
+    #[arg(long)]
+    pub questions: PathBuf,
+    /// Folder the questions' image paths are relative to
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Output label folder (created; a rerun resumes)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// This worker's share, i/N (split the work across GPUs or machines)
+    #[arg(long, default_value = "0/1")]
+    pub shard: ShardSpec,
+    /// Only the first N questions
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Most answer tokens (default: the config's, 128 for the paper presets)
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Samples per shard file (an interrupted run loses at most one shard)
+    #[arg(long, default_value_t = 64)]
+    pub shard_size: usize,
+    #[command(flatten)]
+    pub method: MethodArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// The settings that change the stored maps; a label folder keeps one set.
+fn map_settings(c: &SdrpnConfig) -> String {
+    format!(
+        "{} | {} | {:?} | {} | {:?}",
+        c.labels.grounding_heads,
+        c.labels.sink_heads,
+        c.labels.sink,
+        c.labels.max_new_tokens,
+        c.prompt
+    )
+}
+
+/// Where the labelling read its images, for the trainer.
+pub fn write_source(out: &Path, images: &Path) -> anyhow::Result<()> {
+    let abs = std::fs::canonicalize(images)
+        .with_context(|| format!("image folder {}", images.display()))?;
+    let json = serde_json::json!({ "images": abs });
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("source.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok(())
+}
+
+/// The image folder recorded by `sdrpn label`.
+pub fn read_source(labels: &Path) -> anyhow::Result<PathBuf> {
+    let path = labels.join("source.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} (pass --images to say where the images are)",
+            path.display()
+        )
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    let images = json["images"]
+        .as_str()
+        .with_context(|| format!("{}: no \"images\"", path.display()))?;
+    Ok(PathBuf::from(images))
+}
+
+impl LabelArgs {
+    /// The resolved config (checked against an existing label folder's).
+    pub fn config(&self) -> anyhow::Result<SdrpnConfig> {
+        let mut config = self.method.resolve(|| preset_for_model(&self.model))?;
+        if let Some(n) = self.max_new_tokens {
+            config.labels.max_new_tokens = n;
+        }
+        let existing = self.out.join("config.toml");
+        if existing.exists() {
+            let old = SdrpnConfig::load(&existing)?;
+            if map_settings(&old) != map_settings(&config) {
+                bail!(
+                    "{} was labelled with other settings ({}); use another --out or the same settings ({})",
+                    self.out.display(),
+                    map_settings(&old),
+                    map_settings(&config)
+                );
+            }
+        }
+        Ok(config)
+    }
+}
+
+impl BackendJob for LabelArgs {
+    type Output = anyhow::Result<LabelProgress>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let config = self.config()?;
+        let (questions, bad) = read_questions(&self.questions)?;
+        for b in &bad {
+            eprintln!(
+                "warning: {} line {}: {} (skipped)",
+                self.questions.display(),
+                b.line,
+                b.reason
+            );
+        }
+        let session = LlavaSession::<B>::load(&self.model, &device, config.prompt)
+            .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
+        write_source(&self.out, &self.images)?;
+        let job = LabelJob {
+            questions,
+            images: self.images.clone(),
+            out: self.out.clone(),
+            shard: self.shard,
+            limit: self.limit,
+            shard_size: self.shard_size,
+        };
+        let progress = bar(0, "labelling");
+        let summary = run_labelling(&session, &config, &job, |p, skipped| {
+            if progress.length() == Some(0) {
+                progress.set_length((p.total - p.resumed) as u64);
+            }
+            progress.set_position(p.handled as u64);
+            progress.set_message(format!("{} labelled, {} skipped", p.labelled, p.skipped));
+            if let Some((id, why)) = skipped {
+                progress.suspend(|| eprintln!("skipped {id}: {why}"));
+            }
+        })?;
+        progress.finish();
+        Ok(summary)
+    }
+}
+
+pub fn run(args: LabelArgs) -> anyhow::Result<()> {
+    let device = args.device.clone();
+    let out = args.out.clone();
+    let p = device.run(args)?;
+    println!(
+        "labels in {}: {} labelled and {} skipped now, {} done before ({} for this worker in all)",
+        out.display(),
+        p.labelled,
+        p.skipped,
+        p.resumed,
+        p.total
+    );
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! `sdrpn train`: stage B, the RPN trained on the labels with burn-train.
+
+use super::common::{DeviceArgs, MethodArgs};
+use super::label::read_source;
+use crate::progress::TrainBar;
+use anyhow::Context;
+use burn::tensor::backend::Backend;
+use clap::Args;
+use sdrpn_core::backend::BackendJob;
+use sdrpn_llava::session::LlavaSession;
+use sdrpn_train::label_store::read_labels;
+use sdrpn_train::trainer::{train_rpn, TrainReport, TrainRequest};
+use sdrpn_train::SdrpnConfig;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Arguments of `sdrpn train`.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// llava-hf checkpoint folder (the same model that labelled)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Label folder written by `sdrpn label`
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Run folder: config.toml, rpn.safetensors, metrics.jsonl, checkpoints
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Image folder (default: the one recorded by `sdrpn label`)
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Train on a seeded subset of N samples
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Epochs
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Micro-batch size
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Gradient accumulation steps
+    #[arg(long)]
+    pub accum: Option<usize>,
+    /// Peak learning rate
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Loss: bce, focal or mse
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Continue a stopped run from its last checkpoint (uses the run's saved config)
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this epoch (a time-boxed run; `--resume` continues it)
+    #[arg(long)]
+    pub stop_after_epoch: Option<usize>,
+    #[command(flatten)]
+    pub method: MethodArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl TrainArgs {
+    /// The run's config: the saved one when resuming, else the labels'
+    /// config (or --preset/--config) with the command's overrides.
+    pub fn config(&self) -> anyhow::Result<SdrpnConfig> {
+        if self.resume {
+            let path = self.out.join("config.toml");
+            return SdrpnConfig::load(&path)
+                .with_context(|| format!("resuming needs {}", path.display()));
+        }
+        let labels_config = self.labels.join("config.toml");
+        let mut config = self.method.resolve(|| {
+            SdrpnConfig::load(&labels_config)
+                .with_context(|| format!("{} (or pass --preset/--config)", labels_config.display()))
+        })?;
+        let t = &mut config.train;
+        if let Some(n) = self.samples {
+            t.samples = Some(n);
+        }
+        if let Some(e) = self.epochs {
+            t.epochs = e;
+        }
+        if let Some(b) = self.batch {
+            t.batch_size = b;
+        }
+        if let Some(a) = self.accum {
+            t.grad_accumulation = a;
+        }
+        if let Some(lr) = self.lr {
+            t.lr = lr;
+        }
+        if let Some(loss) = &self.loss {
+            t.loss = match loss.as_str() {
+                "bce" => sdrpn_core::loss::LossKind::Bce,
+                "focal" => sdrpn_core::loss::LossKind::focal(),
+                "mse" => sdrpn_core::loss::LossKind::Mse,
+                other => anyhow::bail!("unknown loss {other:?}: use bce, focal or mse"),
+            };
+        }
+        Ok(config)
+    }
+}
+
+impl BackendJob for TrainArgs {
+    type Output = anyhow::Result<TrainReport>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let config = self.config()?;
+        let images = match &self.images {
+            Some(p) => p.clone(),
+            None => read_source(&self.labels)?,
+        };
+        let (_, records) = read_labels(&self.labels)?;
+        let session = LlavaSession::<B>::load(&self.model, &device, config.prompt)
+            .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
+        let request = TrainRequest {
+            session: Arc::new(session),
+            records,
+            images: &images,
+            config: &config,
+            run_dir: &self.out,
+            resume: self.resume,
+            stop_after_epoch: self.stop_after_epoch,
+        };
+        Ok(train_rpn(request, TrainBar::new())?)
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let device = args.device.clone();
+    let out = args.out.clone();
+    let report = device.run(args)?;
+    println!(
+        "trained the RPN ({} parameters) on {} samples, {} held back; epochs {}..{} of {}",
+        report.parameters,
+        report.train_samples,
+        report.valid_samples,
+        report.first_epoch,
+        report.completed_epochs,
+        report.epochs.len()
+    );
+    for e in &report.epochs {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+        println!(
+            "epoch {}: train loss {}, held-back loss {}, precision {}, recall {}, IoU {}",
+            e.epoch,
+            f(e.train_loss),
+            f(e.valid_loss),
+            f(e.valid_precision),
+            f(e.valid_recall),
+            f(e.valid_iou)
+        );
+    }
+    println!(
+        "saved {} (with config.toml and metrics.jsonl)",
+        out.join("rpn.safetensors").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The RoI map drawn over the source image, with the crop box.
+
+use image::{Rgb, RgbImage};
+use sdrpn_core::crop::PixelBox;
+use sdrpn_core::Grid;
+use sdrpn_llava::preprocess::{shortest_edge_size, ImageMode};
+
+/// Where source pixel `(x, y)` lands on the token grid (fractional token
+/// coordinates), under the model's preprocessing; `None` outside the input.
+fn to_grid(x: f32, y: f32, w: u32, h: u32, grid: Grid, mode: ImageMode) -> Option<(f32, f32)> {
+    let (gw, gh) = (grid.cols as f32, grid.rows as f32);
+    match mode {
+        ImageMode::Pad => {
+            let side = w.max(h) as f32;
+            let (ox, oy) = (((w.max(h) - w) / 2) as f32, ((w.max(h) - h) / 2) as f32);
+            Some(((x + ox) / side * gw, (y + oy) / side * gh))
+        }
+        ImageMode::Crop => {
+            let s = 1000u32;
+            let (rw, rh) = shortest_edge_size(w, h, s);
+            let scale = rw as f32 / w as f32;
+            let (left, top) = (((rw - s) / 2) as f32, ((rh - s) / 2) as f32);
+            let (u, v) = ((x * scale - left) / s as f32, (y * scale - top) / s as f32);
+            ((0.0..1.0).contains(&u) && (0.0..1.0).contains(&v)).then_some((u * gw, v * gh))
+        }
+    }
+}
+
+/// Bilinear sample of a row-major grid map at fractional token coordinates.
+fn sample(map: &[f32], grid: Grid, gx: f32, gy: f32) -> f32 {
+    let (cx, cy) = (
+        (gx - 0.5).clamp(0.0, (grid.cols - 1) as f32),
+        (gy - 0.5).clamp(0.0, (grid.rows - 1) as f32),
+    );
+    let (x0, y0) = (cx.floor() as usize, cy.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(grid.cols - 1), (y0 + 1).min(grid.rows - 1));
+    let (fx, fy) = (cx - x0 as f32, cy - y0 as f32);
+    let at = |r: usize, c: usize| map[grid.index(r, c)];
+    let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
+    let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+/// The image with `map` (values in [0, 1]) blended in red-to-yellow and
+/// the crop rectangle drawn in green.
+pub fn render(
+    image: &RgbImage,
+    map: &[f32],
+    grid: Grid,
+    mode: ImageMode,
+    crop: Option<PixelBox>,
+) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let mut out = image.clone();
+    if map.len() == grid.len() {
+        for (x, y, px) in out.enumerate_pixels_mut() {
+            let Some((gx, gy)) = to_grid(x as f32 + 0.5, y as f32 + 0.5, w, h, grid, mode) else {
+                continue;
+            };
+            let v = sample(map, grid, gx, gy).clamp(0.0, 1.0);
+            let alpha = 0.65 * v;
+            let heat = [255.0, 255.0 * v, 0.0];
+            for (channel, h) in px.0.iter_mut().zip(heat) {
+                *channel = (*channel as f32 * (1.0 - alpha) + h * alpha).round() as u8;
+            }
+        }
+    }
+    if let Some(b) = crop {
+        let thick = (w.max(h) / 200).max(2);
+        let green = Rgb([0, 220, 0]);
+        for y in b.y0..b.y1.min(h) {
+            for x in b.x0..b.x1.min(w) {
+                let edge =
+                    x < b.x0 + thick || x + thick >= b.x1 || y < b.y0 + thick || y + thick >= b.y1;
+                if edge {
+                    out.put_pixel(x, y, green);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_cells_redden_their_pixels_and_the_box_is_green() {
+        let grid = Grid::new(2, 2).unwrap();
+        let image = RgbImage::from_pixel(40, 40, Rgb([0, 0, 255]));
+        let map = [1.0, 0.0, 0.0, 0.0];
+        let out = render(
+            &image,
+            &map,
+            grid,
+            ImageMode::Pad,
+            Some(PixelBox {
+                x0: 20,
+                y0: 20,
+                x1: 40,
+                y1: 40,
+            }),
+        );
+        assert!(out.get_pixel(2, 2)[0] > 150, "top-left is hot");
+        assert_eq!(
+            out.get_pixel(30, 10),
+            &Rgb([0, 0, 255]),
+            "top-right is cold"
+        );
+        assert_eq!(out.get_pixel(20, 30), &Rgb([0, 220, 0]), "box edge");
+        assert_eq!(out.get_pixel(30, 30)[2], 255, "box inside untouched");
+    }
+}

@@ -1,0 +1,335 @@
+//! SD-RPN's two-pass inference (SPEC 4) on LLaVA.
+//!
+//! Pass 1 runs base layers `0..K` on the prompt and the RPN on their output,
+//! giving a probability per visual token. RoI extraction decides: no crop
+//! (answer from the global image), one box (append all crop tokens), or the
+//! union box with a token mask. Pass 2 answers from
+//! `[prompt up to the image end | RoI tokens | rest of the prompt]`.
+//!
+//! Positions before the RoI tokens are identical in both passes and the
+//! mask is causal, so by default pass 2 reuses pass 1's keys/values of
+//! layers `0..K` for that prefix and its layer-`K` input states, instead of
+//! recomputing them (exact up to rounding; `reuse_prefix_cache = false`
+//! recomputes everything, as the reference code does).
+
+use crate::cache::KvCache;
+use crate::error::{LlavaError, Result};
+use crate::host::LlavaRpn;
+use crate::preprocess::{clip_preprocess, crop_and_resize};
+use crate::session::{AnswerOptions, LlavaSession, Prepared};
+use crate::taps::{Captured, Taps};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use image::RgbImage;
+use sdrpn_core::components::TokenBox;
+use sdrpn_core::crop::{token_box_to_pixels, PixelBox};
+use sdrpn_core::host::RpnHost;
+use sdrpn_core::readback::floats;
+use sdrpn_core::roi::{RoiConfig, RoiMode, RoiSelection};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Settings of two-pass inference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TwoPassOptions {
+    /// Branch layer K (where the RPN attaches).
+    pub branch: usize,
+    /// RoI extraction (threshold, size rules).
+    pub roi: RoiConfig,
+    /// Generation settings.
+    pub answer: AnswerOptions,
+    /// Reuse pass 1's prefix keys/values in pass 2 (default true).
+    pub reuse_prefix_cache: bool,
+}
+
+/// Wall-clock milliseconds of each stage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Preprocessing, vision tower and prompt embedding.
+    pub prepare_ms: f64,
+    /// Base layers 0..K and the RPN.
+    pub pass1_ms: f64,
+    /// Cropping and encoding the RoI.
+    pub crop_ms: f64,
+    /// The answering pass (prefill and decoding).
+    pub pass2_ms: f64,
+    /// Everything.
+    pub total_ms: f64,
+}
+
+/// What two-pass inference produced.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TwoPassOutput {
+    /// The answer text.
+    pub answer: String,
+    /// Generated token ids.
+    pub tokens: Vec<u32>,
+    /// RPN probabilities over the grid (row-major), empty without an RPN.
+    pub roi_map: Vec<f32>,
+    /// Boxes that survived the size rules, token units.
+    pub boxes: Vec<TokenBox>,
+    /// The cropped rectangle of the source image, if any.
+    pub crop: Option<PixelBox>,
+    /// none, bbox or mask.
+    pub mode: RoiMode,
+    /// How many RoI tokens pass 2 appended.
+    pub roi_tokens: usize,
+    /// Stage timings.
+    pub timings: Timings,
+    /// Logits of the first answer token (for checks; not serialised).
+    #[serde(skip)]
+    pub first_logits: Vec<f32>,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl<B: Backend> LlavaSession<B> {
+    /// The plain baseline through the two-pass output type (no RPN, no crop):
+    /// the same tokens as [`LlavaSession::answer`].
+    pub fn answer_baseline(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        options: &AnswerOptions,
+    ) -> Result<TwoPassOutput> {
+        let t0 = Instant::now();
+        let prepared = self.prepare(image, question)?;
+        let prepare_ms = ms(t0);
+        let t1 = Instant::now();
+        let mut cache = KvCache::new(self.model.language.num_layers());
+        let out = self
+            .model
+            .forward(prepared.embeds, 0, Some(&mut cache), &Taps::none());
+        let first_logits = self.model.last_logits(out.hidden)?;
+        let tokens = self.with_stop_rule(options, |rule| {
+            self.model.decode(
+                &first_logits,
+                &mut cache,
+                rule,
+                &Taps::none(),
+                |_, _| Ok(()),
+            )
+        })?;
+        Ok(TwoPassOutput {
+            answer: self.answer_text(&tokens, options)?,
+            tokens,
+            roi_map: Vec::new(),
+            boxes: Vec::new(),
+            crop: None,
+            mode: RoiMode::None,
+            roi_tokens: 0,
+            timings: Timings {
+                prepare_ms,
+                pass2_ms: ms(t1),
+                total_ms: ms(t0),
+                ..Timings::default()
+            },
+            first_logits,
+        })
+    }
+
+    /// RPN probabilities of a prepared prompt and the frozen-prefix states
+    /// (output of layer K-1, `[1, T, D]`), filling `cache` for layers 0..K.
+    pub fn roi_probabilities(
+        &self,
+        rpn: &LlavaRpn<B>,
+        prepared: &Prepared<B>,
+        branch: usize,
+        cache: &mut KvCache<B>,
+    ) -> Result<(Vec<f32>, Tensor<B, 3>)> {
+        sdrpn_core::rpn::check_branch(branch, rpn.twig_depth(), self.num_layers())?;
+        let device = self.device();
+        let mut captured = Captured::default();
+        let h = self.model.language.run_layers(
+            prepared.embeds.clone(),
+            0,
+            0..branch,
+            Some(cache),
+            &Taps::none(),
+            &mut captured,
+        );
+        let query = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(vec![prepared.query() as i64], [1]),
+            &device,
+        );
+        let visual: Vec<i64> = prepared.visual.clone().map(|i| i as i64).collect();
+        let p = visual.len();
+        let visual =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(visual, [p]), &device).reshape([1, p]);
+        let logits = rpn.forward(h.clone(), query, visual);
+        Ok((floats(sigmoid(logits))?, h))
+    }
+
+    /// Encodes the RoI crop: the source rectangle resized to the tower's
+    /// input (Pillow bilinear), CLIP-normalised, encoded and projected;
+    /// only the tokens under `keep` (raster order) when given.
+    ///
+    /// # Shapes
+    /// - returns `[1, P', D]`
+    pub fn roi_tokens(
+        &self,
+        image: &RgbImage,
+        region: PixelBox,
+        keep: Option<&[bool]>,
+    ) -> Result<Tensor<B, 3>> {
+        let s = self.model.config().vision.image_size;
+        let crop = crop_and_resize(image, region, s as u32, s as u32)?;
+        let pixels = Tensor::from_data(
+            TensorData::new(clip_preprocess(&crop, s as u32), [1, 3, s, s]),
+            &self.device(),
+        );
+        let projected = self.model.image_features(pixels)?.projected;
+        let Some(keep) = keep else {
+            return Ok(projected);
+        };
+        let idx: Vec<i64> = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, &k)| k)
+            .map(|(i, _)| i as i64)
+            .collect();
+        if idx.is_empty() {
+            return Err(LlavaError::invalid("RoI mask", "keeps no token"));
+        }
+        let n = idx.len();
+        Ok(projected.select(
+            1,
+            Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &self.device()),
+        ))
+    }
+
+    /// Answers `question` about `image` with SD-RPN's two passes.
+    pub fn answer_with_roi(
+        &self,
+        rpn: &LlavaRpn<B>,
+        image: &RgbImage,
+        question: &str,
+        options: &TwoPassOptions,
+    ) -> Result<TwoPassOutput> {
+        let t0 = Instant::now();
+        let prepared = self.prepare(image, question)?;
+        let prepare_ms = ms(t0);
+        let layers = self.model.language.num_layers();
+        let k = options.branch;
+
+        let t1 = Instant::now();
+        let mut cache = KvCache::new(layers);
+        let (probs, h) = self.roi_probabilities(rpn, &prepared, k, &mut cache)?;
+        let device = self.device();
+        let selection: RoiSelection = options.roi.select(
+            Tensor::<B, 1>::from_data(TensorData::new(probs.clone(), [probs.len()]), &device),
+            self.grid(),
+        )?;
+        let pass1_ms = ms(t1);
+
+        let t2 = Instant::now();
+        let patch = self.model.config().vision.patch_size;
+        let region = match selection.crop {
+            Some(b) => token_box_to_pixels(b, self.grid(), patch, image.width(), image.height())?,
+            None => None,
+        };
+        // A box entirely in the padding has nothing to crop: answer without RoI.
+        let mode = if region.is_some() {
+            selection.mode
+        } else {
+            RoiMode::None
+        };
+        let roi = match region {
+            Some(r) => Some(self.roi_tokens(image, r, selection.keep.as_deref())?),
+            None => None,
+        };
+        let crop_ms = ms(t2);
+
+        let t3 = Instant::now();
+        let [_, t, d] = prepared.embeds.dims();
+        let end = prepared.visual.end;
+        let (first_logits, mut cache, roi_count) = match roi {
+            None => {
+                // Same sequence: finish layers K..L on pass 1's states.
+                let mut captured = Captured::default();
+                let out = self.model.language.run_layers(
+                    h,
+                    0,
+                    k..layers,
+                    Some(&mut cache),
+                    &Taps::none(),
+                    &mut captured,
+                );
+                (
+                    self.model
+                        .last_logits(self.model.language.final_norm(out))?,
+                    cache,
+                    0,
+                )
+            }
+            Some(roi) => {
+                let count = roi.dims()[1];
+                let before = prepared.embeds.clone().slice([0..1, 0..end, 0..d]);
+                let after = prepared.embeds.clone().slice([0..1, end..t, 0..d]);
+                if options.reuse_prefix_cache {
+                    let mut reused = cache.prefix(k, end);
+                    let mut captured = Captured::default();
+                    let new_part = Tensor::cat(vec![roi, after], 1);
+                    let h_new = self.model.language.run_layers(
+                        new_part,
+                        end,
+                        0..k,
+                        Some(&mut reused),
+                        &Taps::none(),
+                        &mut captured,
+                    );
+                    let [_, _, dh] = h.dims();
+                    let h_full = Tensor::cat(vec![h.slice([0..1, 0..end, 0..dh]), h_new], 1);
+                    let out = self.model.language.run_layers(
+                        h_full,
+                        0,
+                        k..layers,
+                        Some(&mut reused),
+                        &Taps::none(),
+                        &mut captured,
+                    );
+                    (
+                        self.model
+                            .last_logits(self.model.language.final_norm(out))?,
+                        reused,
+                        count,
+                    )
+                } else {
+                    let mut fresh = KvCache::new(layers);
+                    let full = Tensor::cat(vec![before, roi, after], 1);
+                    let out = self.model.forward(full, 0, Some(&mut fresh), &Taps::none());
+                    (self.model.last_logits(out.hidden)?, fresh, count)
+                }
+            }
+        };
+        let tokens = self.with_stop_rule(&options.answer, |rule| {
+            self.model.decode(
+                &first_logits,
+                &mut cache,
+                rule,
+                &Taps::none(),
+                |_, _| Ok(()),
+            )
+        })?;
+        Ok(TwoPassOutput {
+            answer: self.answer_text(&tokens, &options.answer)?,
+            tokens,
+            roi_map: probs,
+            boxes: selection.boxes,
+            crop: region,
+            mode,
+            roi_tokens: roi_count,
+            timings: Timings {
+                prepare_ms,
+                pass1_ms,
+                crop_ms,
+                pass2_ms: ms(t3),
+                total_ms: ms(t0),
+            },
+            first_logits,
+        })
+    }
+}

@@ -1,0 +1,224 @@
+//! One training / validation step of the RPN: frozen prefix (no gradient),
+//! RPN forward, labels built on the fly from the stored maps, loss, and the
+//! counts behind precision / recall / IoU.
+
+use crate::config::{SdrpnConfig, SinkSettings};
+use crate::dataset::RecordBatch;
+use crate::label_store::LabelRecord;
+use burn::module::Module;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use sdrpn_core::denoise::{denoise, sinks_from_attention};
+use sdrpn_core::labels::{build_labels, LabelBatch, LabelConfig};
+use sdrpn_core::loss::LossKind;
+use sdrpn_core::Grid;
+use sdrpn_llava::host::LlavaRpn;
+use std::fmt::Debug;
+use std::ops::Range;
+
+/// The frozen part of the host: prompt -> output of base layer K-1.
+pub trait PrefixSource<B: Backend>: Clone + Debug + Send + Sync + 'static {
+    /// Frozen-prefix states of one labelled sample: `[1, T, D]`, the query
+    /// position and the visual positions. Panics with the sample id when
+    /// its image can no longer be read (images are checked before training).
+    fn prefix(&self, record: &LabelRecord) -> (Tensor<B, 3>, usize, Range<usize>);
+    /// The visual grid.
+    fn grid(&self) -> Grid;
+}
+
+/// Settings a step needs (a copy of the relevant config parts).
+#[derive(Clone, Debug)]
+pub struct StepSettings {
+    /// Loss.
+    pub loss: LossKind,
+    /// Label thresholds.
+    pub labels: LabelConfig,
+    /// Sink rule.
+    pub sink: SinkSettings,
+    /// Gradient accumulation (the loss is divided by it for backward).
+    pub accumulation: usize,
+    /// Threshold on sigmoid(logits) for the metrics.
+    pub metric_threshold: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: Option<f64>,
+}
+
+impl StepSettings {
+    /// The step settings of a config.
+    pub fn of(config: &SdrpnConfig) -> Self {
+        Self {
+            loss: config.train.loss,
+            labels: config.labels.thresholds.clone(),
+            sink: config.labels.sink.clone(),
+            accumulation: config.train.grad_accumulation,
+            metric_threshold: config.train.metric_threshold,
+            grad_clip: config.train.grad_clip,
+        }
+    }
+}
+
+/// Tensors of one batch.
+pub struct BatchInputs<B: Backend> {
+    /// Frozen-prefix states, right-padded, `[N, T, D]`.
+    pub hidden: Tensor<B, 3>,
+    /// Query positions `[N]`.
+    pub query: Tensor<B, 1, Int>,
+    /// Visual positions `[N, P]`.
+    pub visual: Tensor<B, 2, Int>,
+    /// Grounding maps `[N, P]`.
+    pub grounding: Tensor<B, 2>,
+    /// Sink maps `[N, P]`.
+    pub sink: Tensor<B, 2>,
+    /// Massive-activation maps `[N, P]`, when stored.
+    pub massive: Option<Tensor<B, 2>>,
+}
+
+fn rows<B: Backend>(
+    records: &[std::sync::Arc<LabelRecord>],
+    pick: impl Fn(&LabelRecord) -> &[f32],
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let p = pick(&records[0]).len();
+    let values: Vec<f32> = records.iter().flat_map(|r| pick(r).to_vec()).collect();
+    Tensor::from_data(TensorData::new(values, [records.len(), p]), device)
+}
+
+/// Builds the batch tensors: prefixes on the source's backend `C`, lifted
+/// to `B` by `lift` (`Tensor::from_inner` when training).
+pub fn batch_inputs<C: Backend, B: Backend>(
+    source: &impl PrefixSource<C>,
+    batch: &RecordBatch,
+    lift: impl Fn(Tensor<C, 3>) -> Tensor<B, 3>,
+    device: &B::Device,
+) -> BatchInputs<B> {
+    let prefixes: Vec<_> = batch.records.iter().map(|r| source.prefix(r)).collect();
+    let t_max = prefixes
+        .iter()
+        .map(|(h, _, _)| h.dims()[1])
+        .max()
+        .unwrap_or(0);
+    let padded: Vec<Tensor<C, 3>> = prefixes
+        .iter()
+        .map(|(h, _, _)| {
+            let [n, t, d] = h.dims();
+            if t == t_max {
+                h.clone()
+            } else {
+                Tensor::cat(
+                    vec![h.clone(), Tensor::zeros([n, t_max - t, d], &h.device())],
+                    1,
+                )
+            }
+        })
+        .collect();
+    let n = prefixes.len();
+    let query: Vec<i64> = prefixes.iter().map(|(_, q, _)| *q as i64).collect();
+    let p = prefixes[0].2.len();
+    let visual: Vec<i64> = prefixes
+        .iter()
+        .flat_map(|(_, _, v)| v.clone().map(|i| i as i64))
+        .collect();
+    let records = &batch.records;
+    BatchInputs {
+        hidden: lift(Tensor::cat(padded, 0)),
+        query: Tensor::from_data(TensorData::new(query, [n]), device),
+        visual: Tensor::from_data(TensorData::new(visual, [n, p]), device),
+        grounding: rows(records, |r| &r.grounding, device),
+        sink: rows(records, |r| &r.sink, device),
+        massive: records[0]
+            .massive
+            .is_some()
+            .then(|| rows(records, |r| r.massive.as_deref().unwrap_or(&[]), device)),
+    }
+}
+
+/// The denoised grounding maps of a batch under the sink rule.
+pub fn denoised<B: Backend>(inputs: &BatchInputs<B>, sink: &SinkSettings) -> Tensor<B, 2> {
+    match sink {
+        SinkSettings::Off => inputs.grounding.clone(),
+        SinkSettings::AttentionProxy { tau } => denoise(
+            inputs.grounding.clone(),
+            sinks_from_attention(inputs.sink.clone(), *tau),
+        ),
+        SinkSettings::MassiveActivation { threshold, .. } => {
+            let massive = inputs
+                .massive
+                .clone()
+                .expect("massive maps are checked to exist before training");
+            denoise(
+                inputs.grounding.clone(),
+                massive.greater_elem(*threshold as f32),
+            )
+        }
+    }
+}
+
+/// Loss, labels and logits of a batch.
+pub struct StepResult<B: Backend> {
+    /// The loss (mean over valid tokens of the batch), `[1]`.
+    pub loss: Tensor<B, 1>,
+    /// RPN logits `[N, P]`.
+    pub logits: Tensor<B, 2>,
+    /// Labels built on the fly.
+    pub labels: LabelBatch<B>,
+}
+
+/// Runs the RPN on a batch and scores it.
+pub fn run_step<B: Backend>(
+    rpn: &LlavaRpn<B>,
+    settings: &StepSettings,
+    grid: Grid,
+    inputs: BatchInputs<B>,
+) -> StepResult<B> {
+    let clean = denoised(&inputs, &settings.sink);
+    let labels = build_labels(clean.clone(), grid, &settings.labels)
+        .expect("label maps are checked before training");
+    let logits = rpn.forward(inputs.hidden, inputs.query, inputs.visual);
+    let loss = match settings.loss {
+        LossKind::Mse => {
+            // Target: the denoised map normalised by its maximum; every token
+            // of a non-rejected sample counts.
+            let [n, p] = clean.dims();
+            let max = clean.clone().max_dim(1).clamp_min(1e-12);
+            let target = clean / max;
+            let kept: Tensor<B, 2, Bool> = labels
+                .rejected
+                .clone()
+                .bool_not()
+                .reshape([n, 1])
+                .expand([n, p]);
+            settings.loss.loss(logits.clone(), target, kept)
+        }
+        _ => settings
+            .loss
+            .loss(logits.clone(), labels.target.clone(), labels.valid.clone()),
+    };
+    StepResult {
+        loss,
+        logits,
+        labels,
+    }
+}
+
+/// True positives, false positives and false negatives of `sigmoid(logits)
+/// > threshold` against the foreground, over valid tokens: `[3]`.
+pub fn confusion<B: Backend>(result: &StepResult<B>, threshold: f64) -> Tensor<B, 1> {
+    let predicted = sigmoid(result.logits.clone().detach()).greater_elem(threshold as f32);
+    let fg = result.labels.target.clone().greater_elem(0.5);
+    let valid = result.labels.valid.clone();
+    let count = |m: Tensor<B, 2, Bool>| m.bool_and(valid.clone()).float().sum();
+    Tensor::cat(
+        vec![
+            count(predicted.clone().bool_and(fg.clone())),
+            count(predicted.clone().bool_and(fg.clone().bool_not())),
+            count(predicted.bool_not().bool_and(fg)),
+        ],
+        0,
+    )
+}
+
+/// Number of trainable parameters of an RPN.
+pub fn parameter_count<B: Backend>(rpn: &LlavaRpn<B>) -> usize {
+    rpn.num_params()
+}

@@ -82,6 +82,14 @@ pub struct TwoPassOutput {
     pub first_logits: Vec<f32>,
 }
 
+/// Where pass 1's RoI map comes from.
+enum MapSource<'a, B: Backend> {
+    /// The trained RPN.
+    Rpn(&'a LlavaRpn<B>),
+    /// A map given by the caller.
+    Given(&'a [f32]),
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -209,6 +217,29 @@ impl<B: Backend> LlavaSession<B> {
         question: &str,
         options: &TwoPassOptions,
     ) -> Result<TwoPassOutput> {
+        self.two_pass(image, question, options, MapSource::Rpn(rpn))
+    }
+
+    /// Two-pass answering with a given RoI probability map (`grid.len()`
+    /// values) in place of the RPN's: for experiments with other RoI
+    /// sources, and to exercise every crop mode in tests.
+    pub fn answer_with_map(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        map: &[f32],
+        options: &TwoPassOptions,
+    ) -> Result<TwoPassOutput> {
+        self.two_pass(image, question, options, MapSource::Given(map))
+    }
+
+    fn two_pass(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        options: &TwoPassOptions,
+        source: MapSource<'_, B>,
+    ) -> Result<TwoPassOutput> {
         let t0 = Instant::now();
         let prepared = self.prepare(image, question)?;
         let prepare_ms = ms(t0);
@@ -217,7 +248,23 @@ impl<B: Backend> LlavaSession<B> {
 
         let t1 = Instant::now();
         let mut cache = KvCache::new(layers);
-        let (probs, h) = self.roi_probabilities(rpn, &prepared, k, &mut cache)?;
+        let (probs, h) = match source {
+            MapSource::Rpn(rpn) => self.roi_probabilities(rpn, &prepared, k, &mut cache)?,
+            MapSource::Given(map) => {
+                self.grid().check_len("RoI map", map.len())?;
+                sdrpn_core::rpn::check_branch(k, 1, layers)?;
+                let mut captured = Captured::default();
+                let h = self.model.language.run_layers(
+                    prepared.embeds.clone(),
+                    0,
+                    0..k,
+                    Some(&mut cache),
+                    &Taps::none(),
+                    &mut captured,
+                );
+                (map.to_vec(), h)
+            }
+        };
         let device = self.device();
         let selection: RoiSelection = options.roi.select(
             Tensor::<B, 1>::from_data(TensorData::new(probs.clone(), [probs.len()]), &device),

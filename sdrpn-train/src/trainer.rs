@@ -13,7 +13,7 @@ use crate::dataset::{split_records, EpochLoader, RecordBatch};
 use crate::error::{write_atomic, Result, TrainError};
 use crate::label_store::LabelRecord;
 use crate::step::{batch_inputs, confusion, run_step, PrefixSource, StepSettings};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
@@ -231,6 +231,16 @@ impl Numeric for StatMetric {
     }
 }
 
+/// Marks every float parameter as trainable (parameters built on the inner
+/// backend come over from it with `require_grad` off).
+struct Trainable;
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Trainable {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad(true)
+    }
+}
+
 /// Sums the squared gradients of a module's parameters.
 struct GradNorm<'a> {
     grads: &'a GradientsParams,
@@ -387,16 +397,34 @@ impl LrScheduler for WarmupCosine {
     }
 }
 
-/// Burn 0.21's file logger numbers a resumed run's epochs from 1 again
-/// (and truncates those logs); this wrapper shifts them to the true epoch.
+/// Burn 0.21 numbers the epochs of a resumed run wrongly in its metric logs
+/// (from 1 again, truncating those logs, then skipping ahead). This wrapper
+/// renumbers them: the n-th distinct epoch seen for a split is epoch
+/// `first + n`.
 struct ResumeAwareLogger {
     inner: FileMetricLogger,
-    offset: usize,
+    first: usize,
+    seen: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl ResumeAwareLogger {
+    fn true_epoch(&mut self, epoch: usize, split: &Split) -> usize {
+        let seen = self.seen.entry(format!("{split:?}")).or_default();
+        let position = match seen.iter().position(|&e| e == epoch) {
+            Some(p) => p,
+            None => {
+                seen.push(epoch);
+                seen.len() - 1
+            }
+        };
+        self.first + position
+    }
 }
 
 impl MetricLogger for ResumeAwareLogger {
     fn log(&mut self, update: MetricsUpdate, epoch: usize, split: &Split) {
-        self.inner.log(update, epoch + self.offset, split)
+        let epoch = self.true_epoch(epoch, split);
+        self.inner.log(update, epoch, split)
     }
     fn read_numeric(
         &mut self,
@@ -668,7 +696,7 @@ pub fn train_rpn<B: Backend>(
     let parameters = rpn.num_params();
     let source = LlavaPrefix::new(session, images.to_path_buf(), config.rpn.branch_layer);
     let model = RpnLearner::<AB<B>, LlavaPrefix<B>> {
-        rpn: rpn.train::<AB<B>>(),
+        rpn: rpn.train::<AB<B>>().map(&mut Trainable),
         source,
         settings: StepSettings::of(config),
     };
@@ -705,7 +733,8 @@ pub fn train_rpn<B: Backend>(
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
         .with_metric_logger(ResumeAwareLogger {
             inner: FileMetricLogger::new(paths.artifacts()),
-            offset: start,
+            first: start + 1,
+            seen: Default::default(),
         })
         .with_application_logger(None)
         .with_interrupter(interrupter.clone())

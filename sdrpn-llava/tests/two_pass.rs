@@ -1,0 +1,177 @@
+//! Two-pass inference on the tiny fixture model: every crop mode, the crop
+//! geometry in pixels, prefix-cache reuse against full recomputation, and
+//! the no-RoI path against plain generation.
+
+mod common;
+
+use common::*;
+use sdrpn_core::components::TokenBox;
+use sdrpn_core::crop::PixelBox;
+use sdrpn_core::roi::{RoiConfig, RoiMode};
+use sdrpn_core::Grid;
+use sdrpn_llava::preprocess::load_rgb;
+use sdrpn_llava::session::{AnswerOptions, LlavaSession, PromptOptions};
+use sdrpn_llava::two_pass::{TwoPassOptions, TwoPassOutput};
+
+const QUESTION: &str = "What is in the picture?";
+
+fn session() -> LlavaSession<B> {
+    LlavaSession::<B>::load(
+        &model_dir("tiny-llava"),
+        &device(),
+        PromptOptions::default(),
+    )
+    .unwrap()
+}
+
+fn options(reuse: bool) -> TwoPassOptions {
+    TwoPassOptions {
+        branch: 2,
+        roi: RoiConfig::default(),
+        answer: AnswerOptions {
+            max_new_tokens: 6,
+            stop_strings: Vec::new(),
+        },
+        reuse_prefix_cache: reuse,
+    }
+}
+
+/// A 6x6 map with 1.0 on the given cells.
+fn map(hot: &[(usize, usize)]) -> Vec<f32> {
+    let mut m = vec![0.0f32; 36];
+    for &(r, c) in hot {
+        m[r * 6 + c] = 1.0;
+    }
+    m
+}
+
+fn run(map: &[f32], reuse: bool) -> TwoPassOutput {
+    let image = load_rgb(&fixtures().join("images/wide.png")).unwrap();
+    session()
+        .answer_with_map(&image, QUESTION, map, &options(reuse))
+        .unwrap()
+}
+
+fn assert_same_answer(a: &TwoPassOutput, b: &TwoPassOutput, what: &str) {
+    assert_eq!(a.tokens, b.tokens, "{what}: tokens");
+    let worst = a
+        .first_logits
+        .iter()
+        .zip(&b.first_logits)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= 1e-4,
+        "{what}: first-token logits differ by {worst:e}"
+    );
+    eprintln!("{what}: max logit difference {worst:e}");
+}
+
+#[test]
+fn no_roi_is_plain_generation_and_an_empty_map_changes_nothing() {
+    let s = session();
+    let image = load_rgb(&fixtures().join("images/wide.png")).unwrap();
+    let answer = AnswerOptions {
+        max_new_tokens: 6,
+        stop_strings: Vec::new(),
+    };
+    let plain = s.answer(&image, QUESTION, &answer).unwrap();
+    let baseline = s.answer_baseline(&image, QUESTION, &answer).unwrap();
+    assert_eq!(baseline.answer, plain);
+    let none = s
+        .answer_with_map(&image, QUESTION, &map(&[]), &options(true))
+        .unwrap();
+    assert_eq!(none.mode, RoiMode::None);
+    assert_eq!((none.crop, none.roi_tokens), (None, 0));
+    assert_eq!(
+        none.tokens, baseline.tokens,
+        "mode none answers as the baseline"
+    );
+    assert_same_answer(&none, &baseline, "none vs baseline");
+}
+
+#[test]
+fn one_block_crops_its_box_in_source_pixels() {
+    // Hot 2x2 block in the centre: blurred above 0.15 on the block and its
+    // four sides (corners 0.075 stay below), so one 12-cell component with
+    // token box x 1..5, y 1..5.
+    let out = run(&map(&[(2, 2), (2, 3), (3, 2), (3, 3)]), true);
+    assert_eq!(out.mode, RoiMode::Bbox);
+    assert_eq!(
+        out.boxes,
+        vec![TokenBox {
+            x0: 1,
+            y0: 1,
+            x1: 5,
+            y1: 5
+        }]
+    );
+    // wide.png is 97x61: r = 84/97, scaled height floor(52.8) = 52 -> pad_y = 16 px.
+    // x: 14/r = 16.17 -> 16, 70/r = 80.8 -> 80; y: (14-16)/r < 0 -> 0, (70-16)/r = 62.4 -> clamped to 61.
+    assert_eq!(
+        out.crop,
+        Some(PixelBox {
+            x0: 16,
+            y0: 0,
+            x1: 80,
+            y1: 61
+        })
+    );
+    assert_eq!(out.roi_tokens, 36, "bbox mode appends every crop token");
+}
+
+#[test]
+fn two_blocks_use_the_union_mask() {
+    let hot = map(&[
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+        (4, 4),
+        (4, 5),
+        (5, 4),
+        (5, 5),
+    ]);
+    let out = run(&hot, true);
+    assert_eq!(out.mode, RoiMode::Mask);
+    assert_eq!(out.boxes.len(), 2);
+    let expected = RoiConfig::default().select_blurred(blurred(&hot), Grid::new(6, 6).unwrap());
+    let kept = expected.keep.unwrap().iter().filter(|&&k| k).count();
+    assert_eq!(out.roi_tokens, kept);
+    assert!(
+        kept > 0 && kept < 36,
+        "the mask keeps part of the crop ({kept} tokens)"
+    );
+}
+
+/// The blurred map as the core computes it.
+fn blurred(map: &[f32]) -> Vec<f32> {
+    use burn::tensor::Tensor;
+    let t = Tensor::<B, 1>::from_floats(map, &device()).reshape([1, 6, 6]);
+    sdrpn_core::readback::floats(sdrpn_core::blur::gaussian_blur3(t, 1.0).unwrap()).unwrap()
+}
+
+#[test]
+fn reusing_the_prefix_cache_matches_full_recomputation() {
+    for (what, hot) in [
+        ("bbox", map(&[(2, 2), (2, 3), (3, 2), (3, 3)])),
+        (
+            "mask",
+            map(&[
+                (0, 0),
+                (0, 1),
+                (1, 0),
+                (1, 1),
+                (4, 4),
+                (4, 5),
+                (5, 4),
+                (5, 5),
+            ]),
+        ),
+    ] {
+        let reused = run(&hot, true);
+        let full = run(&hot, false);
+        assert_ne!(reused.mode, RoiMode::None);
+        assert_same_answer(&reused, &full, what);
+    }
+}

@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod demo;
 mod devices;
 mod generate;
 mod infer;
@@ -23,6 +24,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole pipeline on a tiny random model in under two minutes (start here).
+    Demo(demo::DemoArgs),
     /// List the compiled-in backends and check which devices can start.
     Devices(devices::DevicesArgs),
     /// Performance benchmarks (programs that print numbers).
@@ -46,6 +49,7 @@ impl Cli {
     /// Runs the chosen subcommand.
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Demo(a) => demo::run(a),
             Command::Devices(a) => devices::run(a),
             Command::Bench(b) => bench::run(b),
             Command::Generate(a) => generate::run(a),

@@ -35,6 +35,9 @@ pub struct TrainArgs {
     /// Epochs
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Samples held back for the per-epoch metrics
+    #[arg(long)]
+    pub holdout: Option<usize>,
     /// Micro-batch size
     #[arg(long)]
     pub batch: Option<usize>,
@@ -79,6 +82,9 @@ impl TrainArgs {
         }
         if let Some(e) = self.epochs {
             t.epochs = e;
+        }
+        if let Some(h) = self.holdout {
+            t.holdout = h;
         }
         if let Some(b) = self.batch {
             t.batch_size = b;

@@ -3,7 +3,11 @@
 //! Benchmark scorers ([`scorers`]), loaders, experiment configs and the
 //! subcommands of the `sdrpn` binary ([`commands`]).
 
+pub mod benchmarks;
 pub mod commands;
+pub mod eval;
+pub mod experiment;
 pub mod heatmap;
 pub mod progress;
 pub mod scorers;
+pub mod synthetic;

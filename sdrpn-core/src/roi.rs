@@ -30,6 +30,10 @@ pub struct RoiConfig {
     pub size_rules: SizeRules,
     /// From this many boxes on, the union mask is used instead of one box (2).
     pub mask_from_boxes: usize,
+    /// Ambiguity resolution for several boxes: true (the paper) keeps only
+    /// the crop tokens under the resized mask; false (ablation) crops the
+    /// union box and keeps all its tokens.
+    pub multi_box_mask: bool,
 }
 
 impl Default for RoiConfig {
@@ -39,6 +43,7 @@ impl Default for RoiConfig {
             sigma: 1.0,
             size_rules: SizeRules::default(),
             mask_from_boxes: 2,
+            multi_box_mask: true,
         }
     }
 }
@@ -115,8 +120,12 @@ impl RoiConfig {
             n if n < self.mask_from_boxes => (RoiMode::Bbox, Some(boxes[0]), None),
             _ => {
                 let union = TokenBox::of_mask(&mask, grid).expect("boxes imply a non-empty mask");
-                let keep = resize_mask_to_grid(&mask, grid, union);
-                (RoiMode::Mask, Some(union), Some(keep))
+                if self.multi_box_mask {
+                    let keep = resize_mask_to_grid(&mask, grid, union);
+                    (RoiMode::Mask, Some(union), Some(keep))
+                } else {
+                    (RoiMode::Bbox, Some(union), None)
+                }
             }
         };
         RoiSelection {
@@ -248,6 +257,28 @@ mod tests {
         // Near the union's corners sit the two blocks: kept; the other corners are empty.
         assert!(keep[g().index(1, 1)] && keep[g().index(22, 22)]);
         assert!(!keep[g().index(23, 0)] && !keep[g().index(0, 23)]);
+    }
+
+    #[test]
+    fn without_ambiguity_resolution_two_components_crop_the_whole_union() {
+        let mut hot = block(2, 2, 3, 3);
+        hot.extend(block(15, 15, 3, 3));
+        let cfg = RoiConfig {
+            multi_box_mask: false,
+            ..RoiConfig::default()
+        };
+        let s = cfg.select(probs(&hot, 1.0), g()).unwrap();
+        assert_eq!(s.mode, RoiMode::Bbox);
+        assert_eq!(
+            s.crop,
+            Some(TokenBox {
+                x0: 1,
+                y0: 1,
+                x1: 19,
+                y1: 19
+            })
+        );
+        assert!(s.keep.is_none());
     }
 
     #[test]

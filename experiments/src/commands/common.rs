@@ -93,3 +93,13 @@ pub fn preset_for_model(model: &std::path::Path) -> anyhow::Result<sdrpn_train::
     };
     Ok(sdrpn_train::SdrpnConfig::preset(name)?)
 }
+
+/// Parses a loss name: bce, focal (alpha 0.9, gamma 2) or mse.
+pub fn parse_loss(name: &str) -> anyhow::Result<sdrpn_core::loss::LossKind> {
+    Ok(match name {
+        "bce" => sdrpn_core::loss::LossKind::Bce,
+        "focal" => sdrpn_core::loss::LossKind::focal(),
+        "mse" => sdrpn_core::loss::LossKind::Mse,
+        other => anyhow::bail!("unknown loss {other:?}: use bce, focal or mse"),
+    })
+}

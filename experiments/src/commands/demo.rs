@@ -6,15 +6,15 @@ use super::common::{DeviceArgs, MethodArgs};
 use super::infer::InferArgs;
 use super::label::LabelArgs;
 use super::train::TrainArgs;
+use crate::synthetic::{picture, write_question_set};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
-use image::{Rgb, RgbImage};
 use sdrpn_core::backend::BackendJob;
 use sdrpn_llava::config::{Activation, ClipVisionConfig, LlamaConfig};
 use sdrpn_llava::{Llava, LlavaConfig};
 use sdrpn_train::dataset::SplitMix;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The tokenizer of the test fixtures (a small Llama-style BPE, 517 tokens).
 const TOKENIZER_JSON: &str =
@@ -72,52 +72,6 @@ pub fn demo_config() -> LlavaConfig {
     }
 }
 
-const COLOURS: [(&str, [u8; 3]); 5] = [
-    ("red", [220, 40, 40]),
-    ("green", [40, 180, 60]),
-    ("blue", [40, 70, 220]),
-    ("yellow", [235, 210, 40]),
-    ("white", [245, 245, 245]),
-];
-
-/// A 320x240 picture: a soft gradient and one coloured ball.
-fn picture(rng: &mut SplitMix) -> (RgbImage, &'static str) {
-    let (w, h) = (320u32, 240u32);
-    let (name, colour) = COLOURS[(rng.next_u64() % COLOURS.len() as u64) as usize];
-    let radius = 14.0 + (rng.next_u64() % 24) as f32;
-    let cx = radius + (rng.next_u64() % (w - 2 * radius as u32) as u64) as f32;
-    let cy = radius + (rng.next_u64() % (h - 2 * radius as u32) as u64) as f32;
-    let tint = (rng.next_u64() % 60) as f32;
-    let img = RgbImage::from_fn(w, h, |x, y| {
-        let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt();
-        if d <= radius {
-            Rgb(colour)
-        } else {
-            let g = 90.0 + 60.0 * y as f32 / h as f32;
-            Rgb([(g + tint) as u8, g as u8, (150.0 - tint) as u8])
-        }
-    });
-    (img, name)
-}
-
-/// Writes `count` pictures and a question file; returns the question file.
-fn write_data(dir: &Path, count: usize, rng: &mut SplitMix) -> anyhow::Result<PathBuf> {
-    let images = dir.join("images");
-    std::fs::create_dir_all(&images)?;
-    let mut lines = String::new();
-    for i in 0..count {
-        let (img, colour) = picture(rng);
-        let name = format!("ball_{i:03}.png");
-        img.save(images.join(&name))
-            .with_context(|| format!("cannot write {name}"))?;
-        let q = serde_json::json!({"question_id": i, "image": name, "text": "What color is the ball?", "category": colour});
-        lines.push_str(&format!("{q}\n"));
-    }
-    let path = dir.join("questions.jsonl");
-    std::fs::write(&path, lines)?;
-    Ok(path)
-}
-
 impl BackendJob for DemoArgs {
     type Output = anyhow::Result<()>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
@@ -132,8 +86,8 @@ impl BackendJob for DemoArgs {
         // enough to give some usable pseudo-labels.
         Llava::<B>::write_random_checkpoint(&demo_config(), 7, 16.0, &model, &device)?;
         std::fs::write(model.join("tokenizer.json"), TOKENIZER_JSON)?;
-        let mut rng = SplitMix::new(2024);
-        let questions = write_data(out, self.samples, &mut rng)?;
+        let mut rng = SplitMix::new(4242); // the test picture, unlike any training one
+        let questions = write_question_set(out, self.samples, 2024)?;
         println!(
             "[1/3] labelling {} questions (model in {})",
             self.samples,

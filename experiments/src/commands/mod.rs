@@ -4,12 +4,17 @@ mod bench;
 mod common;
 mod demo;
 mod devices;
+mod eval;
+mod experiment;
 mod generate;
 mod infer;
 mod inspect;
 mod label;
 mod score;
 mod train;
+
+pub use common::{parse_loss, preset_for_model};
+pub use label::{read_source, write_source};
 
 use clap::{Parser, Subcommand};
 use sdrpn_core::backend::DeviceSpec;
@@ -43,6 +48,10 @@ enum Command {
     Infer(infer::InferArgs),
     /// Score predictions with a benchmark metric (exact to lmms-eval).
     Score(score::ScoreArgs),
+    /// Evaluate on a benchmark (baseline or SD-RPN), resumable, scored.
+    Eval(eval::EvalArgs),
+    /// Run an experiment config: label, train, evaluate, results table.
+    Experiment(experiment::ExperimentArgs),
 }
 
 impl Cli {
@@ -58,6 +67,8 @@ impl Cli {
             Command::Train(a) => train::run(a),
             Command::Infer(a) => infer::run(a),
             Command::Score(a) => score::run(a),
+            Command::Eval(a) => eval::run(a),
+            Command::Experiment(a) => experiment::run(a),
         }
     }
 }

@@ -96,12 +96,7 @@ impl TrainArgs {
             t.lr = lr;
         }
         if let Some(loss) = &self.loss {
-            t.loss = match loss.as_str() {
-                "bce" => sdrpn_core::loss::LossKind::Bce,
-                "focal" => sdrpn_core::loss::LossKind::focal(),
-                "mse" => sdrpn_core::loss::LossKind::Mse,
-                other => anyhow::bail!("unknown loss {other:?}: use bce, focal or mse"),
-            };
+            t.loss = super::common::parse_loss(loss)?;
         }
         Ok(config)
     }

@@ -1,0 +1,262 @@
+//! Benchmark evaluation: answer every sample (baseline or SD-RPN), append
+//! predictions to a jsonl file as they come (a rerun continues where the last
+//! one stopped), then score them and measure throughput.
+
+use crate::benchmarks::{decode_image, Benchmark, Sample};
+use crate::scorers::{aggregate, SampleRecord, Summary};
+use anyhow::Context;
+use burn::tensor::backend::Backend;
+use sdrpn_llava::host::LlavaRpn;
+use sdrpn_llava::session::{AnswerOptions, LlavaSession};
+use sdrpn_llava::two_pass::TwoPassOptions;
+use sdrpn_train::questions::ShardSpec;
+use sdrpn_train::SdrpnConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// How samples are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Plain LLaVA: one pass over the global image.
+    Baseline,
+    /// SD-RPN: RoI from the RPN, then the crop appended.
+    Sdrpn,
+}
+
+/// One answered sample, as stored in `predictions-<worker>.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Sample id.
+    pub id: String,
+    /// The model's answer.
+    pub prediction: String,
+    /// Reference answers (what the scorer compares against).
+    pub answers: Vec<String>,
+    /// Category, when the benchmark has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Subset (OCRBench), when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// none / bbox / mask (SD-RPN), none for the baseline.
+    pub mode: String,
+    /// RoI tokens appended in pass 2.
+    pub roi_tokens: usize,
+    /// Generated tokens.
+    pub tokens: usize,
+    /// Wall-clock milliseconds for this sample (preprocessing to last token).
+    pub ms: f64,
+}
+
+/// What to evaluate.
+#[derive(Clone, Debug)]
+pub struct EvalSpec {
+    /// The benchmark (decides metric, token budget, default threshold).
+    pub benchmark: Benchmark,
+    /// Baseline or SD-RPN.
+    pub method: Method,
+    /// RoI threshold (default: the benchmark's, SPEC 4).
+    pub threshold: Option<f64>,
+    /// Most new tokens (default: the benchmark's).
+    pub max_new_tokens: Option<usize>,
+    /// Only the first N samples.
+    pub limit: Option<usize>,
+    /// This worker's share.
+    pub shard: ShardSpec,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+/// The score and speed of a finished evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// Benchmark name.
+    pub benchmark: String,
+    /// Method.
+    pub method: Method,
+    /// Headline score (x100).
+    pub score: f64,
+    /// The scorer's one-line summary (with categories).
+    pub summary: String,
+    /// Samples scored.
+    pub samples: usize,
+    /// Samples per second of model time.
+    pub samples_per_s: f64,
+    /// Generated tokens per second of model time.
+    pub tokens_per_s: f64,
+    /// How often each RoI mode was used.
+    pub modes: std::collections::BTreeMap<String, usize>,
+}
+
+fn predictions_file(out: &Path, shard: ShardSpec) -> PathBuf {
+    out.join(format!("predictions-{}.jsonl", shard.tag()))
+}
+
+/// Reads a predictions file, dropping a torn last line (an interrupted
+/// write) by rewriting the file without it.
+fn read_predictions(path: &Path) -> anyhow::Result<Vec<Prediction>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    };
+    let mut out = Vec::new();
+    let mut good = String::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str::<Prediction>(line) {
+            Ok(p) => {
+                good.push_str(line);
+                good.push('\n');
+                out.push(p);
+            }
+            Err(_) if i + 1 == lines.len() => {
+                sdrpn_train::error::write_atomic(path, good.as_bytes())?;
+            }
+            Err(e) => anyhow::bail!("{} line {}: {e}", path.display(), i + 1),
+        }
+    }
+    Ok(out)
+}
+
+/// Every prediction of an output folder (all workers).
+pub fn all_predictions(out: &Path) -> anyhow::Result<Vec<Prediction>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out)
+        .with_context(|| out.display().to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("predictions-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    files.sort();
+    let mut all = Vec::new();
+    for f in files {
+        all.extend(read_predictions(&f)?);
+    }
+    Ok(all)
+}
+
+/// Answers this worker's share of `samples`, appending to its predictions
+/// file and skipping what an earlier run already answered.
+/// `on_progress(done, total)` is called after every sample.
+pub fn run_eval<B: Backend>(
+    session: &LlavaSession<B>,
+    rpn: Option<(&LlavaRpn<B>, &SdrpnConfig)>,
+    samples: &[Sample],
+    spec: &EvalSpec,
+    mut on_progress: impl FnMut(usize, usize, Option<(&str, &str)>),
+) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(&spec.out).with_context(|| spec.out.display().to_string())?;
+    let path = predictions_file(&spec.out, spec.shard);
+    let done: HashSet<String> = read_predictions(&path)?.into_iter().map(|p| p.id).collect();
+    let mine: Vec<&Sample> = samples
+        .iter()
+        .take(spec.limit.unwrap_or(usize::MAX))
+        .enumerate()
+        .filter(|(i, s)| spec.shard.owns(*i) && !done.contains(&s.id))
+        .map(|(_, s)| s)
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| path.display().to_string())?;
+    let answer = AnswerOptions {
+        max_new_tokens: spec
+            .max_new_tokens
+            .unwrap_or(spec.benchmark.max_new_tokens()),
+        stop_strings: Vec::new(),
+    };
+    let total = mine.len();
+    for (i, sample) in mine.into_iter().enumerate() {
+        let image = match decode_image(&sample.image) {
+            Ok(img) => img,
+            Err(e) => {
+                on_progress(i + 1, total, Some((&sample.id, &e.to_string())));
+                continue;
+            }
+        };
+        let out = match (spec.method, rpn) {
+            (Method::Baseline, _) => session.answer_baseline(&image, &sample.prompt, &answer)?,
+            (Method::Sdrpn, Some((rpn, config))) => {
+                let mut roi = config.inference.roi.clone();
+                roi.threshold = spec.threshold.unwrap_or(spec.benchmark.default_threshold());
+                let options = TwoPassOptions {
+                    branch: config.rpn.branch_layer,
+                    roi,
+                    answer: answer.clone(),
+                    reuse_prefix_cache: config.inference.reuse_prefix_cache,
+                };
+                session.answer_with_roi(rpn, &image, &sample.prompt, &options)?
+            }
+            (Method::Sdrpn, None) => anyhow::bail!("--method sdrpn needs --rpn RUN"),
+        };
+        let line = Prediction {
+            id: sample.id.clone(),
+            prediction: out.answer,
+            answers: sample.answers.clone(),
+            category: sample.category.clone(),
+            dataset: sample.dataset.clone(),
+            mode: serde_json::to_value(out.mode)?
+                .as_str()
+                .unwrap_or("none")
+                .to_string(),
+            roi_tokens: out.roi_tokens,
+            tokens: out.tokens.len(),
+            ms: out.timings.total_ms,
+        };
+        writeln!(file, "{}", serde_json::to_string(&line)?)
+            .with_context(|| path.display().to_string())?;
+        file.flush()?;
+        on_progress(i + 1, total, None);
+    }
+    Ok(total)
+}
+
+/// Scores every prediction in `out` and writes `score.json` there.
+pub fn score_predictions(
+    benchmark: Benchmark,
+    method: Method,
+    out: &Path,
+) -> anyhow::Result<EvalReport> {
+    let predictions = all_predictions(out)?;
+    if predictions.is_empty() {
+        anyhow::bail!("{} holds no predictions", out.display());
+    }
+    let records: Vec<SampleRecord> = predictions
+        .iter()
+        .map(|p| SampleRecord {
+            prediction: p.prediction.clone(),
+            answers: p.answers.clone(),
+            dataset: p.dataset.clone(),
+            category: p.category.clone(),
+        })
+        .collect();
+    let summary: Summary = aggregate(benchmark.metric(), &records);
+    let seconds: f64 = predictions.iter().map(|p| p.ms).sum::<f64>() / 1e3;
+    let tokens: usize = predictions.iter().map(|p| p.tokens).sum();
+    let mut modes = std::collections::BTreeMap::new();
+    for p in &predictions {
+        *modes.entry(p.mode.clone()).or_insert(0) += 1;
+    }
+    let report = EvalReport {
+        benchmark: benchmark.to_string(),
+        method,
+        score: summary.headline,
+        summary: summary.to_string(),
+        samples: predictions.len(),
+        samples_per_s: predictions.len() as f64 / seconds.max(1e-9),
+        tokens_per_s: tokens as f64 / seconds.max(1e-9),
+        modes,
+    };
+    sdrpn_train::error::write_atomic(
+        &out.join("score.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(report)
+}

@@ -1,0 +1,534 @@
+//! Experiment configs (`experiments/configs/*.toml`) and their runner: label
+//! (once), train each run's RPN, evaluate every run on every benchmark, and
+//! write a results table (Markdown and CSV) beside the published numbers.
+//! Every step is resumable: a rerun skips finished labels, trainings and
+//! predictions.
+
+use crate::benchmarks::{load_samples, Benchmark};
+use crate::eval::{run_eval, score_predictions, EvalReport, EvalSpec, Method};
+use anyhow::Context;
+use burn::tensor::backend::Backend;
+use sdrpn_llava::session::LlavaSession;
+use sdrpn_train::config::{Overrides, SinkSettings};
+use sdrpn_train::label::{run_labelling, LabelJob};
+use sdrpn_train::label_store::read_labels;
+use sdrpn_train::questions::{read_questions, ShardSpec};
+use sdrpn_train::render::SilentRenderer;
+use sdrpn_train::trainer::{load_rpn, train_rpn, RunPaths, TrainRequest};
+use sdrpn_train::SdrpnConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where stage A's labels come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSource {
+    /// The label folder (created when `questions` is given; default:
+    /// `labels` in the output folder).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Questions to label: a LLaVA jsonl file, or `synthetic:N`.
+    #[serde(default)]
+    pub questions: Option<String>,
+    /// Image folder of the questions.
+    #[serde(default)]
+    pub images: Option<PathBuf>,
+    /// Label only the first N questions.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Training settings of one run (unset values come from the method config).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Epochs.
+    pub epochs: Option<usize>,
+    /// Seeded training subset size.
+    pub samples: Option<usize>,
+    /// Micro-batch.
+    pub batch: Option<usize>,
+    /// Gradient accumulation.
+    pub accum: Option<usize>,
+    /// Peak learning rate.
+    pub lr: Option<f64>,
+    /// bce, focal or mse.
+    pub loss: Option<String>,
+    /// Held-back samples.
+    pub holdout: Option<usize>,
+    /// Sink denoising: "off" or "attention_proxy" (the config's tau).
+    pub denoise: Option<bool>,
+}
+
+/// One row of the results table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Row name (also the key of published numbers).
+    pub name: String,
+    /// baseline or sdrpn.
+    pub method: Method,
+    /// An existing trained RPN run (else one is trained when `train` is set).
+    #[serde(default)]
+    pub rpn: Option<PathBuf>,
+    /// Train this run's RPN from the experiment's labels.
+    #[serde(default)]
+    pub train: Option<TrainSpec>,
+    /// Method overrides (branch layer, twig layers, head sets).
+    #[serde(default)]
+    pub branch_layer: Option<usize>,
+    /// Twig layers.
+    #[serde(default)]
+    pub twig_layers: Option<usize>,
+    /// Grounding heads.
+    #[serde(default)]
+    pub grounding_heads: Option<String>,
+    /// Sink heads.
+    #[serde(default)]
+    pub sink_heads: Option<String>,
+    /// RoI threshold for every benchmark (default: each benchmark's own).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Ambiguity resolution of several boxes (default true).
+    #[serde(default)]
+    pub multi_box_mask: Option<bool>,
+}
+
+/// A benchmark's data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchmarkData {
+    /// Parquet file or folder, LLaVA jsonl, or `synthetic:N`.
+    pub data: String,
+    /// Image folder (LLaVA jsonl only).
+    #[serde(default)]
+    pub images: Option<PathBuf>,
+}
+
+/// An experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Name (used in the table title).
+    pub name: String,
+    /// What the experiment shows.
+    #[serde(default)]
+    pub description: String,
+    /// llava-hf checkpoint folder.
+    pub model: PathBuf,
+    /// Method preset (default: chosen from the model's size).
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// Method config file (instead of a preset).
+    #[serde(default)]
+    pub method_config: Option<PathBuf>,
+    /// Samples per benchmark (all when absent).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Labels for the runs that train.
+    #[serde(default)]
+    pub labels: Option<LabelSource>,
+    /// Benchmarks by name.
+    pub benchmarks: BTreeMap<String, BenchmarkData>,
+    /// The rows.
+    pub runs: Vec<RunSpec>,
+    /// Published numbers: run name -> benchmark -> score.
+    #[serde(default)]
+    pub published: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+impl ExperimentConfig {
+    /// Reads a config; relative paths are taken from the config's folder.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut c: Self = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid experiment config", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut c.model);
+        if let Some(p) = c.method_config.as_mut() {
+            fix(p);
+        }
+        if let Some(l) = c.labels.as_mut() {
+            if let Some(p) = l.path.as_mut() {
+                fix(p);
+            }
+            if let Some(i) = l.images.as_mut() {
+                fix(i);
+            }
+            if let Some(q) = l.questions.as_mut() {
+                if !q.starts_with("synthetic:") && Path::new(q).is_relative() {
+                    *q = base.join(&*q).display().to_string();
+                }
+            }
+        }
+        for b in c.benchmarks.values_mut() {
+            if !b.data.starts_with("synthetic:") && Path::new(&b.data).is_relative() {
+                b.data = base.join(&b.data).display().to_string();
+            }
+            if let Some(i) = b.images.as_mut() {
+                fix(i);
+            }
+        }
+        for r in c.runs.iter_mut() {
+            if let Some(p) = r.rpn.as_mut() {
+                fix(p);
+            }
+        }
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.runs.is_empty() || self.benchmarks.is_empty() {
+            anyhow::bail!(
+                "experiment {:?} needs at least one run and one benchmark",
+                self.name
+            );
+        }
+        for name in self.benchmarks.keys() {
+            name.parse::<Benchmark>()
+                .map_err(|e| anyhow::anyhow!("benchmark {name:?}: {e}"))?;
+        }
+        for r in &self.runs {
+            if r.method == Method::Sdrpn && r.rpn.is_none() && r.train.is_none() {
+                anyhow::bail!(
+                    "run {:?} uses sdrpn but has neither `rpn` nor `train`",
+                    r.name
+                );
+            }
+            if r.train.is_some() && self.labels.is_none() {
+                anyhow::bail!("run {:?} trains but the experiment has no [labels]", r.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The method config of the experiment (before per-run overrides).
+    pub fn method(&self) -> anyhow::Result<SdrpnConfig> {
+        Ok(match (&self.method_config, &self.preset) {
+            (Some(p), _) => SdrpnConfig::load(p)?,
+            (None, Some(name)) => SdrpnConfig::preset(name)?,
+            (None, None) => crate::commands::preset_for_model(&self.model)?,
+        })
+    }
+}
+
+/// A file-system-safe name for a run.
+pub fn slug(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// One cell of the results.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Cell {
+    /// Run name.
+    pub run: String,
+    /// Benchmark name.
+    pub benchmark: String,
+    /// The evaluation.
+    pub report: EvalReport,
+    /// The published score, if any.
+    pub published: Option<f64>,
+}
+
+/// Runs an experiment into `out`, reporting progress lines through `log`.
+pub fn run_experiment<B: Backend>(
+    config: &ExperimentConfig,
+    out: &Path,
+    device: &B::Device,
+    log: &mut dyn FnMut(&str),
+) -> anyhow::Result<Vec<Cell>> {
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    sdrpn_train::error::write_atomic(
+        &out.join("experiment.toml"),
+        toml::to_string_pretty(config)?.as_bytes(),
+    )?;
+    let method = config.method()?;
+    let session = Arc::new(
+        LlavaSession::<B>::load(&config.model, device, method.prompt)
+            .with_context(|| format!("cannot load the model in {}", config.model.display()))?,
+    );
+
+    // Stage A once, shared by every run that trains.
+    let label_dir = config
+        .labels
+        .as_ref()
+        .map(|l| l.path.clone().unwrap_or_else(|| out.join("labels")));
+    if let (Some(labels), Some(label_dir), true) = (
+        &config.labels,
+        &label_dir,
+        config.runs.iter().any(|r| r.train.is_some()),
+    ) {
+        if let Some(questions) = &labels.questions {
+            let (questions, images) = match questions.strip_prefix("synthetic:") {
+                Some(n) => {
+                    let dir = out.join("synthetic-questions");
+                    let file = crate::synthetic::write_question_set(
+                        &dir,
+                        n.parse().context("synthetic:N")?,
+                        11,
+                    )?;
+                    (read_questions(&file)?.0, dir.join("images"))
+                }
+                None => (
+                    read_questions(Path::new(questions))?.0,
+                    labels
+                        .images
+                        .clone()
+                        .context("[labels] needs `images` with `questions`")?,
+                ),
+            };
+            log(&format!(
+                "labelling {} questions into {}",
+                questions.len(),
+                label_dir.display()
+            ));
+            std::fs::create_dir_all(label_dir)?;
+            crate::commands::write_source(label_dir, &images)?;
+            let job = LabelJob {
+                questions,
+                images,
+                out: label_dir.clone(),
+                shard: ShardSpec::default(),
+                limit: labels.limit,
+                shard_size: 64,
+            };
+            let p = run_labelling(&session, &method, &job, |_, _| {})?;
+            log(&format!(
+                "labels: {} new, {} skipped, {} done before",
+                p.labelled, p.skipped, p.resumed
+            ));
+        }
+    }
+
+    let mut cells = Vec::new();
+    for run in &config.runs {
+        let run_dir = out.join(slug(&run.name));
+        let rpn_dir = match (&run.rpn, &run.train, run.method) {
+            (_, _, Method::Baseline) => None,
+            (Some(dir), _, _) => Some(dir.clone()),
+            (None, Some(train), _) => {
+                let labels = label_dir
+                    .as_deref()
+                    .expect("checked on load: training runs have [labels]");
+                Some(train_run(
+                    run,
+                    train,
+                    &method,
+                    &session,
+                    labels,
+                    &run_dir.join("rpn"),
+                    log,
+                )?)
+            }
+            (None, None, _) => unreachable!("checked on load"),
+        };
+        let rpn = match &rpn_dir {
+            Some(dir) => {
+                let (mut cfg, rpn) = load_rpn(&session, dir)?;
+                if let Some(m) = run.multi_box_mask {
+                    cfg.inference.roi.multi_box_mask = m;
+                }
+                Some((cfg, rpn))
+            }
+            None => None,
+        };
+        for (name, data) in &config.benchmarks {
+            let benchmark: Benchmark = name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let loaded = load_samples(benchmark, &data.data, data.images.as_deref())?;
+            let spec = EvalSpec {
+                benchmark,
+                method: run.method,
+                threshold: run.threshold,
+                max_new_tokens: None,
+                limit: config.limit,
+                shard: ShardSpec::default(),
+                out: run_dir.join(name),
+            };
+            log(&format!(
+                "{}: {} ({} samples)",
+                run.name,
+                name,
+                loaded.samples.len().min(config.limit.unwrap_or(usize::MAX))
+            ));
+            run_eval(
+                &session,
+                rpn.as_ref().map(|(c, r)| (r, c)),
+                &loaded.samples,
+                &spec,
+                |_, _, _| {},
+            )?;
+            let report = score_predictions(benchmark, run.method, &spec.out)?;
+            let published = config
+                .published
+                .get(&run.name)
+                .and_then(|m| m.get(name))
+                .copied();
+            cells.push(Cell {
+                run: run.name.clone(),
+                benchmark: name.clone(),
+                report,
+                published,
+            });
+        }
+    }
+    write_tables(config, &cells, out)?;
+    Ok(cells)
+}
+
+/// Trains (or resumes, or reuses) one run's RPN; returns its run folder.
+fn train_run<B: Backend>(
+    run: &RunSpec,
+    train: &TrainSpec,
+    base: &SdrpnConfig,
+    session: &Arc<LlavaSession<B>>,
+    labels: &Path,
+    dir: &Path,
+    log: &mut dyn FnMut(&str),
+) -> anyhow::Result<PathBuf> {
+    let mut method = base.clone();
+    method.apply(&Overrides {
+        branch_layer: run.branch_layer,
+        twig_layers: run.twig_layers,
+        grounding_heads: run.grounding_heads.clone(),
+        sink_heads: run.sink_heads.clone(),
+        threshold: None,
+    })?;
+    let t = &mut method.train;
+    t.epochs = train.epochs.unwrap_or(t.epochs);
+    t.samples = train.samples.or(t.samples);
+    t.batch_size = train.batch.unwrap_or(t.batch_size);
+    t.grad_accumulation = train.accum.unwrap_or(t.grad_accumulation);
+    t.lr = train.lr.unwrap_or(t.lr);
+    t.holdout = train.holdout.unwrap_or(t.holdout);
+    if let Some(loss) = &train.loss {
+        t.loss = crate::commands::parse_loss(loss)?;
+    }
+    if train.denoise == Some(false) {
+        method.labels.sink = SinkSettings::Off;
+    }
+    let paths = RunPaths {
+        dir: dir.to_path_buf(),
+    };
+    let finished = paths.rpn().is_file() && paths.last_checkpoint() == Some(method.train.epochs);
+    if finished {
+        log(&format!(
+            "{}: RPN already trained in {}",
+            run.name,
+            dir.display()
+        ));
+        return Ok(dir.to_path_buf());
+    }
+    let images = crate::commands::read_source(labels)?;
+    let (_, records) = read_labels(labels)?;
+    log(&format!(
+        "{}: training the RPN on {} labelled samples",
+        run.name,
+        records.len()
+    ));
+    let resume = paths.last_checkpoint().is_some()
+        && SdrpnConfig::load(&paths.config()).ok().as_ref() == Some(&method);
+    train_rpn(
+        TrainRequest {
+            session: session.clone(),
+            records,
+            images: &images,
+            config: &method,
+            run_dir: dir,
+            resume,
+            stop_after_epoch: None,
+        },
+        SilentRenderer,
+    )?;
+    Ok(dir.to_path_buf())
+}
+
+/// `results.md` and `results.csv`: a row per run, a column per benchmark,
+/// published numbers in brackets, throughput relative to the first baseline.
+fn write_tables(config: &ExperimentConfig, cells: &[Cell], out: &Path) -> anyhow::Result<()> {
+    let benchmarks: Vec<&String> = config.benchmarks.keys().collect();
+    let baseline = config
+        .runs
+        .iter()
+        .find(|r| r.method == Method::Baseline)
+        .map(|r| r.name.clone());
+    let rate = |run: &str, b: &str| {
+        cells
+            .iter()
+            .find(|c| c.run == run && c.benchmark == b)
+            .map(|c| c.report.samples_per_s)
+    };
+    let relative = |run: &str| -> Option<f64> {
+        let base = baseline.as_deref()?;
+        let ratios: Vec<f64> = benchmarks
+            .iter()
+            .filter_map(|b| Some(rate(run, b)? / rate(base, b)?))
+            .collect();
+        (!ratios.is_empty()).then(|| ratios.iter().sum::<f64>() / ratios.len() as f64)
+    };
+    let mut md = format!("# {}\n\n{}\n\n| run |", config.name, config.description);
+    for b in &benchmarks {
+        md.push_str(&format!(" {b} |"));
+    }
+    md.push_str(" throughput |\n|---|");
+    md.push_str(&"---|".repeat(benchmarks.len() + 1));
+    md.push('\n');
+    let mut csv = String::from(
+        "run,benchmark,score,published,samples,samples_per_s,tokens_per_s,relative_throughput\n",
+    );
+    for run in &config.runs {
+        md.push_str(&format!("| {} |", run.name));
+        for b in &benchmarks {
+            match cells
+                .iter()
+                .find(|c| c.run == run.name && &&c.benchmark == b)
+            {
+                Some(c) => {
+                    let published = c.published.map_or(String::new(), |p| format!(" ({p:.1})"));
+                    md.push_str(&format!(" {:.1}{published} |", c.report.score));
+                    csv.push_str(&format!(
+                        "{},{},{:.4},{},{},{:.4},{:.4},{}\n",
+                        run.name,
+                        b,
+                        c.report.score,
+                        c.published.map_or(String::new(), |p| p.to_string()),
+                        c.report.samples,
+                        c.report.samples_per_s,
+                        c.report.tokens_per_s,
+                        relative(&run.name).map_or(String::new(), |r| format!("{r:.3}"))
+                    ));
+                }
+                None => md.push_str(" - |"),
+            }
+        }
+        md.push_str(&format!(
+            " {} |\n",
+            relative(&run.name).map_or("-".into(), |r| format!("{r:.2}x"))
+        ));
+    }
+    md.push_str("\nScores x100 (ours), published in brackets; throughput in samples/s relative to the baseline row.\n");
+    sdrpn_train::error::write_atomic(&out.join("results.md"), md.as_bytes())?;
+    sdrpn_train::error::write_atomic(&out.join("results.csv"), csv.as_bytes())?;
+    Ok(())
+}

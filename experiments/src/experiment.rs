@@ -76,6 +76,9 @@ pub struct RunSpec {
     /// Train this run's RPN from the experiment's labels.
     #[serde(default)]
     pub train: Option<TrainSpec>,
+    /// Use the RPN of an earlier run (by name), e.g. for threshold sweeps.
+    #[serde(default)]
+    pub rpn_from: Option<String>,
     /// Method overrides (branch layer, twig layers, head sets).
     #[serde(default)]
     pub branch_layer: Option<usize>,
@@ -197,12 +200,26 @@ impl ExperimentConfig {
             name.parse::<Benchmark>()
                 .map_err(|e| anyhow::anyhow!("benchmark {name:?}: {e}"))?;
         }
-        for r in &self.runs {
-            if r.method == Method::Sdrpn && r.rpn.is_none() && r.train.is_none() {
+        for (i, r) in self.runs.iter().enumerate() {
+            let sources = usize::from(r.rpn.is_some())
+                + usize::from(r.train.is_some())
+                + usize::from(r.rpn_from.is_some());
+            if r.method == Method::Sdrpn && sources != 1 {
                 anyhow::bail!(
-                    "run {:?} uses sdrpn but has neither `rpn` nor `train`",
+                    "run {:?} uses sdrpn: give exactly one of `rpn`, `train`, `rpn_from`",
                     r.name
                 );
+            }
+            if let Some(from) = &r.rpn_from {
+                if !self.runs[..i]
+                    .iter()
+                    .any(|o| &o.name == from && o.method == Method::Sdrpn)
+                {
+                    anyhow::bail!(
+                        "run {:?}: rpn_from {from:?} names no earlier sdrpn run",
+                        r.name
+                    );
+                }
             }
             if r.train.is_some() && self.labels.is_none() {
                 anyhow::bail!("run {:?} trains but the experiment has no [labels]", r.name);
@@ -323,12 +340,13 @@ pub fn run_experiment<B: Backend>(
     }
 
     let mut cells = Vec::new();
+    let mut rpn_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
     for run in &config.runs {
         let run_dir = out.join(slug(&run.name));
-        let rpn_dir = match (&run.rpn, &run.train, run.method) {
-            (_, _, Method::Baseline) => None,
-            (Some(dir), _, _) => Some(dir.clone()),
-            (None, Some(train), _) => {
+        let rpn_dir = match (&run.rpn, &run.train, &run.rpn_from, run.method) {
+            (_, _, _, Method::Baseline) => None,
+            (Some(dir), _, _, _) => Some(dir.clone()),
+            (_, Some(train), _, _) => {
                 let labels = label_dir
                     .as_deref()
                     .expect("checked on load: training runs have [labels]");
@@ -342,8 +360,17 @@ pub fn run_experiment<B: Backend>(
                     log,
                 )?)
             }
-            (None, None, _) => unreachable!("checked on load"),
+            (_, _, Some(from), _) => Some(
+                rpn_dirs
+                    .get(from)
+                    .cloned()
+                    .expect("checked on load: an earlier sdrpn run"),
+            ),
+            (None, None, None, _) => unreachable!("checked on load"),
         };
+        if let Some(dir) = &rpn_dir {
+            rpn_dirs.insert(run.name.clone(), dir.clone());
+        }
         let rpn = match &rpn_dir {
             Some(dir) => {
                 let (mut cfg, rpn) = load_rpn(&session, dir)?;

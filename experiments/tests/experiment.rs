@@ -63,3 +63,22 @@ fn the_tiny_experiment_runs_end_to_end_and_resumes() {
     }
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn every_shipped_config_parses_and_is_consistent() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let c = ExperimentConfig::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            c.method().unwrap();
+            count += 1;
+        }
+    }
+    assert!(
+        count >= 10,
+        "expected the main tables, the ablations and the tiny config, found {count}"
+    );
+}

@@ -9,7 +9,7 @@ use crate::eval::{run_eval, score_predictions, EvalReport, EvalSpec, Method};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use sdrpn_llava::session::LlavaSession;
-use sdrpn_train::config::{Overrides, SinkSettings};
+use sdrpn_train::config::{Overrides, SinkRule};
 use sdrpn_train::label::{run_labelling, LabelJob};
 use sdrpn_train::label_store::read_labels;
 use sdrpn_train::questions::{read_questions, ShardSpec};
@@ -453,7 +453,7 @@ fn train_run<B: Backend>(
         t.loss = crate::commands::parse_loss(loss)?;
     }
     if train.denoise == Some(false) {
-        method.labels.sink = SinkSettings::Off;
+        method.labels.sink = SinkRule::Off;
     }
     let paths = RunPaths {
         dir: dir.to_path_buf(),

@@ -9,5 +9,6 @@ pub mod eval;
 pub mod experiment;
 pub mod heatmap;
 pub mod progress;
+pub mod pytext;
 pub mod scorers;
 pub mod synthetic;

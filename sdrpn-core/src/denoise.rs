@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// How sink tokens are detected.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "rule", rename_all = "snake_case")]
+#[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkRule {
     /// No denoising: the grounding map is used as it is.
     Off,
@@ -24,12 +24,16 @@ pub enum SinkRule {
         /// Sink threshold on the sink map.
         tau: f64,
     },
-    /// `|rms_norm(h_i)[d]| > threshold` for some `d` in `dims`.
+    /// `|rms_norm(h_i)[d]| > threshold` for some `d` in `dims`, on the
+    /// host's hidden state number `hidden_state` (HF numbering).
     MassiveActivation {
-        /// Hidden dimensions that carry massive activations.
+        /// Hidden dimensions that carry massive activations
+        /// (LLaMA-2-7B: 2533, 1415; 13B: 2100, 4743).
         dims: Vec<usize>,
         /// Threshold on the normalised value (paper: 20).
         threshold: f64,
+        /// Which hidden state of the prompt pass to look at.
+        hidden_state: usize,
     },
 }
 

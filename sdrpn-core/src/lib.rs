@@ -23,6 +23,7 @@ pub mod labels;
 pub mod loss;
 pub mod promote;
 pub mod readback;
+pub mod rng;
 pub mod roi;
 pub mod rpn;
 

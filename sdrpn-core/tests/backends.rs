@@ -23,19 +23,10 @@ use sdrpn_core::roi::RoiConfig;
 use sdrpn_core::rpn::RpnHead;
 use sdrpn_core::{Grid, HeadSelection};
 
-/// Deterministic pseudo-random floats in [0, 1) (a 64-bit LCG).
+/// Deterministic pseudo-random floats in [0, 1).
 fn seeded(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32) / (1u64 << 24) as f32
-        })
-        .collect()
+    let mut rng = sdrpn_core::rng::SplitMix::new(seed);
+    (0..n).map(|_| rng.next_f32()).collect()
 }
 
 /// Runs every tensor part of the core and returns named outputs.
@@ -125,7 +116,7 @@ impl BackendJob for Suite {
         let blurred = gaussian_blur3(probs.clone().reshape([1, 6, 6]), 1.0).unwrap();
         results.push(("blurred map", out(blurred.reshape([1, p]))));
         let roi = RoiConfig {
-            threshold: 0.6,
+            threshold: 0.8,
             ..RoiConfig::default()
         }
         .select(probs, grid)

@@ -95,6 +95,20 @@ fn ms(since: Instant) -> f64 {
 }
 
 impl<B: Backend> LlavaSession<B> {
+    /// Greedy answer tokens after a prefill (`cache` holds the prompt,
+    /// `first_logits` are its last position's logits), no taps.
+    fn decode_answer(
+        &self,
+        first_logits: &[f32],
+        cache: &mut KvCache<B>,
+        options: &AnswerOptions,
+    ) -> Result<Vec<u32>> {
+        self.with_stop_rule(options, |rule| {
+            self.model
+                .decode(first_logits, cache, rule, &Taps::none(), |_, _| Ok(()))
+        })
+    }
+
     /// The plain baseline through the two-pass output type (no RPN, no crop):
     /// the same tokens as [`LlavaSession::answer`].
     pub fn answer_baseline(
@@ -112,15 +126,7 @@ impl<B: Backend> LlavaSession<B> {
             .model
             .forward(prepared.embeds, 0, Some(&mut cache), &Taps::none());
         let first_logits = self.model.last_logits(out.hidden)?;
-        let tokens = self.with_stop_rule(options, |rule| {
-            self.model.decode(
-                &first_logits,
-                &mut cache,
-                rule,
-                &Taps::none(),
-                |_, _| Ok(()),
-            )
-        })?;
+        let tokens = self.decode_answer(&first_logits, &mut cache, options)?;
         Ok(TwoPassOutput {
             answer: self.answer_text(&tokens, options)?,
             tokens,
@@ -352,15 +358,7 @@ impl<B: Backend> LlavaSession<B> {
                 }
             }
         };
-        let tokens = self.with_stop_rule(&options.answer, |rule| {
-            self.model.decode(
-                &first_logits,
-                &mut cache,
-                rule,
-                &Taps::none(),
-                |_, _| Ok(()),
-            )
-        })?;
+        let tokens = self.decode_answer(&first_logits, &mut cache, &options.answer)?;
         Ok(TwoPassOutput {
             answer: self.answer_text(&tokens, &options.answer)?,
             tokens,

@@ -14,6 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
+use sdrpn_core::rng::SplitMix;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -217,7 +218,7 @@ impl Checkpoint {
 pub struct TensorLoader<'a, B: Backend> {
     /// `None`: random weights (benchmarks, demos).
     checkpoint: Option<&'a Checkpoint>,
-    rng_state: u64,
+    rng: SplitMix,
     /// Random weights handed out so far, when asked to keep them.
     recorded: Option<Vec<HostTensor>>,
     device: B::Device,
@@ -230,16 +231,7 @@ pub struct TensorLoader<'a, B: Backend> {
 impl<'a, B: Backend> TensorLoader<'a, B> {
     /// A loader that creates tensors on `device` (in the device's default float dtype).
     pub fn new(checkpoint: &'a Checkpoint, device: &B::Device) -> Self {
-        Self {
-            checkpoint: Some(checkpoint),
-            rng_state: 0,
-            recorded: None,
-            device: device.clone(),
-            taken: BTreeSet::new(),
-            missing: Vec::new(),
-            wrong_shape: Vec::new(),
-            failed: None,
-        }
+        Self::with_source(Some(checkpoint), 0, device)
     }
 
     /// A loader that makes seeded random weights instead of reading a
@@ -247,9 +239,13 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
     /// standard deviation 0.02. For benchmarks and demos, where the values
     /// do not matter.
     pub fn random(device: &B::Device, seed: u64) -> Self {
+        Self::with_source(None, seed ^ 0x9E37_79B9_7F4A_7C15, device)
+    }
+
+    fn with_source(checkpoint: Option<&'a Checkpoint>, rng_state: u64, device: &B::Device) -> Self {
         Self {
-            checkpoint: None,
-            rng_state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            checkpoint,
+            rng: SplitMix::new(rng_state),
             recorded: None,
             device: device.clone(),
             taken: BTreeSet::new(),
@@ -279,17 +275,10 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
         if name.ends_with(".bias") {
             return vec![0.0; count];
         }
-        // splitmix64 -> uniform in [-a, a) with std 0.02.
+        // Uniform in [-a, a) has standard deviation 0.02.
         let a = 0.02f32 * 3f32.sqrt();
         (0..count)
-            .map(|_| {
-                self.rng_state = self.rng_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = self.rng_state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-            })
+            .map(|_| (self.rng.next_f32() * 2.0 - 1.0) * a)
             .collect()
     }
 

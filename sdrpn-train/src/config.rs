@@ -3,6 +3,7 @@
 //! its resolved config beside its outputs.
 
 use crate::error::{write_atomic, Result, TrainError};
+pub use sdrpn_core::denoise::SinkRule;
 use sdrpn_core::heads::HeadSelection;
 use sdrpn_core::labels::LabelConfig;
 use sdrpn_core::loss::LossKind;
@@ -22,29 +23,6 @@ pub struct RpnSettings {
     pub twig_layers: usize,
 }
 
-/// How the sink map is turned into sink tokens.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkSettings {
-    /// No denoising.
-    Off,
-    /// `S_i >= tau` on the sink attention map (paper default).
-    AttentionProxy {
-        /// Sink threshold (paper: 1e-3).
-        tau: f64,
-    },
-    /// `|rms_norm(h_i)[d]| > threshold` in any of `dims`, at the hidden
-    /// state `hidden_state` (HF numbering) of the prompt pass.
-    MassiveActivation {
-        /// Hidden dimensions (LLaMA-2-7B: 2533, 1415; 13B: 2100, 4743).
-        dims: Vec<usize>,
-        /// Threshold (paper: 20).
-        threshold: f64,
-        /// Which hidden state to look at.
-        hidden_state: usize,
-    },
-}
-
 /// Stage A: how the frozen model's attention becomes maps (SPEC 2).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,7 +32,7 @@ pub struct LabelSettings {
     /// (layer, head) pairs averaged into the sink map S.
     pub sink_heads: HeadSelection,
     /// Denoising rule.
-    pub sink: SinkSettings,
+    pub sink: SinkRule,
     /// Most answer tokens generated while labelling (paper: 128).
     pub max_new_tokens: usize,
     /// Foreground / background / reject thresholds.
@@ -157,7 +135,7 @@ impl SdrpnConfig {
         // A 36-token grid and ~100-token prompts spread attention far more
         // evenly than LLaVA's 576 tokens: uniform rows are ~0.01, so the sink
         // threshold and the foreground ratio are scaled up.
-        c.labels.sink = SinkSettings::AttentionProxy { tau: 0.03 };
+        c.labels.sink = SinkRule::AttentionProxy { tau: 0.03 };
         c.labels.thresholds = LabelConfig {
             fg_ratio: 0.6,
             bg_ratio: 0.3,
@@ -182,7 +160,7 @@ impl SdrpnConfig {
             labels: LabelSettings {
                 grounding_heads: grounding.parse().expect("preset head selections parse"),
                 sink_heads: sink.parse().expect("preset head selections parse"),
-                sink: SinkSettings::AttentionProxy { tau: 1e-3 },
+                sink: SinkRule::AttentionProxy { tau: 1e-3 },
                 max_new_tokens: 128,
                 thresholds: LabelConfig::default(),
             },
@@ -278,7 +256,7 @@ impl SdrpnConfig {
         self.labels.sink_heads.resolve(layers, heads)?;
         self.labels.thresholds.validate()?;
         self.inference.roi.validate()?;
-        if let SinkSettings::MassiveActivation { hidden_state, .. } = self.labels.sink {
+        if let SinkRule::MassiveActivation { hidden_state, .. } = self.labels.sink {
             if hidden_state >= layers {
                 return Err(TrainError::config(
                     "labels.sink.hidden_state",

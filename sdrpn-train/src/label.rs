@@ -5,7 +5,7 @@
 //! the sink heads into S (SPEC 2), and store both raw maps. Resumable,
 //! shardable, and a bad sample is logged and skipped, never fatal.
 
-use crate::config::{SdrpnConfig, SinkSettings};
+use crate::config::{SdrpnConfig, SinkRule};
 use crate::error::{describe, Result};
 use crate::label_store::{LabelRecord, ShardWriter};
 use crate::questions::{Question, ShardSpec};
@@ -126,7 +126,7 @@ fn label_one<B: Backend>(
     )
     .map_err(|e| describe(&e))?;
     let massive = match &config.labels.sink {
-        SinkSettings::MassiveActivation {
+        SinkRule::MassiveActivation {
             dims, hidden_state, ..
         } => {
             let h =

@@ -2,7 +2,7 @@
 //! RPN forward, labels built on the fly from the stored maps, loss, and the
 //! counts behind precision / recall / IoU.
 
-use crate::config::{SdrpnConfig, SinkSettings};
+use crate::config::{SdrpnConfig, SinkRule};
 use crate::dataset::RecordBatch;
 use crate::label_store::LabelRecord;
 use burn::module::Module;
@@ -35,7 +35,7 @@ pub struct StepSettings {
     /// Label thresholds.
     pub labels: LabelConfig,
     /// Sink rule.
-    pub sink: SinkSettings,
+    pub sink: SinkRule,
     /// Gradient accumulation (the loss is divided by it for backward).
     pub accumulation: usize,
     /// Threshold on sigmoid(logits) for the metrics.
@@ -134,14 +134,14 @@ pub fn batch_inputs<C: Backend, B: Backend>(
 }
 
 /// The denoised grounding maps of a batch under the sink rule.
-pub fn denoised<B: Backend>(inputs: &BatchInputs<B>, sink: &SinkSettings) -> Tensor<B, 2> {
+pub fn denoised<B: Backend>(inputs: &BatchInputs<B>, sink: &SinkRule) -> Tensor<B, 2> {
     match sink {
-        SinkSettings::Off => inputs.grounding.clone(),
-        SinkSettings::AttentionProxy { tau } => denoise(
+        SinkRule::Off => inputs.grounding.clone(),
+        SinkRule::AttentionProxy { tau } => denoise(
             inputs.grounding.clone(),
             sinks_from_attention(inputs.sink.clone(), *tau),
         ),
-        SinkSettings::MassiveActivation { threshold, .. } => {
+        SinkRule::MassiveActivation { threshold, .. } => {
             let massive = inputs
                 .massive
                 .clone()

@@ -8,7 +8,7 @@
 //! parameters train; only they are saved (`rpn.safetensors`), with the
 //! resolved `config.toml` and per-epoch `metrics.jsonl`.
 
-use crate::config::{SdrpnConfig, SinkSettings};
+use crate::config::{SdrpnConfig, SinkRule};
 use crate::dataset::{split_records, EpochLoader, RecordBatch};
 use crate::error::{write_atomic, Result, TrainError};
 use crate::label_store::LabelRecord;
@@ -544,9 +544,7 @@ pub fn check_records(
         if r.grounding.iter().chain(&r.sink).any(|v| !v.is_finite()) {
             return Err(bad("maps contain NaN or infinity".into()));
         }
-        if matches!(config.labels.sink, SinkSettings::MassiveActivation { .. })
-            && r.massive.is_none()
-        {
+        if matches!(config.labels.sink, SinkRule::MassiveActivation { .. }) && r.massive.is_none() {
             return Err(bad("the sink rule is massive_activation but the labels hold no massive maps; relabel with that rule".into()));
         }
         let path = images.join(&r.image);

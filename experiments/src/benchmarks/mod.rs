@@ -7,7 +7,7 @@
 //! * [`load`]: one Parquet file or a folder of them (a downloaded Hugging
 //!   Face snapshot is narrowed to the right config and split, [`files`]);
 //!   per-benchmark columns and prompt rules in [`mirrors`], V*'s option
-//!   parsing in [`vstar`], the Python string semantics in [`text`].
+//!   parsing in [`vstar`], the Python string semantics in [`crate::pytext`].
 //! * [`load_llava_jsonl`]: `{"question_id","image","text","category"}` lines
 //!   with an image folder and an optional answers file ([`llava`]).
 //! * [`decode_image`]: any embedded or on-disk image to 8-bit RGB.
@@ -27,7 +27,7 @@ pub mod source;
 mod table;
 #[cfg(test)]
 mod testutil;
-pub mod text;
+use crate::pytext as text;
 pub mod vstar;
 pub mod writer;
 

@@ -24,7 +24,7 @@ use std::str::FromStr;
 pub mod anls;
 pub mod ocrbench;
 pub mod pope;
-mod pytext;
+use crate::pytext;
 pub mod relaxed;
 pub mod vqa;
 pub mod vstar;

@@ -260,3 +260,50 @@ pub fn score_predictions(
     )?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str) -> String {
+        serde_json::to_string(&Prediction {
+            id: id.into(),
+            prediction: "yes".into(),
+            answers: vec!["yes".into()],
+            category: None,
+            dataset: None,
+            mode: "none".into(),
+            roi_tokens: 0,
+            tokens: 2,
+            ms: 1.0,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_earlier_lines_kept() {
+        let dir = std::env::temp_dir().join(format!("sdrpn-eval-torn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("predictions-w0of1.jsonl");
+        let torn = line("c");
+        std::fs::write(
+            &path,
+            format!("{}\n{}\n{}", line("a"), line("b"), &torn[..torn.len() / 2]),
+        )
+        .unwrap();
+        let read = read_predictions(&path).unwrap();
+        assert_eq!(
+            read.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().lines().count(),
+            2,
+            "the torn line is removed"
+        );
+        // A broken line in the middle is an error, not silently skipped.
+        std::fs::write(&path, format!("{}\nnot json\n{}\n", line("a"), line("b"))).unwrap();
+        assert!(read_predictions(&path).is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -54,6 +54,10 @@ fn the_tiny_experiment_runs_end_to_end_and_resumes() {
         again.iter().any(|l| l.contains("already trained")),
         "{again:?}"
     );
+    assert!(
+        cells2.iter().all(|c| c.report.samples == 6),
+        "a rerun appends no duplicate predictions"
+    );
     let scores = |cs: &[experiments::experiment::Cell]| {
         cs.iter().map(|c| c.report.score).collect::<Vec<_>>()
     };

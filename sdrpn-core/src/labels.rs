@@ -314,6 +314,47 @@ mod tests {
     }
 
     #[test]
+    fn an_all_sink_map_denoises_to_an_all_ignore_sample() {
+        use crate::denoise::{denoise, sinks_from_attention};
+        let g = Grid::new(3, 3).unwrap();
+        let a = Tensor::<B, 1>::from_floats([0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], &dev())
+            .reshape([1, 9]);
+        let s = Tensor::<B, 2>::ones([1, 9], &dev()) * 0.01; // every token >= tau
+        let clean = denoise(a, sinks_from_attention(s, 1e-3));
+        let labels = build_labels(clean, g, &LabelConfig::default()).unwrap();
+        assert!(labels.to_labels()[0].iter().all(|&l| l == Ig));
+        assert_eq!(bools(labels.rejected).unwrap(), vec![true]);
+    }
+
+    #[test]
+    fn sinks_inside_the_box_are_ignored_and_outside_are_background() {
+        use crate::denoise::{denoise, sinks_from_attention};
+        // 4x4: foreground at (1,1) and (2,2); sinks at (1,2) (inside the box)
+        // and (3,3) (outside), both with high grounding that denoising removes.
+        let mut a = [0.0f32; 16];
+        a[5] = 1.0;
+        a[10] = 1.0;
+        a[6] = 0.9;
+        a[15] = 0.9;
+        let mut s = [0.0f32; 16];
+        s[6] = 0.5;
+        s[15] = 0.5;
+        let a = Tensor::<B, 1>::from_floats(a, &dev()).reshape([1, 16]);
+        let s = Tensor::<B, 1>::from_floats(s, &dev()).reshape([1, 16]);
+        let l = build_labels(
+            denoise(a, sinks_from_attention(s, 1e-3)),
+            Grid::new(4, 4).unwrap(),
+            &LabelConfig::default(),
+        )
+        .unwrap()
+        .to_labels()
+        .remove(0);
+        assert_eq!((l[5], l[10]), (Fg, Fg));
+        assert_eq!(l[6], Ig, "a sink inside the box");
+        assert_eq!(l[15], Bg, "a sink outside the box");
+    }
+
+    #[test]
     fn batch_samples_are_independent() {
         let g = Grid::new(3, 3).unwrap();
         let mut v = vec![0.0f32; 18];

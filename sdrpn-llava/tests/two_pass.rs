@@ -175,3 +175,37 @@ fn reusing_the_prefix_cache_matches_full_recomputation() {
         assert_same_answer(&reused, &full, what);
     }
 }
+
+#[test]
+fn stop_strings_end_the_answer_and_are_cut_from_it() {
+    let s = session();
+    let image = load_rgb(&fixtures().join("images/wide.png")).unwrap();
+    let free = AnswerOptions {
+        max_new_tokens: 8,
+        stop_strings: Vec::new(),
+    };
+    let full = s.answer_baseline(&image, QUESTION, &free).unwrap();
+    // Stop at the last character of the first three tokens' text.
+    let prefix = s.tokenizer.decode(&full.tokens[..3]).unwrap();
+    let stop = prefix.trim().chars().last().unwrap().to_string();
+    let stopped = s
+        .answer_baseline(
+            &image,
+            QUESTION,
+            &AnswerOptions {
+                max_new_tokens: 8,
+                stop_strings: vec![stop.clone()],
+            },
+        )
+        .unwrap();
+    assert!(
+        stopped.tokens.len() <= 3,
+        "generation stops once {stop:?} appears"
+    );
+    assert_eq!(stopped.tokens[..], full.tokens[..stopped.tokens.len()]);
+    assert!(
+        !stopped.answer.contains(&stop),
+        "{:?} still holds {stop:?}",
+        stopped.answer
+    );
+}

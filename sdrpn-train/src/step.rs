@@ -5,7 +5,6 @@
 use crate::config::{SdrpnConfig, SinkRule};
 use crate::dataset::RecordBatch;
 use crate::label_store::LabelRecord;
-use burn::module::Module;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -216,9 +215,4 @@ pub fn confusion<B: Backend>(result: &StepResult<B>, threshold: f64) -> Tensor<B
         ],
         0,
     )
-}
-
-/// Number of trainable parameters of an RPN.
-pub fn parameter_count<B: Backend>(rpn: &LlavaRpn<B>) -> usize {
-    rpn.num_params()
 }

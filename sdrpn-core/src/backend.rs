@@ -252,7 +252,10 @@ fn start<B: Backend, J: BackendJob>(
         Precision::Bf16 => Some(FloatDType::BF16),
     };
     if let Some(dtype) = dtype {
-        let int_dtype = burn::tensor::get_device_settings::<B>(&device).int_dtype;
+        // The backend's own int dtype; asking the device for its settings
+        // would initialise them and make this call fail.
+        let int_dtype =
+            burn::tensor::IntDType::from(<B::IntElem as burn::tensor::Element>::dtype());
         burn::tensor::set_default_dtypes::<B>(&device, dtype, int_dtype).map_err(|e| {
             CoreError::Device(format!(
                 "device {spec} cannot compute in {precision}: {e:?}"

@@ -2,7 +2,14 @@
 //! error measures.
 #![allow(dead_code)]
 
+use burn::tensor::backend::Backend;
 use safetensors::{Dtype, SafeTensors};
+use sdrpn_core::backend::{run_on_with, BackendJob, DeviceSpec, Precision};
+use sdrpn_llava::inspect::{HostValues, Inspection};
+use sdrpn_llava::preprocess::{load_rgb, ImageMode};
+use sdrpn_llava::prompt::Template;
+use sdrpn_llava::session::{LlavaSession, PromptOptions};
+use sdrpn_llava::tokenizer::Tokenization;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -90,4 +97,45 @@ pub fn max_abs_error(a: &[f32], b: &[f64]) -> f64 {
         .zip(b)
         .map(|(&x, &y)| (x as f64 - y).abs())
         .fold(0.0, f64::max)
+}
+
+/// Inspects fixture case a on whatever backend runs it.
+struct CaseA;
+
+impl BackendJob for CaseA {
+    type Output = Inspection;
+    fn run<B: Backend>(self, device: B::Device) -> Inspection {
+        let reference = Reference::open("hf_crop_raw");
+        let options = PromptOptions {
+            template: Template::Raw,
+            tokenization: Tokenization::Hf,
+            image_mode: ImageMode::Crop,
+        };
+        let session = LlavaSession::<B>::load(&model_dir("tiny-llava"), &device, options).unwrap();
+        let image = load_rgb(&fixtures().join("images/wide.png")).unwrap();
+        session
+            .inspect(&image, reference.meta("prompt"), 8)
+            .unwrap()
+    }
+}
+
+/// The f32 values of an inspection tensor.
+pub fn floats<'a>(out: &'a Inspection, name: &str) -> &'a [f32] {
+    match out.get(name) {
+        Some((_, HostValues::F32(v))) => v,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// Case a (`hf_crop_raw`) inspected on WGPU in `precision`; `None` (with a
+/// message) when no adapter exists and `SDRPN_REQUIRE_WGPU` is not `1`.
+pub fn inspect_case_a_on_wgpu(precision: Precision) -> Option<Inspection> {
+    match run_on_with(&DeviceSpec::Wgpu(None), precision, CaseA) {
+        Ok(out) => Some(out),
+        Err(e) if std::env::var("SDRPN_REQUIRE_WGPU").as_deref() != Ok("1") => {
+            eprintln!("skipping the WGPU LLaVA check ({precision}): {e}");
+            None
+        }
+        Err(e) => panic!("WGPU is required (SDRPN_REQUIRE_WGPU=1) but unusable: {e}"),
+    }
 }

@@ -13,55 +13,83 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use std::ops::Range;
 
-/// Cosines and sines of RoPE for a run of positions, in HF's rotate_half
-/// layout (the half-width table repeated twice).
+/// Rotary position embedding for a run of positions, applied as HF's
+/// `x * cos + rotate_half(x) * sin`.
+///
+/// The tables are laid out for `[N, T, H, hd]` activations flattened to
+/// `[N, T*H*hd]` (the head axis repeated), so both products are plain
+/// contiguous element-wise ops. `rotate_half` is a product with a fixed
+/// `[hd, hd]` matrix of 0 and +-1 entries, which is exact in any float type.
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
+    /// `[1, T*H*hd]`
+    cos: Tensor<B, 2>,
+    /// `[1, T*H*hd]`
+    sin: Tensor<B, 2>,
+    /// `[hd, hd]`: `x.matmul(rotate)` is `rotate_half(x)` along the last axis.
+    rotate: Tensor<B, 2>,
+    heads: usize,
 }
 
 impl<B: Backend> Rope<B> {
-    /// Tables for positions `start..start + len`, computed in f32 the way
-    /// HF does (`inv_freq = 1 / theta^(2i/d)`, `angle = pos * inv_freq`).
-    pub fn new(head_dim: usize, theta: f64, start: usize, len: usize, device: &B::Device) -> Self {
+    /// Tables for positions `start..start + len` and `heads` heads, computed
+    /// in f32 the way HF does (`inv_freq = 1 / theta^(2i/d)`, `angle = pos * inv_freq`).
+    pub fn new(
+        head_dim: usize,
+        heads: usize,
+        theta: f64,
+        start: usize,
+        len: usize,
+        device: &B::Device,
+    ) -> Self {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
             .collect();
-        let mut cos = Vec::with_capacity(len * head_dim);
-        let mut sin = Vec::with_capacity(len * head_dim);
+        let size = len * heads * head_dim;
+        let (mut cos, mut sin) = (Vec::with_capacity(size), Vec::with_capacity(size));
         for pos in start..start + len {
-            for _ in 0..2 {
-                for f in &inv_freq {
-                    let angle = pos as f32 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
+            let (row_cos, row_sin): (Vec<f32>, Vec<f32>) = inv_freq
+                .iter()
+                .map(|f| (pos as f32 * f).sin_cos())
+                .map(|(sin, cos)| (cos, sin))
+                .unzip();
+            // Each head's row is the half-width table twice (rotate_half layout).
+            for _ in 0..heads * 2 {
+                cos.extend_from_slice(&row_cos);
+                sin.extend_from_slice(&row_sin);
             }
         }
-        let make = |v: Vec<f32>| {
-            Tensor::<B, 2>::from_data(TensorData::new(v, [len, head_dim]), device).unsqueeze::<4>()
+        let mut rotate = vec![0f32; head_dim * head_dim];
+        for i in 0..half {
+            // rotate_half(x)[i] = -x[i + half]; rotate_half(x)[i + half] = x[i].
+            rotate[(i + half) * head_dim + i] = -1.0;
+            rotate[i * head_dim + i + half] = 1.0;
+        }
+        let table = |v: Vec<f32>, shape: [usize; 2]| {
+            Tensor::<B, 2>::from_data(TensorData::new(v, shape), device)
         };
         Self {
-            cos: make(cos),
-            sin: make(sin),
+            cos: table(cos, [1, size]),
+            sin: table(sin, [1, size]),
+            rotate: table(rotate, [head_dim, head_dim]),
+            heads,
         }
     }
 
-    /// Rotates `[N, H, T, hd]` (T = the table's length).
+    /// Rotates `[N, T, H, hd]` (T and H those of the tables).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [n, h, t, d] = x.dims();
-        let half = d / 2;
-        let rotated = Tensor::cat(
-            vec![
-                x.clone().slice([0..n, 0..h, 0..t, half..d]).neg(),
-                x.clone().slice([0..n, 0..h, 0..t, 0..half]),
-            ],
-            3,
-        );
+        let [n, t, h, d] = x.dims();
+        debug_assert_eq!(h, self.heads);
         let dtype = x.dtype();
-        x * self.cos.clone().cast(dtype) + rotated * self.sin.clone().cast(dtype)
+        let rotated = x
+            .clone()
+            .reshape([n * t * h, d])
+            .matmul(self.rotate.clone().cast(dtype))
+            .reshape([n, t * h * d]);
+        let out = x.reshape([n, t * h * d]) * self.cos.clone().cast(dtype)
+            + rotated * self.sin.clone().cast(dtype);
+        out.reshape([n, t, h, d])
     }
 }
 
@@ -85,30 +113,46 @@ pub struct LlamaAttention<B: Backend> {
 pub struct PassContext<B: Backend> {
     /// First position of the pass.
     pub start: usize,
-    rope: Rope<B>,
-    /// `[1, 1, T, S]` true where a key is in a query's future (`None` for one query).
-    future: Option<Tensor<B, 4, burn::tensor::Bool>>,
+    /// RoPE for the query heads.
+    rope_q: Rope<B>,
+    /// RoPE for the key heads (`None`: as many as query heads).
+    rope_k: Option<Rope<B>>,
+    /// `[1, T*S]` causal bias: -inf where a key is in a query's future, 0
+    /// elsewhere (`None` for one query). Added to the `[N*H, T*S]` scores,
+    /// which is what HF's additive mask does, as one contiguous element-wise op.
+    causal_bias: Option<Tensor<B, 2>>,
 }
 
 impl<B: Backend> PassContext<B> {
-    /// Context for `len` new positions from `start`, with `start` positions cached before them.
-    pub fn new(head_dim: usize, theta: f64, start: usize, len: usize, device: &B::Device) -> Self {
-        let future = (len > 1).then(|| {
+    /// Context for `len` new positions from `start`, with `start` positions
+    /// cached before them, for `heads` query and `kv_heads` key heads.
+    pub fn new(
+        (heads, kv_heads, head_dim): (usize, usize, usize),
+        theta: f64,
+        start: usize,
+        len: usize,
+        device: &B::Device,
+    ) -> Self {
+        let causal_bias = (len > 1).then(|| {
             // Key j is visible to the query at position start+i when j <= start+i.
             let s = start + len;
-            let q_pos =
-                Tensor::<B, 1, Int>::arange(start as i64..s as i64, device).reshape([len, 1]);
-            let k_pos = Tensor::<B, 1, Int>::arange(0..s as i64, device).reshape([1, s]);
-            k_pos
-                .expand([len, s])
-                .greater(q_pos.expand([len, s]))
-                .unsqueeze::<4>()
+            let bias: Vec<f32> = (start..s)
+                .flat_map(|q| (0..s).map(move |k| if k > q { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Tensor::<B, 2>::from_data(TensorData::new(bias, [1, len * s]), device)
         });
         Self {
             start,
-            rope: Rope::new(head_dim, theta, start, len, device),
-            future,
+            rope_q: Rope::new(head_dim, heads, theta, start, len, device),
+            rope_k: (kv_heads != heads)
+                .then(|| Rope::new(head_dim, kv_heads, theta, start, len, device)),
+            causal_bias,
         }
+    }
+
+    /// RoPE for the key heads.
+    fn rope_k(&self) -> &Rope<B> {
+        self.rope_k.as_ref().unwrap_or(&self.rope_q)
     }
 }
 
@@ -136,12 +180,13 @@ impl<B: Backend> LlamaAttention<B> {
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = pass
-            .rope
-            .apply(split_heads(self.q_proj.forward(x.clone()), h, hd));
-        let k = pass
-            .rope
-            .apply(split_heads(self.k_proj.forward(x.clone()), hkv, hd));
+        let [n, t, _] = x.dims();
+        // RoPE runs on the projections' own `[N, T, H, hd]` layout; the
+        // head-major views that follow are strided, which matmul takes as is.
+        let q = self.q_proj.forward(x.clone()).reshape([n, t, h, hd]);
+        let q = pass.rope_q.apply(q).swap_dims(1, 2);
+        let k = self.k_proj.forward(x.clone()).reshape([n, t, hkv, hd]);
+        let k = pass.rope_k().apply(k).swap_dims(1, 2);
         let v = split_heads(self.v_proj.forward(x), hkv, hd);
         let (k, v) = match cache {
             Some((cache, layer)) => {
@@ -151,10 +196,12 @@ impl<B: Backend> LlamaAttention<B> {
             None => (k, v),
         };
         let (k, v) = (repeat_kv(k, h / hkv), repeat_kv(v, h / hkv));
+        let dtype = q.dtype();
         let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-        if let Some(future) = &pass.future {
+        if let Some(bias) = &pass.causal_bias {
             let [n, _, t, s] = scores.dims();
-            scores = scores.mask_fill(future.clone().expand([n, h, t, s]), f32::NEG_INFINITY);
+            scores =
+                (scores.reshape([n * h, t * s]) + bias.clone().cast(dtype)).reshape([n, h, t, s]);
         }
         let probs = softmax_f32(scores);
         let out = self.o_proj.forward(merge_heads(probs.clone().matmul(v)));
@@ -240,9 +287,10 @@ impl<B: Backend> LlamaDecoderLayer<B> {
 
     /// A pass context for this layer's attention geometry.
     pub fn pass_context(&self, start: usize, len: usize, device: &B::Device) -> PassContext<B> {
+        let attn = &self.self_attn;
         PassContext::new(
-            self.self_attn.head_dim,
-            self.self_attn.rope_theta,
+            (attn.num_heads, attn.num_kv_heads, attn.head_dim),
+            attn.rope_theta,
             start,
             len,
             device,

@@ -5,7 +5,9 @@
 //! WGPU needs a Vulkan/Metal/DX12 adapter; on a CPU-only Linux machine Mesa's
 //! lavapipe provides one (`apt-get install mesa-vulkan-drivers libvulkan1`).
 //! Without an adapter the WGPU comparison is skipped with a message, unless
-//! `SDRPN_REQUIRE_WGPU=1` (set in CI), which makes it fail instead.
+//! `SDRPN_REQUIRE_WGPU=1` (set in CI), which makes it fail instead. With
+//! `--features cuda` CUDA GPU 0 is compared too (`SDRPN_REQUIRE_CUDA=1`
+//! makes a missing driver or GPU a failure).
 
 use burn::module::Param;
 use burn::nn::LinearConfig;
@@ -180,14 +182,27 @@ fn cpu_backends_agree() {
     compare(&reference, &flex, "flex");
 }
 
+/// Compares `spec` with the CPU; skips with a message when `spec` is
+/// unusable, unless `require` (an environment variable) is `1`.
+fn compare_gpu_with_cpu(spec: DeviceSpec, require: &str) {
+    let reference = run_on(&DeviceSpec::Cpu(None), Suite).unwrap();
+    match run_on(&spec, Suite) {
+        Ok(gpu) => compare(&reference, &gpu, &spec.to_string()),
+        Err(e) if std::env::var(require).as_deref() != Ok("1") => {
+            eprintln!("skipping the {spec} comparison: {e}");
+        }
+        Err(e) => panic!("{spec} is required ({require}=1) but unusable: {e}"),
+    }
+}
+
 #[test]
 fn wgpu_agrees_with_cpu() {
-    let reference = run_on(&DeviceSpec::Cpu(None), Suite).unwrap();
-    match run_on(&DeviceSpec::Wgpu(None), Suite) {
-        Ok(wgpu) => compare(&reference, &wgpu, "wgpu"),
-        Err(e) if std::env::var("SDRPN_REQUIRE_WGPU").as_deref() != Ok("1") => {
-            eprintln!("skipping the WGPU comparison: {e}");
-        }
-        Err(e) => panic!("WGPU is required (SDRPN_REQUIRE_WGPU=1) but unusable: {e}"),
-    }
+    compare_gpu_with_cpu(DeviceSpec::Wgpu(None), "SDRPN_REQUIRE_WGPU");
+}
+
+/// Built only with `--features cuda`.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_agrees_with_cpu() {
+    compare_gpu_with_cpu(DeviceSpec::Cuda(0), "SDRPN_REQUIRE_CUDA");
 }

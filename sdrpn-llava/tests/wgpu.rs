@@ -6,28 +6,9 @@
 
 mod common;
 
-use common::*;
-use sdrpn_core::backend::Precision;
-use sdrpn_llava::inspect::HostValues;
+use sdrpn_core::backend::DeviceSpec;
 
 #[test]
 fn llava_on_wgpu_matches_hf_in_f32() {
-    let Some(out) = inspect_case_a_on_wgpu(Precision::F32) else {
-        return;
-    };
-    let reference = Reference::open("hf_crop_raw");
-    let ids = |name: &str| match out.get(name) {
-        Some((_, HostValues::I64(v))) => v.iter().map(|&x| x as u32).collect::<Vec<_>>(),
-        other => panic!("{name}: {other:?}"),
-    };
-    assert_eq!(ids("gen_ids"), reference.ids("gen_ids"));
-    for name in ["image_features_projected", "lm_hidden_states", "logits"] {
-        let e = relative_error(floats(&out, name), &reference.get(name).1);
-        assert!(e <= 1e-4, "{name}: relative error {e:e} on WGPU");
-    }
-    let attn = max_abs_error(
-        floats(&out, "lm_attentions"),
-        &reference.get("lm_attentions").1,
-    );
-    assert!(attn <= 1e-5, "attention max abs error {attn:e} on WGPU");
+    common::check_f32_parity_on(DeviceSpec::Wgpu(None));
 }

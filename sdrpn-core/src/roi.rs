@@ -77,15 +77,23 @@ pub struct RoiSelection {
     pub mask: Vec<bool>,
 }
 
+/// Checks an RoI threshold: the map is a probability, so a threshold at or
+/// above 1 never selects anything and one below 0 selects the whole grid.
+pub fn check_threshold(threshold: f64) -> Result<()> {
+    if (0.0..1.0).contains(&threshold) {
+        Ok(())
+    } else {
+        Err(CoreError::config(
+            "threshold",
+            format!("must be in [0, 1) (the RoI map is a probability), got {threshold}"),
+        ))
+    }
+}
+
 impl RoiConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
-        if !self.threshold.is_finite() {
-            return Err(CoreError::config(
-                "threshold",
-                format!("must be finite, got {}", self.threshold),
-            ));
-        }
+        check_threshold(self.threshold)?;
         if self.mask_from_boxes < 2 {
             return Err(CoreError::config("mask_from_boxes", "must be at least 2"));
         }
@@ -338,5 +346,27 @@ mod tests {
             .select(Tensor::<B, 1>::from_floats(v.as_slice(), &dev()), g())
             .unwrap_err();
         assert!(matches!(e, CoreError::NonFinite { index: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn thresholds_outside_the_probability_range_are_rejected() {
+        for bad in [1.0, 1.5, -0.1, f64::NAN, f64::INFINITY] {
+            let config = RoiConfig {
+                threshold: bad,
+                ..RoiConfig::default()
+            };
+            let e = config.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("threshold") && e.contains("[0, 1)"),
+                "{bad}: {e}"
+            );
+        }
+        for good in [0.0, 0.15, 0.99] {
+            let config = RoiConfig {
+                threshold: good,
+                ..RoiConfig::default()
+            };
+            assert!(config.validate().is_ok(), "{good}");
+        }
     }
 }

@@ -13,12 +13,12 @@ pub enum BenchmarkError {
     #[error("unknown benchmark {0:?} (expected one of textvqa, docvqa, infovqa, chartqa, ocrbench, vstar, pope)")]
     UnknownBenchmark(String),
 
-    /// A file or folder that cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    /// A file or folder that cannot be read. (The cause is part of the
+    /// message, not a `source`, so that error chains do not print it twice.)
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A file that the Parquet reader rejects when opening it.

@@ -27,9 +27,9 @@ const MAX_DEPTH: usize = 16;
 
 /// The Parquet files to read for `benchmark` from `data`, in reading order.
 pub fn parquet_files(benchmark: Benchmark, data: &Path) -> Result<Vec<PathBuf>, BenchmarkError> {
-    let meta = std::fs::metadata(data).map_err(|source| BenchmarkError::Io {
+    let meta = std::fs::metadata(data).map_err(|cause| BenchmarkError::Io {
         path: data.to_owned(),
-        source,
+        cause,
     })?;
     if meta.is_file() {
         return Ok(vec![data.to_owned()]);
@@ -47,9 +47,9 @@ pub fn parquet_files(benchmark: Benchmark, data: &Path) -> Result<Vec<PathBuf>, 
 
 /// Every `*.parquet` file under `dir`.
 fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), BenchmarkError> {
-    let io_err = |source| BenchmarkError::Io {
+    let io_err = |cause| BenchmarkError::Io {
         path: dir.to_owned(),
-        source,
+        cause,
     };
     for entry in std::fs::read_dir(dir).map_err(io_err)? {
         let path = entry.map_err(io_err)?.path();

@@ -28,9 +28,9 @@ use super::{BenchmarkError, ImageSource, Loaded, Sample};
 
 /// The non-blank lines of `path` with their 1-based line numbers.
 fn read_lines(path: &Path) -> Result<Vec<(usize, String)>, BenchmarkError> {
-    let text = std::fs::read_to_string(path).map_err(|source| BenchmarkError::Io {
+    let text = std::fs::read_to_string(path).map_err(|cause| BenchmarkError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     Ok(text
         .lines()

@@ -67,14 +67,14 @@ pub fn decode_image(image: &ImageSource) -> Result<image::RgbImage, BenchmarkErr
             })?
         }
         ImageSource::File(path) => image::ImageReader::open(path)
-            .map_err(|e| BenchmarkError::Io {
+            .map_err(|cause| BenchmarkError::Io {
                 path: path.clone(),
-                source: e,
+                cause,
             })?
             .with_guessed_format()
-            .map_err(|e| BenchmarkError::Io {
+            .map_err(|cause| BenchmarkError::Io {
                 path: path.clone(),
-                source: e,
+                cause,
             })?
             .decode()
             .map_err(|e| BenchmarkError::Image {

@@ -251,9 +251,9 @@ impl Table {
     /// Open `path`; a file the Parquet reader rejects is
     /// [`BenchmarkError::NotParquet`].
     pub fn open(path: &Path) -> Result<Self, BenchmarkError> {
-        let file = File::open(path).map_err(|source| BenchmarkError::Io {
+        let file = File::open(path).map_err(|cause| BenchmarkError::Io {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let reader = SerializedFileReader::new(file).map_err(|e| BenchmarkError::NotParquet {
             path: path.to_owned(),

@@ -71,6 +71,9 @@ impl EvalArgs {
 impl BackendJob for EvalArgs {
     type Output = anyhow::Result<EvalReport>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        if let Some(t) = self.threshold {
+            sdrpn_core::roi::check_threshold(t)?;
+        }
         let method = self.method();
         let loaded = load_samples(self.benchmark, &self.data, self.images.as_deref())?;
         for (row, why) in &loaded.skipped {

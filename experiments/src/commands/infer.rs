@@ -54,6 +54,9 @@ impl BackendJob for InferArgs {
         sdrpn_llava::preprocess::ImageMode,
     )>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        if let Some(t) = self.threshold {
+            sdrpn_core::roi::check_threshold(t)?;
+        }
         let image = load_rgb(&self.image)?;
         let run_config = sdrpn_train::SdrpnConfig::load(&self.rpn.join("config.toml"))
             .with_context(|| format!("{} is not a `sdrpn train` run", self.rpn.display()))?;

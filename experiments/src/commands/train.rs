@@ -71,6 +71,12 @@ impl TrainArgs {
             return SdrpnConfig::load(&path)
                 .with_context(|| format!("resuming needs {}", path.display()));
         }
+        if !self.labels.is_dir() {
+            anyhow::bail!(
+                "--labels {} is not a folder (expected the --out folder of `sdrpn label`)",
+                self.labels.display()
+            );
+        }
         let labels_config = self.labels.join("config.toml");
         let mut config = self.method.resolve(|| {
             SdrpnConfig::load(&labels_config)

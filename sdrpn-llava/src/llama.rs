@@ -434,3 +434,88 @@ impl<B: Backend> LlamaModel<B> {
         self.layers.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    type B = sdrpn_core::backend::CpuBackend;
+
+    fn linear(weight: Tensor<B, 2>) -> Linear<B> {
+        Linear {
+            weight: Param::from_tensor(weight),
+            bias: None,
+        }
+    }
+
+    fn attention(
+        q: &Tensor<B, 2>,
+        k: Tensor<B, 2>,
+        v: Tensor<B, 2>,
+        o: &Tensor<B, 2>,
+        kv_heads: usize,
+    ) -> LlamaAttention<B> {
+        LlamaAttention {
+            q_proj: linear(q.clone()),
+            k_proj: linear(k),
+            v_proj: linear(v),
+            o_proj: linear(o.clone()),
+            num_heads: 4,
+            num_kv_heads: kv_heads,
+            head_dim: 4,
+            rope_theta: 10000.0,
+        }
+    }
+
+    /// `[D, Hkv*hd]` -> `[D, H*hd]`, each key/value head repeated for the
+    /// query heads that share it (kv head j serves query heads 2j, 2j+1).
+    fn repeat_heads(w: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [d, _] = w.dims();
+        w.reshape([d, 2, 1, 4])
+            .expand([d, 2, 2, 4])
+            .reshape([d, 16])
+    }
+
+    /// Grouped-query attention (4 query heads sharing 2 key/value heads)
+    /// equals multi-head attention whose key/value weights repeat the
+    /// shared heads, with the cache and without: RoPE on the key heads and
+    /// the head repetition are right.
+    #[test]
+    fn grouped_query_attention_equals_repeated_multi_head_attention() {
+        let device = Default::default();
+        let w = |shape: [usize; 2]| {
+            Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.3), &device)
+        };
+        let (q, k, v, o) = (w([16, 16]), w([16, 8]), w([16, 8]), w([16, 16]));
+        let gqa = attention(&q, k.clone(), v.clone(), &o, 2);
+        let mha = attention(&q, repeat_heads(k), repeat_heads(v), &o, 4);
+        let x = Tensor::<B, 3>::random([1, 7, 16], Distribution::Normal(0.0, 1.0), &device);
+        let close = |a: Tensor<B, 4>, b: Tensor<B, 4>| {
+            let diff: f32 = (a - b).abs().max().into_scalar();
+            assert!(diff < 1e-5, "max difference {diff}");
+        };
+
+        let whole = PassContext::new((4, 2, 4), 10000.0, 0, 7, &device);
+        let (out_g, probs_g) = gqa.forward(x.clone(), &whole, None);
+        let whole_mha = PassContext::new((4, 4, 4), 10000.0, 0, 7, &device);
+        let (out_m, probs_m) = mha.forward(x.clone(), &whole_mha, None);
+        close(probs_g, probs_m);
+        close(out_g.clone().unsqueeze(), out_m.unsqueeze());
+
+        // The same sequence in two passes through the cache: 5 tokens, then 2.
+        let mut cache = KvCache::new(1);
+        let first = PassContext::new((4, 2, 4), 10000.0, 0, 5, &device);
+        gqa.forward(
+            x.clone().slice([0..1, 0..5, 0..16]),
+            &first,
+            Some((&mut cache, 0)),
+        );
+        let second = PassContext::new((4, 2, 4), 10000.0, 5, 2, &device);
+        let (tail, _) = gqa.forward(x.slice([0..1, 5..7, 0..16]), &second, Some((&mut cache, 0)));
+        close(
+            tail.unsqueeze(),
+            out_g.slice([0..1, 5..7, 0..16]).unsqueeze(),
+        );
+    }
+}

@@ -46,33 +46,37 @@ impl<B: Backend> Rope<B> {
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
             .collect();
-        let size = len * heads * head_dim;
-        let (mut cos, mut sin) = (Vec::with_capacity(size), Vec::with_capacity(size));
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(len * half),
+            Vec::with_capacity(len * half),
+        );
         for pos in start..start + len {
-            let (row_cos, row_sin): (Vec<f32>, Vec<f32>) = inv_freq
-                .iter()
-                .map(|f| (pos as f32 * f).sin_cos())
-                .map(|(sin, cos)| (cos, sin))
-                .unzip();
-            // Each head's row is the half-width table twice (rotate_half layout).
-            for _ in 0..heads * 2 {
-                cos.extend_from_slice(&row_cos);
-                sin.extend_from_slice(&row_sin);
+            for f in &inv_freq {
+                let (s, c) = (pos as f32 * f).sin_cos();
+                cos.push(c);
+                sin.push(s);
             }
         }
+        // Built on the device from the `[T, hd/2]` table: the half-width
+        // table twice per head (rotate_half layout), repeated for every head,
+        // materialised once per pass (only `T*hd/2` values are uploaded).
+        let size = len * heads * head_dim;
+        let table = |v: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(v, [len, half]), device)
+                .reshape([len, 1, 1, half])
+                .expand([len, heads, 2, half])
+                .reshape([1, size])
+        };
         let mut rotate = vec![0f32; head_dim * head_dim];
         for i in 0..half {
             // rotate_half(x)[i] = -x[i + half]; rotate_half(x)[i + half] = x[i].
             rotate[(i + half) * head_dim + i] = -1.0;
             rotate[i * head_dim + i + half] = 1.0;
         }
-        let table = |v: Vec<f32>, shape: [usize; 2]| {
-            Tensor::<B, 2>::from_data(TensorData::new(v, shape), device)
-        };
         Self {
-            cos: table(cos, [1, size]),
-            sin: table(sin, [1, size]),
-            rotate: table(rotate, [head_dim, head_dim]),
+            cos: table(cos),
+            sin: table(sin),
+            rotate: Tensor::from_data(TensorData::new(rotate, [head_dim, head_dim]), device),
             heads,
         }
     }
@@ -136,10 +140,13 @@ impl<B: Backend> PassContext<B> {
         let causal_bias = (len > 1).then(|| {
             // Key j is visible to the query at position start+i when j <= start+i.
             let s = start + len;
-            let bias: Vec<f32> = (start..s)
-                .flat_map(|q| (0..s).map(move |k| if k > q { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            Tensor::<B, 2>::from_data(TensorData::new(bias, [1, len * s]), device)
+            let q_pos =
+                Tensor::<B, 1, Int>::arange(start as i64..s as i64, device).reshape([len, 1]);
+            let k_pos = Tensor::<B, 1, Int>::arange(0..s as i64, device).reshape([1, s]);
+            let future = k_pos.expand([len, s]).greater(q_pos.expand([len, s]));
+            Tensor::<B, 2>::zeros([len, s], device)
+                .mask_fill(future, f32::NEG_INFINITY)
+                .reshape([1, len * s])
         });
         Self {
             start,

@@ -12,3 +12,4 @@ pub mod progress;
 pub mod pytext;
 pub mod scorers;
 pub mod synthetic;
+pub mod testbed;

@@ -15,7 +15,9 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use sdrpn_core::attention::AttentionAccumulator;
-use sdrpn_core::backend::{run_on, BackendJob, CpuKind, DeviceSpec};
+use sdrpn_core::backend::{
+    run_on, run_on_unless_missing, BackendJob, CpuKind, DeviceSpec, Precision,
+};
 use sdrpn_core::blur::gaussian_blur3;
 use sdrpn_core::denoise::{denoise, sinks_from_attention};
 use sdrpn_core::labels::{build_labels, LabelConfig};
@@ -182,27 +184,23 @@ fn cpu_backends_agree() {
     compare(&reference, &flex, "flex");
 }
 
-/// Compares `spec` with the CPU; skips with a message when `spec` is
-/// unusable, unless `require` (an environment variable) is `1`.
-fn compare_gpu_with_cpu(spec: DeviceSpec, require: &str) {
+/// Compares `spec` with the CPU (skipped when `spec` is unusable, unless
+/// its `require_variable` is `1`).
+fn compare_gpu_with_cpu(spec: DeviceSpec) {
     let reference = run_on(&DeviceSpec::Cpu(None), Suite).unwrap();
-    match run_on(&spec, Suite) {
-        Ok(gpu) => compare(&reference, &gpu, &spec.to_string()),
-        Err(e) if std::env::var(require).as_deref() != Ok("1") => {
-            eprintln!("skipping the {spec} comparison: {e}");
-        }
-        Err(e) => panic!("{spec} is required ({require}=1) but unusable: {e}"),
+    if let Some(gpu) = run_on_unless_missing(&spec, Precision::F32, Suite).unwrap() {
+        compare(&reference, &gpu, &spec.to_string());
     }
 }
 
 #[test]
 fn wgpu_agrees_with_cpu() {
-    compare_gpu_with_cpu(DeviceSpec::Wgpu(None), "SDRPN_REQUIRE_WGPU");
+    compare_gpu_with_cpu(DeviceSpec::Wgpu(None));
 }
 
 /// Built only with `--features cuda`.
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_agrees_with_cpu() {
-    compare_gpu_with_cpu(DeviceSpec::Cuda(0), "SDRPN_REQUIRE_CUDA");
+    compare_gpu_with_cpu(DeviceSpec::Cuda(0));
 }

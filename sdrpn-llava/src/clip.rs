@@ -110,13 +110,11 @@ impl<B: Backend> ClipVisionTower<B> {
                 d,
                 false,
             ),
-            class_embedding: Param::from_tensor(
-                loader.tensor(&format!("{prefix}.embeddings.class_embedding"), [d]),
-            ),
-            position_embedding: Param::from_tensor(loader.tensor(
+            class_embedding: loader.param(&format!("{prefix}.embeddings.class_embedding"), [d]),
+            position_embedding: loader.param(
                 &format!("{prefix}.embeddings.position_embedding.weight"),
                 [positions, d],
-            )),
+            ),
             pre_layrnorm: load_layer_norm(loader, &format!("{prefix}.pre_layrnorm"), d, eps),
             layers,
             post_layernorm: load_layer_norm(loader, &format!("{prefix}.post_layernorm"), d, eps),

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod clip;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod host;
 pub mod inspect;

@@ -344,19 +344,18 @@ impl<B: Backend> LlamaModel<B> {
     /// Loads `language_model.model.*` and `language_model.lm_head`.
     pub fn load(loader: &mut TensorLoader<B>, cfg: &LlamaConfig) -> Self {
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
-        let embed = loader.tensor("language_model.model.embed_tokens.weight", [v, d]);
+        let embed = loader.param("language_model.model.embed_tokens.weight", [v, d]);
         let lm_head = if cfg.tie_word_embeddings {
+            // A copy: training would untie it, and exporting skips it.
             Linear {
-                weight: Param::from_tensor(embed.clone().transpose()),
+                weight: Param::from_tensor(embed.val().transpose()),
                 bias: None,
             }
         } else {
             loader.linear("language_model.lm_head", d, v, false)
         };
         Self {
-            embed_tokens: Embedding {
-                weight: Param::from_tensor(embed),
-            },
+            embed_tokens: Embedding { weight: embed },
             layers: (0..cfg.num_layers)
                 .map(|i| {
                     LlamaDecoderLayer::load(

@@ -8,7 +8,7 @@ use crate::error::{LlavaError, Result};
 use crate::llama::LlamaModel;
 use crate::projector::Projector;
 use crate::taps::{Captured, Taps};
-use crate::weights::{Checkpoint, TensorLoader};
+use crate::weights::{Checkpoint, HostTensor, NamedParam, TensorLoader};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -67,6 +67,29 @@ impl<B: Backend> Llava<B> {
         config.validate()?;
         let mut loader = TensorLoader::random(device, seed);
         Ok(Self::build(&mut loader, config))
+    }
+
+    /// Like [`Llava::random`], with the checkpoint name of every parameter,
+    /// for training from scratch and writing the result with
+    /// [`Llava::export`].
+    pub fn random_named(
+        config: LlavaConfig,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<(Self, Vec<NamedParam>)> {
+        config.validate()?;
+        let mut loader = TensorLoader::random(device, seed);
+        let model = Self::build(&mut loader, config);
+        Ok((model, loader.take_param_names()))
+    }
+
+    /// The model's parameters in the llava-hf checkpoint layout, named by
+    /// `names` (from [`Llava::random_named`] for this model or the one it
+    /// was trained from: training keeps parameter ids). Fails when a named
+    /// parameter is missing or a float parameter has no name.
+    pub fn export(&self, names: &[NamedParam]) -> Result<Vec<HostTensor>> {
+        let values = crate::export::param_values(self);
+        crate::export::to_checkpoint_layout(values, names)
     }
 
     /// Writes a complete llava-hf checkpoint folder with seeded random

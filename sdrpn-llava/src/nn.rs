@@ -21,7 +21,7 @@ impl<B: Backend> RmsNorm<B> {
     /// Loads `{prefix}.weight`.
     pub fn load(loader: &mut TensorLoader<B>, prefix: &str, dim: usize, eps: f64) -> Self {
         Self {
-            weight: Param::from_tensor(loader.tensor(&format!("{prefix}.weight"), [dim])),
+            weight: loader.param(&format!("{prefix}.weight"), [dim]),
             eps,
         }
     }
@@ -53,10 +53,8 @@ pub fn load_layer_norm<B: Backend>(
     let mut ln = LayerNormConfig::new(dim)
         .with_epsilon(eps)
         .init::<B>(loader.device());
-    ln.gamma = Param::from_tensor(loader.tensor(&format!("{prefix}.weight"), [dim]));
-    ln.beta = Some(Param::from_tensor(
-        loader.tensor(&format!("{prefix}.bias"), [dim]),
-    ));
+    ln.gamma = loader.param(&format!("{prefix}.weight"), [dim]);
+    ln.beta = Some(loader.param(&format!("{prefix}.bias"), [dim]));
     ln
 }
 

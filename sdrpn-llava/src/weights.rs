@@ -8,7 +8,7 @@
 //! tensor at once.
 
 use crate::error::{LlavaError, Result};
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -21,6 +21,32 @@ use std::path::{Path, PathBuf};
 
 /// A named f32 tensor on the host: `(name, PyTorch shape, values)`.
 pub type HostTensor = (String, Vec<usize>, Vec<f32>);
+
+/// How a model parameter relates to its checkpoint tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredLayout {
+    /// The same values in the same shape.
+    AsIs,
+    /// A linear weight kept as Burn's `[in, out]`, stored PyTorch-style
+    /// with `stored` shape (`[out, in]`, or `[out, c, k, k]` for a patch
+    /// convolution).
+    Transposed {
+        /// The checkpoint shape.
+        stored: Vec<usize>,
+    },
+}
+
+/// A model parameter's checkpoint name, recorded as the loader hands it out,
+/// so that a trained model can be written back in the checkpoint layout.
+#[derive(Clone, Debug)]
+pub struct NamedParam {
+    /// Canonical checkpoint name.
+    pub name: String,
+    /// The parameter's id (kept by training).
+    pub id: ParamId,
+    /// How it is stored.
+    pub layout: StoredLayout,
+}
 
 /// Where one tensor lives.
 #[derive(Debug, Clone)]
@@ -223,6 +249,7 @@ pub struct TensorLoader<'a, B: Backend> {
     recorded: Option<Vec<HostTensor>>,
     device: B::Device,
     taken: BTreeSet<String>,
+    params: Vec<NamedParam>,
     missing: Vec<String>,
     wrong_shape: Vec<String>,
     failed: Option<LlavaError>,
@@ -249,6 +276,7 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
             recorded: None,
             device: device.clone(),
             taken: BTreeSet::new(),
+            params: Vec::new(),
             missing: Vec::new(),
             wrong_shape: Vec::new(),
             failed: None,
@@ -295,6 +323,23 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
             Some(values) => Tensor::from_data(TensorData::new(values, shape), &self.device),
             None => Tensor::zeros(shape, &self.device),
         }
+    }
+
+    /// The tensor `name` as a parameter, recorded under its name (see
+    /// [`TensorLoader::take_param_names`]).
+    pub fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Param<Tensor<B, D>> {
+        let param = Param::from_tensor(self.tensor(name, shape));
+        self.params.push(NamedParam {
+            name: name.to_string(),
+            id: param.id,
+            layout: StoredLayout::AsIs,
+        });
+        param
+    }
+
+    /// The checkpoint name of every parameter handed out so far.
+    pub fn take_param_names(&mut self) -> Vec<NamedParam> {
+        std::mem::take(&mut self.params)
     }
 
     /// The values of `name` as f32 if it exists with `shape`; records the problem otherwise.
@@ -353,12 +398,16 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
             }
             None => Tensor::zeros([d_in, d_out], &self.device),
         };
-        let bias =
-            bias.then(|| Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [d_out])));
-        Linear {
-            weight: Param::from_tensor(weight),
-            bias,
-        }
+        let weight = Param::from_tensor(weight);
+        self.params.push(NamedParam {
+            name: format!("{prefix}.weight"),
+            id: weight.id,
+            layout: StoredLayout::Transposed {
+                stored: stored.to_vec(),
+            },
+        });
+        let bias = bias.then(|| self.param(&format!("{prefix}.bias"), [d_out]));
+        Linear { weight, bias }
     }
 
     /// Reports missing, unexpected and wrongly shaped tensors, or the first
@@ -391,15 +440,40 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
 
 /// Writes f32 tensors as one safetensors file (atomically: temp + rename).
 pub fn write_safetensors(path: &Path, tensors: &[HostTensor]) -> Result<()> {
+    write_safetensors_as(path, tensors, Dtype::F32)
+}
+
+/// Writes tensors as one safetensors file stored in `dtype` (F32, F16 or
+/// BF16, rounded to nearest), atomically.
+pub fn write_safetensors_as(path: &Path, tensors: &[HostTensor], dtype: Dtype) -> Result<()> {
+    let encode = |v: &[f32]| -> Result<Vec<u8>> {
+        Ok(match dtype {
+            Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Dtype::F16 => v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            Dtype::BF16 => v
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+            other => {
+                return Err(LlavaError::invalid(
+                    "dtype",
+                    format!("{other:?} cannot be written (f32, f16, bf16)"),
+                ))
+            }
+        })
+    };
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
+        .map(|(_, _, v)| encode(v))
+        .collect::<Result<_>>()?;
     let views = tensors
         .iter()
         .zip(&bytes)
         .map(|((name, shape, _), data)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), data)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| LlavaError::invalid("tensor", format!("{name}: {e}")))
         })

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use sdrpn_llava::inspect::{HostValues, Inspection};
+use sdrpn_llava::inspect::Inspection;
 use sdrpn_llava::preprocess::load_rgb;
 use sdrpn_llava::session::{LlavaSession, PromptOptions};
 
@@ -29,20 +29,6 @@ fn inspect_case(model: &str, case: &Reference) -> Inspection {
     session.inspect(&image, text, n).unwrap()
 }
 
-fn f32s<'a>(out: &'a Inspection, name: &str) -> &'a [f32] {
-    match out.get(name) {
-        Some((_, HostValues::F32(v))) => v,
-        other => panic!("{name}: {other:?}"),
-    }
-}
-
-fn ids(out: &Inspection, name: &str) -> Vec<u32> {
-    match out.get(name) {
-        Some((_, HostValues::I64(v))) => v.iter().map(|&x| x as u32).collect(),
-        other => panic!("{name}: {other:?}"),
-    }
-}
-
 /// The last `rows` query rows of `[L, H, T, T]` attention, as `[L, H, rows, T]`.
 fn last_rows(attn: &[f32], l: usize, h: usize, t: usize, rows: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(l * h * rows * t);
@@ -64,7 +50,7 @@ fn check_common(out: &Inspection, reference: &Reference, case: &str) {
         "{case}: gen_ids"
     );
     let proj = relative_error(
-        f32s(out, "image_features_projected"),
+        floats(out, "image_features_projected"),
         &reference.get("image_features_projected").1,
     );
     assert!(
@@ -72,7 +58,7 @@ fn check_common(out: &Inspection, reference: &Reference, case: &str) {
         "{case}: projected features relative error {proj:e}"
     );
     let decode = &reference.get("decode_attentions");
-    let ours = f32s(out, "decode_attentions");
+    let ours = floats(out, "decode_attentions");
     let err = max_abs_error(&ours[..decode.1.len()], &decode.1);
     assert!(
         err <= 1e-5,
@@ -86,19 +72,22 @@ fn case_a_hf_tokenization_crop_raw_template_matches_everything() {
     let reference = Reference::open("hf_crop_raw");
     let out = inspect_case("tiny-llava", &reference);
     check_common(&out, &reference, "a");
-    let pixels = max_abs_error(f32s(&out, "pixel_values"), &reference.get("pixel_values").1);
+    let pixels = max_abs_error(
+        floats(&out, "pixel_values"),
+        &reference.get("pixel_values").1,
+    );
     assert!(pixels <= 1e-4, "pixel_values max abs error {pixels:e}");
     for (name, tol) in [
         ("image_features_selected", 1e-4),
         ("lm_hidden_states", 1e-4),
         ("logits", 1e-4),
     ] {
-        let e = relative_error(f32s(&out, name), &reference.get(name).1);
+        let e = relative_error(floats(&out, name), &reference.get(name).1);
         assert!(e <= tol, "{name}: relative error {e:e} > {tol:e}");
         eprintln!("a: {name} rel {e:.2e}");
     }
     let attn = max_abs_error(
-        f32s(&out, "lm_attentions"),
+        floats(&out, "lm_attentions"),
         &reference.get("lm_attentions").1,
     );
     assert!(attn <= 1e-5, "attention max abs error {attn:e}");
@@ -111,7 +100,7 @@ fn check_reduced_case(name: &str, model: &str) {
     check_common(&out, &reference, name);
     let (shape, _) = out.get("lm_attentions").unwrap();
     let (l, h, t) = (shape[0], shape[1], shape[2]);
-    let hidden = f32s(&out, "lm_hidden_states");
+    let hidden = floats(&out, "lm_hidden_states");
     let per_state = hidden.len() / (l + 1);
     let d = per_state / t;
     if let Some((_, last)) = reference.tensors.get("lm_hidden_last") {
@@ -119,18 +108,18 @@ fn check_reduced_case(name: &str, model: &str) {
         assert!(e <= 1e-4, "{name}: last hidden state relative error {e:e}");
     }
     if let Some((_, logits_last)) = reference.tensors.get("logits_last") {
-        let logits = f32s(&out, "logits");
+        let logits = floats(&out, "logits");
         let v = logits.len() / t;
         let e = relative_error(&logits[(t - 1) * v..], logits_last);
         assert!(e <= 1e-4, "{name}: last logits relative error {e:e}");
     }
     if let Some((_, rows)) = reference.tensors.get("lm_attentions_last_rows") {
-        let ours = last_rows(f32s(&out, "lm_attentions"), l, h, t, 4);
+        let ours = last_rows(floats(&out, "lm_attentions"), l, h, t, 4);
         let e = max_abs_error(&ours, rows);
         assert!(e <= 1e-5, "{name}: attention rows max abs error {e:e}");
     }
     if let Some((_, pixels)) = reference.tensors.get("pixel_values") {
-        let e = max_abs_error(f32s(&out, "pixel_values"), pixels);
+        let e = max_abs_error(floats(&out, "pixel_values"), pixels);
         assert!(e <= 1e-4, "{name}: pixel_values max abs error {e:e}");
     }
     assert!(d > 0);

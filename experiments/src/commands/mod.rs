@@ -11,6 +11,7 @@ mod infer;
 mod inspect;
 mod label;
 mod score;
+mod testbed;
 mod train;
 
 pub use common::{parse_loss, preset_for_model};
@@ -52,6 +53,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Run an experiment config: label, train, evaluate, results table.
     Experiment(experiment::ExperimentArgs),
+    /// The fine-grained VQA testbed: a micro-LLaVA trained from scratch.
+    #[command(subcommand)]
+    Testbed(testbed::TestbedCommand),
 }
 
 impl Cli {
@@ -69,6 +73,7 @@ impl Cli {
             Command::Score(a) => score::run(a),
             Command::Eval(a) => eval::run(a),
             Command::Experiment(a) => experiment::run(a),
+            Command::Testbed(c) => testbed::run(c),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use burn::tensor::backend::Backend;
 use safetensors::{Dtype, SafeTensors};
-use sdrpn_core::backend::{run_on_with, BackendJob, DeviceSpec, Precision};
+use sdrpn_core::backend::{run_on_unless_missing, BackendJob, DeviceSpec, Precision};
 use sdrpn_llava::inspect::{HostValues, Inspection};
 use sdrpn_llava::preprocess::{load_rgb, ImageMode};
 use sdrpn_llava::prompt::Template;
@@ -127,29 +127,19 @@ pub fn floats<'a>(out: &'a Inspection, name: &str) -> &'a [f32] {
     }
 }
 
-/// The environment variable that turns a missing `spec` device from a
-/// skipped check into a failure (`SDRPN_REQUIRE_WGPU=1` in CI;
-/// `SDRPN_REQUIRE_CUDA=1` where a CUDA GPU must be used).
-pub fn require_variable(spec: &DeviceSpec) -> &'static str {
-    match spec {
-        DeviceSpec::Cuda(_) => "SDRPN_REQUIRE_CUDA",
-        _ => "SDRPN_REQUIRE_WGPU",
+/// The integer values of an inspection tensor, as token ids.
+pub fn ids(out: &Inspection, name: &str) -> Vec<u32> {
+    match out.get(name) {
+        Some((_, HostValues::I64(v))) => v.iter().map(|&x| x as u32).collect(),
+        other => panic!("{name}: {other:?}"),
     }
 }
 
 /// Case a (`hf_crop_raw`) inspected on the GPU backend `spec` in
 /// `precision`; `None` (with a message) when that device is unusable and its
-/// [`require_variable`] is not `1`.
+/// `require_variable` is not `1`.
 pub fn inspect_case_a_on(spec: DeviceSpec, precision: Precision) -> Option<Inspection> {
-    let require = require_variable(&spec);
-    match run_on_with(&spec, precision, CaseA) {
-        Ok(out) => Some(out),
-        Err(e) if std::env::var(require).as_deref() != Ok("1") => {
-            eprintln!("skipping the LLaVA check on {spec} ({precision}): {e}");
-            None
-        }
-        Err(e) => panic!("{spec} is required ({require}=1) but unusable: {e}"),
-    }
+    run_on_unless_missing(&spec, precision, CaseA).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Case a on `spec` in f32 meets the CPU's parity bounds against HF.
@@ -158,12 +148,8 @@ pub fn check_f32_parity_on(spec: DeviceSpec) {
         return;
     };
     let reference = Reference::open("hf_crop_raw");
-    let ids = |name: &str| match out.get(name) {
-        Some((_, HostValues::I64(v))) => v.iter().map(|&x| x as u32).collect::<Vec<_>>(),
-        other => panic!("{name}: {other:?}"),
-    };
     assert_eq!(
-        ids("gen_ids"),
+        ids(&out, "gen_ids"),
         reference.ids("gen_ids"),
         "gen_ids on {spec}"
     );

@@ -1,0 +1,201 @@
+//! What the model sees of a sample while it is pretrained: the global view
+//! (the whole source image, as `sdrpn eval` preprocesses it) and zoomed
+//! views (a rectangle of the source resized to the model's input, as
+//! SD-RPN's second pass crops), with per-patch targets for the vision
+//! tower's auxiliary heads.
+
+use super::scene::Scene;
+use image::RgbImage;
+use sdrpn_core::crop::PixelBox;
+use sdrpn_core::rng::SplitMix;
+use sdrpn_llava::preprocess::{clip_preprocess, crop_and_resize, preprocess, ImageMode};
+
+/// Per-patch target meaning "no code here" / "no object here" / "ignore".
+pub const NO_CODE: i64 = 10;
+/// Colour class of the background.
+pub const NO_OBJECT: i64 = super::scene::PALETTE.len() as i64;
+/// Target skipped by the loss.
+pub const IGNORE: i64 = -1;
+
+/// Font pixels must cover at least this many model pixels for a view's codes
+/// to count as readable (and get per-patch digit targets).
+pub const READABLE_PIXELS_PER_FONT_PIXEL: f32 = 0.9;
+
+/// One view of a scene: a source rectangle and its model input.
+pub struct View {
+    /// The source rectangle shown (the whole image for the global view).
+    pub region: PixelBox,
+    /// Preprocessed pixels `[3, S, S]`.
+    pub pixels: Vec<f32>,
+    /// Per-patch targets, each `[P]`: first digit, second digit, colour.
+    pub targets: [Vec<i64>; 3],
+}
+
+/// The global view: the whole image as `eval` and `label` preprocess it.
+pub fn global_view(
+    scene: &Scene,
+    image: &RgbImage,
+    glyph_scale: u32,
+    side: u32,
+    patch: u32,
+) -> View {
+    let region = PixelBox {
+        x0: 0,
+        y0: 0,
+        x1: image.width(),
+        y1: image.height(),
+    };
+    let pixels = preprocess(image, ImageMode::Pad, side);
+    View {
+        targets: patch_targets(scene, region, glyph_scale, side, patch),
+        region,
+        pixels,
+    }
+}
+
+/// A zoomed view of `region`, prepared exactly as the second pass prepares
+/// its crop.
+pub fn zoom_view(
+    scene: &Scene,
+    image: &RgbImage,
+    region: PixelBox,
+    glyph_scale: u32,
+    side: u32,
+    patch: u32,
+) -> View {
+    let crop =
+        crop_and_resize(image, region, side, side).expect("zoom regions lie inside the image");
+    View {
+        pixels: clip_preprocess(&crop, side),
+        targets: patch_targets(scene, region, glyph_scale, side, patch),
+        region,
+    }
+}
+
+/// A random rectangle containing `target`, each side uniform in
+/// `[min_side, max_side]` (at least the target's side plus a margin),
+/// clamped to the image.
+pub fn zoom_around(
+    target: PixelBox,
+    image_side: u32,
+    min_side: u32,
+    max_side: u32,
+    rng: &mut SplitMix,
+) -> PixelBox {
+    let mut pick =
+        |lo: u32, hi: u32| lo + (rng.next_u64() % (hi.saturating_sub(lo) as u64 + 1)) as u32;
+    let w = pick(
+        min_side.max(target.width() + 8),
+        max_side.max(target.width() + 8),
+    )
+    .min(image_side);
+    let h = pick(
+        min_side.max(target.height() + 8),
+        max_side.max(target.height() + 8),
+    )
+    .min(image_side);
+    let x_lo = target.x1.saturating_sub(w);
+    let x_hi = target.x0.min(image_side - w);
+    let y_lo = target.y1.saturating_sub(h);
+    let y_hi = target.y0.min(image_side - h);
+    let x0 = pick(x_lo.min(x_hi), x_hi);
+    let y0 = pick(y_lo.min(y_hi), y_hi);
+    PixelBox {
+        x0,
+        y0,
+        x1: x0 + w,
+        y1: y0 + h,
+    }
+}
+
+/// Per-patch targets of `region` shown at `side` pixels: the code digits
+/// at the patch holding a label's centre (when the view makes codes
+/// readable; [`NO_CODE`] elsewhere, [`IGNORE`] everywhere when it does
+/// not), and the colour of the object under each patch centre.
+fn patch_targets(
+    scene: &Scene,
+    region: PixelBox,
+    glyph_scale: u32,
+    side: u32,
+    patch: u32,
+) -> [Vec<i64>; 3] {
+    let g = (side / patch) as usize;
+    let (sx, sy) = (
+        side as f32 / region.width() as f32,
+        side as f32 / region.height() as f32,
+    );
+    let readable = glyph_scale as f32 * sx.min(sy) >= READABLE_PIXELS_PER_FONT_PIXEL;
+    let fill = if readable { NO_CODE } else { IGNORE };
+    let mut first = vec![fill; g * g];
+    let mut second = vec![fill; g * g];
+    if readable {
+        for o in &scene.objects {
+            let (cx, cy) = o.label_centre;
+            let (mx, my) = ((cx - region.x0 as f32) * sx, (cy - region.y0 as f32) * sy);
+            if (0.0..side as f32).contains(&mx) && (0.0..side as f32).contains(&my) {
+                let at = (my as u32 / patch) as usize * g + (mx as u32 / patch) as usize;
+                first[at] = o.code[0] as i64;
+                second[at] = *o.code.get(1).unwrap_or(&(NO_CODE as u8)) as i64;
+            }
+        }
+    }
+    let colour = (0..g * g)
+        .map(|i| {
+            let (col, row) = ((i % g) as f32 + 0.5, (i / g) as f32 + 0.5);
+            let x = region.x0 as f32 + col * patch as f32 / sx;
+            let y = region.y0 as f32 + row * patch as f32 / sy;
+            scene
+                .object_at(x, y)
+                .map_or(NO_OBJECT, |o| scene.objects[o].colour as i64)
+        })
+        .collect();
+    [first, second, colour]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testbed::scene::{box_contains, SceneConfig};
+
+    #[test]
+    fn zoom_regions_hold_the_target_and_fit_the_image() {
+        let mut rng = SplitMix::new(1);
+        for _ in 0..200 {
+            let scene = Scene::generate(&SceneConfig::default(), &mut rng);
+            let t = scene.objects[0].bbox;
+            let z = zoom_around(t, 672, 150, 340, &mut rng);
+            assert!(box_contains(&z, &t), "{z:?} holds {t:?}");
+            assert!(z.x1 <= 672 && z.y1 <= 672);
+            assert!((150..=340).contains(&z.width()) || z.width() == t.width() + 8);
+        }
+    }
+
+    #[test]
+    fn targets_mark_the_label_patch_only_where_codes_are_readable() {
+        let scene = Scene::generate(&SceneConfig::default(), &mut SplitMix::new(4));
+        let o = &scene.objects[0];
+        let image = scene.render(2);
+        // Global view of small codes: 0.5 model pixels per font pixel.
+        let global = global_view(&scene, &image, 2, 168, 14);
+        assert!(global.targets[0].iter().all(|&t| t == IGNORE));
+        // A 168-pixel zoom around the object: 2 model pixels per font pixel.
+        let region = zoom_around(o.bbox, 672, 168, 168, &mut SplitMix::new(9));
+        let zoom = zoom_view(&scene, &image, region, 2, 168, 14);
+        let (cx, cy) = o.label_centre;
+        let at =
+            ((cy - region.y0 as f32) as usize / 14) * 12 + (cx - region.x0 as f32) as usize / 14;
+        assert_eq!(zoom.targets[0][at], o.code[0] as i64);
+        assert_eq!(zoom.targets[1][at], o.code[1] as i64);
+        assert_eq!(
+            zoom.targets[2][at], o.colour as i64,
+            "the label sits on its object"
+        );
+        let marked = zoom.targets[0].iter().filter(|&&t| t != NO_CODE).count();
+        assert!(marked >= 1);
+        assert_eq!(zoom.pixels.len(), 3 * 168 * 168);
+        // Colour targets: the global view sees every object somewhere.
+        for p in &scene.objects {
+            assert!(global.targets[2].contains(&(p.colour as i64)));
+        }
+    }
+}

@@ -47,6 +47,10 @@ pub struct PretrainArgs {
     /// Log every N steps
     #[arg(long, default_value_t = 20)]
     log_every: usize,
+    /// Only time three forward and three forward+backward passes of one
+    /// batch (large-code global views), print the times and exit
+    #[arg(long)]
+    time_only: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -81,6 +85,10 @@ impl BackendJob for PretrainJob {
             ..PretrainSettings::default()
         };
         let task = TaskConfig::default();
+        if args.time_only {
+            profile::<B>(&config, &settings, &task, &tokenizer, &device);
+            return Ok(());
+        }
         let (llava, names) =
             Llava::<Autodiff<B>>::random_named(config.clone(), args.seed, &device)?;
         let student = Student::new(llava, &device);
@@ -119,5 +127,48 @@ impl BackendJob for PretrainJob {
             println!("greedy exact {}: {ok}/{n}", kind.name());
         }
         Ok(())
+    }
+}
+
+/// Times the forward pass alone and with the backward pass on one batch.
+fn profile<B: Backend>(
+    config: &sdrpn_llava::config::LlavaConfig,
+    settings: &PretrainSettings,
+    task: &TaskConfig,
+    tokenizer: &LlavaTokenizer,
+    device: &B::Device,
+) {
+    use crate::testbed::pretrain::batch_loss;
+    use std::time::Instant;
+    let items: Vec<_> = (0..200u64)
+        .map(|i| make_item(i, settings, task, tokenizer))
+        .filter(|it| it.kind == Kind::LargeGlobal)
+        .take(settings.batch_size)
+        .collect();
+    println!("sequence length {}", items[0].ids.len());
+    let plain = Student::new(
+        Llava::<B>::random(config.clone(), 1, device).unwrap(),
+        device,
+    );
+    for _ in 0..3 {
+        let t = Instant::now();
+        let l = batch_loss(&plain, &items, 1.0);
+        let _ = l.total.into_scalar();
+        println!("forward only: {:.2} s", t.elapsed().as_secs_f64());
+    }
+    let auto = Student::new(
+        Llava::<Autodiff<B>>::random(config.clone(), 1, device).unwrap(),
+        device,
+    );
+    for _ in 0..3 {
+        let t = Instant::now();
+        let l = batch_loss(&auto, &items, 1.0);
+        let f = t.elapsed().as_secs_f64();
+        let g = l.total.backward();
+        let _ = burn::optim::GradientsParams::from_grads(g, &auto);
+        println!(
+            "autodiff forward {f:.2} s, with backward {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! nothing on a CPU and measured against ground truth (see TESTBED.md in
 //! the shared docs and `sdrpn testbed --help`).
 
+pub mod data;
 pub mod font;
 pub mod micro;
 pub mod pretrain;

@@ -388,7 +388,9 @@ pub fn pretrain<B: AutodiffBackend>(
     let mut pending: std::collections::BTreeMap<Kind, Vec<Item>> = Default::default();
     let mut stats: std::collections::BTreeMap<Kind, [f64; 6]> = Default::default();
     let start = Instant::now();
+    let mut data_seconds = 0.0;
     for step in 0..settings.steps {
+        let data_start = Instant::now();
         // Fill batches of one kind (they share a sequence length).
         let batch = loop {
             let item = make_item(next, settings, task, tokenizer);
@@ -399,6 +401,7 @@ pub fn pretrain<B: AutodiffBackend>(
                 break std::mem::take(queue);
             }
         };
+        data_seconds += data_start.elapsed().as_secs_f64();
         let kind = batch[0].kind;
         let loss = batch_loss(&student, &batch, settings.aux_weight);
         let grads = GradientsParams::from_grads(loss.total.backward(), &student);
@@ -414,12 +417,12 @@ pub fn pretrain<B: AutodiffBackend>(
         ]) {
             *slot += value;
         }
-        s[5] += 0.0;
         if (step + 1) % log_every == 0 || step + 1 == settings.steps {
             let mut line = format!(
-                "step {:>5} ({:.0} s, {:.2} s/step, lr {:.2e}, {} samples):",
+                "step {:>5} ({:.0} s, data {:.0} s, {:.2} s/step, lr {:.2e}, {} samples):",
                 step + 1,
                 start.elapsed().as_secs_f64(),
+                data_seconds,
                 start.elapsed().as_secs_f64() / (step + 1) as f64,
                 learning_rate(settings, step),
                 next

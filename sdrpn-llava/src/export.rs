@@ -34,8 +34,9 @@ pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> HashMap<ParamId, Va
 }
 
 /// Puts `values` in checkpoint layout under `names`, in the order of
-/// `names`. Every name must find its parameter, and every parameter a name
-/// (except tied copies, which have none and are left out).
+/// `names`. Every name must find its parameter; parameters without a name
+/// (a tied LM head's copy, training-only heads around the model) are left
+/// out.
 pub fn to_checkpoint_layout(
     mut values: HashMap<ParamId, Values>,
     names: &[NamedParam],
@@ -69,4 +70,38 @@ pub fn to_checkpoint_layout(
         out.push(tensor);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::LlavaConfig;
+    use crate::model::Llava;
+    use crate::weights::TensorLoader;
+    use std::path::Path;
+
+    type B = sdrpn_core::backend::CpuBackend;
+
+    #[test]
+    fn export_gives_back_every_tensor_in_checkpoint_layout() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llava");
+        let config = LlavaConfig::from_dir(&dir).unwrap();
+        let device = Default::default();
+        let (model, names) = Llava::<B>::random_named(config.clone(), 5, &device).unwrap();
+        let exported = model.export(&names).unwrap();
+        // The same seed through a recording loader gives the values in the
+        // checkpoint layout directly: names, PyTorch shapes (transposed
+        // linears, the patch convolution) and values must all agree.
+        let mut loader = TensorLoader::<B>::random(&device, 5).recording();
+        let _ = Llava::build_for_tests(&mut loader, config);
+        let recorded = loader.take_recorded();
+        assert_eq!(exported.len(), recorded.len());
+        for (e, r) in exported.iter().zip(&recorded) {
+            assert_eq!(e.0, r.0);
+            assert_eq!(e.1, r.1, "{}", e.0);
+            assert_eq!(e.2, r.2, "{}", e.0);
+        }
+        assert!(exported
+            .iter()
+            .any(|(n, s, _)| n.ends_with("patch_embedding.weight") && s.len() == 4));
+    }
 }

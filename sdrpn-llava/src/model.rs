@@ -86,7 +86,7 @@ impl<B: Backend> Llava<B> {
     /// The model's parameters in the llava-hf checkpoint layout, named by
     /// `names` (from [`Llava::random_named`] for this model or the one it
     /// was trained from: training keeps parameter ids). Fails when a named
-    /// parameter is missing or a float parameter has no name.
+    /// parameter is missing from the model.
     pub fn export(&self, names: &[NamedParam]) -> Result<Vec<HostTensor>> {
         let values = crate::export::param_values(self);
         crate::export::to_checkpoint_layout(values, names)
@@ -120,6 +120,12 @@ impl<B: Backend> Llava<B> {
         let path = dir.join("config.json");
         std::fs::write(&path, config.to_hf_json())
             .map_err(|e| crate::error::LlavaError::io(&path, e))
+    }
+
+    /// [`Llava::build`] for tests in other modules.
+    #[cfg(test)]
+    pub(crate) fn build_for_tests(loader: &mut TensorLoader<B>, config: LlavaConfig) -> Self {
+        Self::build(loader, config)
     }
 
     fn build(loader: &mut TensorLoader<B>, config: LlavaConfig) -> Self {

@@ -58,7 +58,8 @@ pub fn write_question_set(dir: &Path, count: usize, seed: u64) -> anyhow::Result
     Ok(path)
 }
 
-fn png(img: &RgbImage) -> Vec<u8> {
+/// An image encoded as PNG bytes.
+pub(crate) fn png(img: &RgbImage) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     img.write_to(&mut buf, image::ImageFormat::Png)
         .expect("PNG encoding to memory");

@@ -6,6 +6,7 @@
 use super::pretrain::prompt_text;
 use super::task::Sample;
 use crate::benchmarks::writer::{write_parquet, Cell, Kind};
+use crate::synthetic::png;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
@@ -20,13 +21,6 @@ pub struct SplitFiles {
     /// TextVQA-schema Parquet (`question_id`, `question`, `answers` x10,
     /// `image`) with `family` and `box` columns.
     pub parquet: PathBuf,
-}
-
-fn png(img: &image::RgbImage) -> Vec<u8> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, image::ImageFormat::Png)
-        .expect("PNG encoding to memory");
-    buf.into_inner()
 }
 
 /// The target box as text, `x0,y0,x1,y1`.

@@ -147,6 +147,20 @@ impl<B: Backend> Llava<B> {
     /// # Shapes
     /// - `pixels`: `[N, 3, S, S]` -> features `[N, P, Dv]` and `[N, P, D]`
     pub fn image_features(&self, pixels: Tensor<B, 4>) -> Result<ImageFeatures<B>> {
+        let selected = self.select_features(pixels)?;
+        let projected = self.project(selected.clone());
+        Ok(ImageFeatures {
+            selected,
+            projected,
+        })
+    }
+
+    /// The vision tower's features at the configured layer (CLS dropped
+    /// when configured), before the projector.
+    ///
+    /// # Shapes
+    /// - `pixels`: `[N, 3, S, S]` -> `[N, P, Dv]`
+    pub fn select_features(&self, pixels: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
         let [n, c, h, w] = pixels.dims();
         let s = self.config.vision.image_size;
         if c != 3 || h != s || w != s {
@@ -159,16 +173,19 @@ impl<B: Backend> Llava<B> {
             .vision
             .hidden_state(pixels, self.config.feature_state());
         let [n, tokens, dv] = states.dims();
-        let selected = if self.config.drop_cls {
+        Ok(if self.config.drop_cls {
             states.slice([0..n, 1..tokens, 0..dv])
         } else {
             states
-        };
-        let projected = self.projector.forward(selected.clone());
-        Ok(ImageFeatures {
-            selected,
-            projected,
         })
+    }
+
+    /// The projector: vision features into the language model's space.
+    ///
+    /// # Shapes
+    /// - `selected`: `[N, P, Dv]` -> `[N, P, D]`
+    pub fn project(&self, selected: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.projector.forward(selected)
     }
 
     /// Embeds a token sequence and puts image features at the image-token

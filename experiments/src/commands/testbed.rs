@@ -3,7 +3,7 @@
 use super::common::DeviceArgs;
 use crate::testbed::micro::micro_llava;
 use crate::testbed::pretrain::{
-    greedy_answer, into_inference, make_item, pretrain, Kind, PretrainSettings, Student,
+    greedy_answer, into_inference, make_item, pretrain, Kind, PretrainSettings, Stage, Student,
 };
 use crate::testbed::task::TaskConfig;
 use crate::testbed::vocab;
@@ -29,21 +29,27 @@ pub struct PretrainArgs {
     /// Output folder (config.json, model.safetensors, tokenizer files)
     #[arg(long)]
     out: PathBuf,
-    /// Optimizer steps
-    #[arg(long, default_value_t = 2000)]
+    /// Optimizer steps of the vision stage (ViT with per-patch heads)
+    #[arg(long, default_value_t = PretrainSettings::default().vision_steps)]
+    vision_steps: usize,
+    /// Optimizer steps of the language stage (projector and LLaMA, ViT frozen)
+    #[arg(long, default_value_t = PretrainSettings::default().language_steps)]
     steps: usize,
     /// Samples per step
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = PretrainSettings::default().batch_size)]
     batch_size: usize,
-    /// Peak learning rate
-    #[arg(long, default_value_t = 1e-3)]
+    /// Peak learning rate of the vision stage
+    #[arg(long, default_value_t = PretrainSettings::default().vision_lr)]
+    vision_lr: f64,
+    /// Peak learning rate of the language stage
+    #[arg(long, default_value_t = PretrainSettings::default().lr)]
     lr: f64,
     /// Seed of the weights and the data stream
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = PretrainSettings::default().seed)]
     seed: u64,
-    /// Weight of the per-patch auxiliary loss
-    #[arg(long, default_value_t = 1.0)]
-    aux_weight: f32,
+    /// Weight of the question head's loss (the colour the question names)
+    #[arg(long, default_value_t = PretrainSettings::default().question_weight)]
+    question_weight: f32,
     /// Log every N steps
     #[arg(long, default_value_t = 20)]
     log_every: usize,
@@ -77,10 +83,12 @@ impl BackendJob for PretrainJob {
         let config = micro_llava();
         let tokenizer = LlavaTokenizer::from_dir(&args.out, config.image_token_index)?;
         let settings = PretrainSettings {
-            steps: args.steps,
+            vision_steps: args.vision_steps,
+            language_steps: args.steps,
             batch_size: args.batch_size,
+            vision_lr: args.vision_lr,
             lr: args.lr,
-            aux_weight: args.aux_weight,
+            question_weight: args.question_weight,
             seed: args.seed,
             ..PretrainSettings::default()
         };
@@ -111,7 +119,7 @@ impl BackendJob for PretrainJob {
         };
         let mut right = std::collections::BTreeMap::<Kind, (usize, usize)>::new();
         for i in 0..200 {
-            let item = make_item(i, &check, &task, &tokenizer);
+            let item = make_item(i, Stage::Language, 1.0, &check, &task, &tokenizer);
             let tokens = greedy_answer(&llava, &item, 4);
             let want: Vec<u32> = item
                 .targets
@@ -130,7 +138,8 @@ impl BackendJob for PretrainJob {
     }
 }
 
-/// Times the forward pass alone and with the backward pass on one batch.
+/// Times the forward pass alone and with the backward pass on one batch of
+/// each stage.
 fn profile<B: Backend>(
     config: &sdrpn_llava::config::LlavaConfig,
     settings: &PretrainSettings,
@@ -138,37 +147,42 @@ fn profile<B: Backend>(
     tokenizer: &LlavaTokenizer,
     device: &B::Device,
 ) {
-    use crate::testbed::pretrain::batch_loss;
+    use crate::testbed::pretrain::{batch_gradients, language_loss, vision_loss};
+    use burn::optim::GradientsParams;
     use std::time::Instant;
-    let items: Vec<_> = (0..200u64)
-        .map(|i| make_item(i, settings, task, tokenizer))
-        .filter(|it| it.kind == Kind::LargeGlobal)
-        .take(settings.batch_size)
-        .collect();
-    println!("sequence length {}", items[0].ids.len());
-    let plain = Student::new(
-        Llava::<B>::random(config.clone(), 1, device).unwrap(),
-        device,
-    );
-    for _ in 0..3 {
-        let t = Instant::now();
-        let l = batch_loss(&plain, &items, 1.0);
-        let _ = l.total.into_scalar();
-        println!("forward only: {:.2} s", t.elapsed().as_secs_f64());
-    }
     let auto = Student::new(
         Llava::<Autodiff<B>>::random(config.clone(), 1, device).unwrap(),
         device,
     );
-    for _ in 0..3 {
-        let t = Instant::now();
-        let l = batch_loss(&auto, &items, 1.0);
-        let f = t.elapsed().as_secs_f64();
-        let g = l.total.backward();
-        let _ = burn::optim::GradientsParams::from_grads(g, &auto);
-        println!(
-            "autodiff forward {f:.2} s, with backward {:.2} s",
-            t.elapsed().as_secs_f64()
-        );
+    for stage in [Stage::Vision, Stage::Language] {
+        for kind in [Kind::LargeGlobal, Kind::SmallTwoView] {
+            let items: Vec<_> = (0..400u64)
+                .map(|i| make_item(i, stage, 1.0, settings, task, tokenizer))
+                .filter(|it| it.kind == kind)
+                .take(settings.batch_size)
+                .collect();
+            if items.len() < settings.batch_size {
+                continue;
+            }
+            for threads in [1, 2] {
+                let t = Instant::now();
+                if threads == 1 {
+                    let loss = match stage {
+                        Stage::Vision => vision_loss(&auto, &items),
+                        Stage::Language => language_loss(&auto, &items, 1.0),
+                    };
+                    let _ = GradientsParams::from_grads(loss.total.backward(), &auto);
+                } else {
+                    let _ = batch_gradients(&auto, &items, stage, settings);
+                }
+                println!(
+                    "{stage:?} {} ({} tokens, batch {}): forward+backward on {threads} thread(s) {:.2} s",
+                    kind.name(),
+                    items[0].ids.len(),
+                    items.len(),
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
     }
 }

@@ -11,8 +11,8 @@ pub const PATCH: usize = 14;
 
 /// The testbed model's configuration.
 pub fn micro_llava() -> LlavaConfig {
-    let hidden = 256;
-    let heads = 8;
+    let hidden = 192;
+    let heads = 6;
     LlavaConfig {
         vision: ClipVisionConfig {
             hidden_size: 192,
@@ -27,7 +27,7 @@ pub fn micro_llava() -> LlavaConfig {
         text: LlamaConfig {
             vocab_size: vocab::vocab_size(),
             hidden_size: hidden,
-            intermediate_size: 688,
+            intermediate_size: 512,
             num_layers: 6,
             num_heads: heads,
             num_kv_heads: heads,

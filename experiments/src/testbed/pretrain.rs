@@ -1,15 +1,21 @@
-//! Pretraining the micro-LLaVA from scratch on the testbed task.
+//! Pretraining the micro-LLaVA from scratch on the testbed task, in two
+//! stages, as LLaVA's parts were trained (a separately pretrained CLIP,
+//! then the projector and language model on top):
 //!
-//! Every sample is drawn on the fly from a seed and its index. A sample is
-//! shown in one of a few ways (its "kind"): a global view whose codes are
-//! large enough to read (binding and reading at the global scale), the
-//! global view of small codes followed by a zoom on the target (SD-RPN's
-//! second-pass layout: reading from the crop), a zoom alone, or the global
-//! view of small codes alone. Loss: next-token cross-entropy on the answer
-//! tokens and EOS, plus per-patch auxiliary heads on the vision features
-//! (code digits where readable, object colour), which give the vision tower
-//! a dense signal to learn glyphs from (TESTBED.md: answer-only training
-//! did not leave chance at this budget).
+//! 1. vision: the ViT alone, with per-patch heads on its selected features
+//!    (code digits where a view makes codes readable, object colour under
+//!    each patch). TESTBED.md: a ViT from scratch did not learn glyphs from
+//!    the answer loss alone at this budget; the dense signal teaches them.
+//! 2. language: the ViT frozen; projector and LLaMA trained with next-token
+//!    cross-entropy on the answer tokens and EOS. A question head on the
+//!    last prompt position (after the first [`QUESTION_LAYER`] layers)
+//!    predicts the colour the question names: it only reads the text, so it
+//!    says nothing about where to look, and it speeds up moving the question
+//!    to the answer position. Scenes start with one or two objects and grow
+//!    to the task's count (binding "the red triangle" is what takes longest).
+//!
+//! Every sample is drawn on the fly from the seed and its index, shown in
+//! one of a few ways (its [`Kind`]).
 
 use super::micro::{IMAGE_SIDE, PATCH};
 use super::scene::PALETTE;
@@ -70,21 +76,33 @@ impl Kind {
     }
 }
 
+/// Layers run before the question head reads the last prompt position.
+pub const QUESTION_LAYER: usize = 2;
+
 /// Pretraining settings.
 #[derive(Clone, Debug)]
 pub struct PretrainSettings {
-    /// Optimizer steps.
-    pub steps: usize,
+    /// Optimizer steps of the vision stage.
+    pub vision_steps: usize,
+    /// Optimizer steps of the language stage.
+    pub language_steps: usize,
     /// Samples per step.
     pub batch_size: usize,
-    /// Peak learning rate.
+    /// Peak learning rate of the vision stage.
+    pub vision_lr: f64,
+    /// Peak learning rate of the language stage.
     pub lr: f64,
-    /// Linear warm-up steps.
+    /// Linear warm-up steps (each stage).
     pub warmup: usize,
-    /// Weight of the per-patch auxiliary loss.
-    pub aux_weight: f32,
-    /// Share of each kind, in [`Kind::ALL`] order.
-    pub mix: [f64; 4],
+    /// Weight of the question head's loss (language stage).
+    pub question_weight: f32,
+    /// Share of each kind in the vision stage, in [`Kind::ALL`] order.
+    pub vision_mix: [f64; 4],
+    /// Share of each kind in the language stage, in [`Kind::ALL`] order.
+    pub language_mix: [f64; 4],
+    /// Share of the language stage with one or two objects per scene, then
+    /// (up to twice that share) two or three, then the task's count.
+    pub few_objects: f64,
     /// Seed of the weights and the data.
     pub seed: u64,
 }
@@ -92,33 +110,50 @@ pub struct PretrainSettings {
 impl Default for PretrainSettings {
     fn default() -> Self {
         Self {
-            steps: 2000,
+            vision_steps: 600,
+            language_steps: 2000,
             batch_size: 16,
+            vision_lr: 2e-3,
             lr: 1e-3,
-            warmup: 100,
-            aux_weight: 1.0,
-            mix: [0.35, 0.35, 0.15, 0.15],
+            warmup: 50,
+            question_weight: 0.5,
+            vision_mix: [0.35, 0.0, 0.4, 0.25],
+            language_mix: [0.4, 0.35, 0.25, 0.0],
+            few_objects: 0.15,
             seed: 1,
         }
     }
 }
 
-/// The model with its training-only auxiliary heads.
+/// Which stage a step belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The ViT with per-patch heads.
+    Vision,
+    /// Projector and LLaMA on the answers, ViT frozen.
+    Language,
+}
+
+/// The model with its training-only heads.
 #[derive(Module, Debug)]
 pub struct Student<B: Backend> {
     /// The LLaVA model (what is exported).
     pub llava: Llava<B>,
     /// Per-patch heads on the selected vision features: 11 + 11 + colours + 1.
     aux: Linear<B>,
+    /// Colour named by the question, from the last prompt position.
+    question: Linear<B>,
 }
 
 impl<B: Backend> Student<B> {
-    /// Wraps `llava` with fresh auxiliary heads.
+    /// Wraps `llava` with fresh training-only heads.
     pub fn new(llava: Llava<B>, device: &B::Device) -> Self {
         let dv = llava.config().vision.hidden_size;
+        let d = llava.config().text.hidden_size;
         let classes = 2 * (NO_CODE as usize + 1) + PALETTE.len() + 1;
         Self {
             aux: LinearConfig::new(dv, classes).init(device),
+            question: LinearConfig::new(d, PALETTE.len()).init(device),
             llava,
         }
     }
@@ -128,12 +163,27 @@ impl<B: Backend> Student<B> {
 pub struct Item {
     /// Its kind.
     pub kind: Kind,
+    /// Objects in its scene.
+    pub objects: usize,
     /// Views in sequence order.
     pub views: Vec<View>,
     /// Token ids (image tokens expanded, answer appended without EOS).
     pub ids: Vec<u32>,
     /// Next-token targets per position ([`IGNORE`] outside the answer).
     pub targets: Vec<i64>,
+    /// Palette index of the target's colour.
+    pub colour: i64,
+}
+
+impl Item {
+    /// Tokens of the prompt (the answer's first target is at the last one).
+    pub fn prompt_len(&self) -> usize {
+        self.targets
+            .iter()
+            .position(|&t| t != IGNORE)
+            .expect("an answer")
+            + 1
+    }
 }
 
 /// Prompt text of a question, as the TextVQA loader builds it.
@@ -141,34 +191,71 @@ pub fn prompt_text(question: &str) -> String {
     crate::pytext::capitalize(question) + SHORT_ANSWER
 }
 
-/// Draws the kind of sample `index` from the mix.
+/// Draws a kind from `mix`.
 fn draw_kind(mix: &[f64; 4], rng: &mut SplitMix) -> Kind {
     let total: f64 = mix.iter().sum();
     let mut u = rng.next_f32() as f64 * total;
     for (k, &w) in Kind::ALL.iter().zip(mix) {
-        if u < w {
+        if w > 0.0 && u < w {
             return *k;
         }
         u -= w;
     }
-    Kind::SmallGlobal
+    *Kind::ALL
+        .iter()
+        .zip(mix)
+        .rev()
+        .find(|(_, &w)| w > 0.0)
+        .expect("a kind with a share")
+        .0
 }
 
-/// Builds sample `index` of the pretraining stream.
+/// The task with the object count of the curriculum at `progress` (0-1 of
+/// the language stage): one or two objects, then two or three, then the
+/// task's own.
+fn task_at(task: &TaskConfig, settings: &PretrainSettings, progress: f64) -> TaskConfig {
+    let mut task = task.clone();
+    let (lo, hi) = if progress < settings.few_objects {
+        (1, 2)
+    } else if progress < 2.0 * settings.few_objects {
+        (2, 3)
+    } else {
+        return task;
+    };
+    task.scene.min_objects = lo;
+    task.scene.max_objects = hi;
+    task
+}
+
+/// Builds sample `index` of a stage's stream; `progress` (0-1) drives the
+/// object-count curriculum of the language stage.
 pub fn make_item(
     index: u64,
+    stage: Stage,
+    progress: f64,
     settings: &PretrainSettings,
     task: &TaskConfig,
     tokenizer: &LlavaTokenizer,
 ) -> Item {
-    let mut rng = SplitMix::new(settings.seed ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
-    let kind = draw_kind(&settings.mix, &mut rng);
+    let salt = match stage {
+        Stage::Vision => 0x5649_5349_4F4E,
+        Stage::Language => 0x4C41_4E47,
+    };
+    let mut rng = SplitMix::new(settings.seed ^ salt ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
+    let (mix, task) = match stage {
+        Stage::Vision => (&settings.vision_mix, task.clone()),
+        Stage::Language => (
+            &settings.language_mix,
+            task_at(task, settings, progress),
+        ),
+    };
+    let kind = draw_kind(mix, &mut rng);
     let family = if kind == Kind::LargeGlobal {
         Family::Control
     } else {
         Family::Reading
     };
-    let sample = Sample::generate(format!("pretrain-{index}"), family, task, &mut rng);
+    let sample = Sample::generate(format!("pretrain-{index}"), family, &task, &mut rng);
     let image = sample.image();
     let (side, patch) = (IMAGE_SIDE as u32, PATCH as u32);
     let scale = sample.glyph_scale;
@@ -210,6 +297,8 @@ pub fn make_item(
     }
     Item {
         kind,
+        objects: sample.scene.objects.len(),
+        colour: sample.scene.objects[sample.target].colour as i64,
         views,
         ids,
         targets,
@@ -220,13 +309,15 @@ pub fn make_item(
 pub struct BatchLoss<B: Backend> {
     /// Weighted total, `[1]`.
     pub total: Tensor<B, 1>,
-    /// Answer cross-entropy.
-    pub answer: f32,
-    /// Auxiliary cross-entropy.
-    pub aux: f32,
-    /// Answer tokens predicted right (teacher forcing) and counted.
+    /// The main loss: per-patch cross-entropy (vision stage) or answer
+    /// cross-entropy (language stage).
+    pub main: f32,
+    /// Question-head cross-entropy (language stage; 0 in the vision stage).
+    pub question: f32,
+    /// Targets predicted right and counted (per-patch digits where
+    /// readable, or answer tokens under teacher forcing).
     pub correct: (usize, usize),
-    /// Whole answers right (every token) and counted.
+    /// Whole answers right (every token) and counted (language stage).
     pub exact: (usize, usize),
 }
 
@@ -251,25 +342,86 @@ fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: &[i64]) -> (Tensor<B
     ((picked * mask).sum().neg() / count, predicted)
 }
 
-/// Forward pass and losses of a batch of one kind.
-pub fn batch_loss<B: Backend>(
-    student: &Student<B>,
-    items: &[Item],
-    aux_weight: f32,
-) -> BatchLoss<B> {
-    let device = student.llava.language.device();
-    let (s, n) = (IMAGE_SIDE, items.len());
-    let views = items[0].views.len();
+/// Predictions equal to their (non-ignored) targets, and the count.
+fn hits(predicted: &[i64], targets: &[i64]) -> (usize, usize) {
+    predicted
+        .iter()
+        .zip(targets)
+        .filter(|(_, &t)| t != IGNORE)
+        .fold((0, 0), |(ok, n), (&p, &t)| (ok + usize::from(p == t), n + 1))
+}
+
+/// The views of `items` as one pixel batch `[N * views, 3, S, S]`.
+fn pixel_batch<B: Backend>(items: &[Item], device: &B::Device) -> Tensor<B, 4> {
+    let s = IMAGE_SIDE;
     let pixels: Vec<f32> = items
         .iter()
         .flat_map(|it| it.views.iter().flat_map(|v| v.pixels.iter().copied()))
         .collect();
-    let pixels = Tensor::<B, 4>::from_data(TensorData::new(pixels, [n * views, 3, s, s]), &device);
-    let features = student
+    let n = pixels.len() / (3 * s * s);
+    Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), device)
+}
+
+/// Vision stage: per-patch heads on the ViT's selected features.
+pub fn vision_loss<B: Backend>(student: &Student<B>, items: &[Item]) -> BatchLoss<B> {
+    let device = student.llava.language.device();
+    let selected = student
         .llava
-        .image_features(pixels)
+        .select_features(pixel_batch(items, &device))
         .expect("pixels have the model's size");
-    let [_, p, d] = features.projected.dims();
+    let [v, p, dv] = selected.dims();
+    let aux = student.aux.forward(selected.reshape([v * p, dv]));
+    let digit = NO_CODE as usize + 1;
+    let colours = PALETTE.len() + 1;
+    let mut loss = Tensor::<B, 1>::zeros([1], &device);
+    let mut correct = (0, 0);
+    for (k, (from, width)) in [(0, digit), (digit, digit), (2 * digit, colours)]
+        .into_iter()
+        .enumerate()
+    {
+        let target: Vec<i64> = items
+            .iter()
+            .flat_map(|it| it.views.iter().flat_map(|v| v.targets[k].iter().copied()))
+            .collect();
+        let head = aux.clone().slice([0..v * p, from..from + width]);
+        let (l, predicted) = cross_entropy(head, &target);
+        loss = loss + l;
+        if k < 2 {
+            // Digits only where a code is (the "no code" class dominates).
+            let at_codes: Vec<i64> = target
+                .iter()
+                .map(|&t| if t == NO_CODE { IGNORE } else { t })
+                .collect();
+            let (ok, n) = hits(&predicted, &at_codes);
+            correct = (correct.0 + ok, correct.1 + n);
+        }
+    }
+    BatchLoss {
+        main: loss.clone().into_scalar().elem::<f32>(),
+        question: 0.0,
+        total: loss,
+        correct,
+        exact: (0, 0),
+    }
+}
+
+/// Language stage: answer cross-entropy (and the question head) with the
+/// ViT frozen. All items have the same kind (so the same length).
+pub fn language_loss<B: AutodiffBackend>(
+    student: &Student<B>,
+    items: &[Item],
+    question_weight: f32,
+) -> BatchLoss<B> {
+    let device = student.llava.language.device();
+    let n = items.len();
+    let views = items[0].views.len();
+    let frozen = student
+        .llava
+        .valid()
+        .select_features(pixel_batch(items, &device))
+        .expect("pixels have the model's size");
+    let projected = student.llava.project(Tensor::from_inner(frozen));
+    let [_, p, d] = projected.dims();
     let embeds: Vec<Tensor<B, 3>> = items
         .iter()
         .enumerate()
@@ -277,8 +429,7 @@ pub fn batch_loss<B: Backend>(
             let images: Vec<Tensor<B, 2>> = (0..views)
                 .map(|v| {
                     let j = i * views + v;
-                    features
-                        .projected
+                    projected
                         .clone()
                         .slice([j..j + 1, 0..p, 0..d])
                         .reshape([p, d])
@@ -293,83 +444,137 @@ pub fn batch_loss<B: Backend>(
     let embeds = Tensor::cat(embeds, 0);
     let [_, t, _] = embeds.dims();
     let layers = student.llava.language.num_layers();
+    let lm = &student.llava.language;
     let mut captured = Captured::default();
-    let h =
-        student
-            .llava
-            .language
-            .run_layers(embeds, 0, 0..layers, None, &Taps::none(), &mut captured);
-    let logits = student
-        .llava
-        .language
-        .logits(student.llava.language.final_norm(h));
-    let v = logits.dims()[2];
+    let h = lm.run_layers(embeds, 0, 0..QUESTION_LAYER, None, &Taps::none(), &mut captured);
+    let last = items[0].prompt_len() - 1;
+    let at_last = h.clone().slice([0..n, last..last + 1, 0..d]).reshape([n, d]);
+    let colours: Vec<i64> = items.iter().map(|it| it.colour).collect();
+    let (question_loss, _) = cross_entropy(student.question.forward(at_last), &colours);
+    let h = lm.run_layers(h, 0, QUESTION_LAYER..layers, None, &Taps::none(), &mut captured);
+    let logits = lm.logits(lm.final_norm(h));
+    let vocab = logits.dims()[2];
     let targets: Vec<i64> = items
         .iter()
         .flat_map(|it| it.targets.iter().copied())
         .collect();
-    let (answer_loss, predicted) = cross_entropy(logits.reshape([n * t, v]), &targets);
-
-    // Per-patch auxiliary heads.
-    let dv = features.selected.dims()[2];
-    let aux = student
-        .aux
-        .forward(features.selected.reshape([n * views * p, dv]));
-    let digit = NO_CODE as usize + 1;
-    let colours = PALETTE.len() + 1;
-    let mut aux_loss = Tensor::<B, 1>::zeros([1], &device);
-    for (k, (from, width)) in [(0, digit), (digit, digit), (2 * digit, colours)]
-        .into_iter()
-        .enumerate()
-    {
-        let target: Vec<i64> = items
-            .iter()
-            .flat_map(|it| it.views.iter().flat_map(|v| v.targets[k].iter().copied()))
-            .collect();
-        let head = aux.clone().slice([0..n * views * p, from..from + width]);
-        aux_loss = aux_loss + cross_entropy(head, &target).0;
+    let (answer_loss, predicted) = cross_entropy(logits.reshape([n * t, vocab]), &targets);
+    let mut exact = (0, n);
+    for i in 0..n {
+        let (ok, count) = hits(&predicted[i * t..(i + 1) * t], &targets[i * t..(i + 1) * t]);
+        exact.0 += usize::from(ok == count);
     }
-
-    let mut correct = (0, 0);
-    let mut exact = (0, 0);
-    for (i, it) in items.iter().enumerate() {
-        let mut all = true;
-        for (j, &target) in it.targets.iter().enumerate() {
-            if target != IGNORE {
-                let ok = predicted[i * t + j] == target;
-                correct.0 += usize::from(ok);
-                correct.1 += 1;
-                all &= ok;
-            }
-        }
-        exact.0 += usize::from(all);
-        exact.1 += 1;
-    }
-    let answer = answer_loss.clone().into_scalar().elem::<f32>();
-    let aux_value = aux_loss.clone().into_scalar().elem::<f32>();
     BatchLoss {
-        total: answer_loss + aux_loss * aux_weight,
-        answer,
-        aux: aux_value,
-        correct,
+        main: answer_loss.clone().into_scalar().elem::<f32>(),
+        question: question_loss.clone().into_scalar().elem::<f32>(),
+        correct: hits(&predicted, &targets),
         exact,
+        total: answer_loss + question_loss * question_weight,
     }
 }
 
 use burn::tensor::ElementConversion;
 
-/// Warm-up then cosine decay to a tenth of the peak.
-pub fn learning_rate(settings: &PretrainSettings, step: usize) -> f64 {
-    if step < settings.warmup {
-        return settings.lr * (step + 1) as f64 / settings.warmup as f64;
+/// Warm-up then cosine decay to a tenth of `peak` over `steps`.
+pub fn learning_rate(peak: f64, warmup: usize, steps: usize, step: usize) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
     }
-    let progress =
-        (step - settings.warmup) as f64 / (settings.steps - settings.warmup).max(1) as f64;
+    let progress = (step - warmup) as f64 / (steps - warmup).max(1) as f64;
     let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos());
-    settings.lr * (0.1 + 0.9 * cosine)
+    peak * (0.1 + 0.9 * cosine)
 }
 
-/// Trains `student` for `settings.steps` steps; `log` gets a line every
+/// Gradients of the batch-mean loss: the two halves of the batch run on two
+/// threads (Burn's CPU matmuls use one core at these sizes), each loss
+/// weighted by its share, and the gradients summed.
+pub fn batch_gradients<B: AutodiffBackend>(
+    student: &Student<B>,
+    batch: &[Item],
+    stage: Stage,
+    settings: &PretrainSettings,
+) -> (GradientsParams, BatchLoss<B>) {
+    let run = |student: &Student<B>, items: &[Item]| {
+        let mut loss = match stage {
+            Stage::Vision => vision_loss(student, items),
+            Stage::Language => language_loss(student, items, settings.question_weight),
+        };
+        loss.total = loss.total * (items.len() as f32 / batch.len() as f32);
+        let grads = GradientsParams::from_grads(loss.total.backward(), student);
+        (grads, loss)
+    };
+    if batch.len() < 2 {
+        return run(student, batch);
+    }
+    let (first, second) = batch.split_at(batch.len() / 2);
+    // A copy with its own autodiff leaves: two threads recording graphs
+    // that share parameter nodes deadlock in Burn 0.21's graph locator.
+    let other = Student::<B>::from_inner(student.valid());
+    let ((g1, l1), (g2, l2)) = std::thread::scope(|scope| {
+        let handle = scope.spawn(move || run(&other, second));
+        let a = run(student, first);
+        (a, handle.join().expect("the second half's thread finished"))
+    });
+    let mut sum = burn::optim::GradientsAccumulator::new();
+    sum.accumulate(student, g1);
+    sum.accumulate(student, g2);
+    let (w1, w2) = (first.len() as f32, second.len() as f32);
+    let mean = |a: f32, b: f32| (a * w1 + b * w2) / (w1 + w2);
+    let add = |a: (usize, usize), b: (usize, usize)| (a.0 + b.0, a.1 + b.1);
+    let loss = BatchLoss {
+        total: l1.total,
+        main: mean(l1.main, l2.main),
+        question: mean(l1.question, l2.question),
+        correct: add(l1.correct, l2.correct),
+        exact: add(l1.exact, l2.exact),
+    };
+    (sum.grads(), loss)
+}
+
+/// Running sums of a log window, per kind.
+#[derive(Default)]
+struct Window {
+    /// main loss, question loss, batches, correct, counted, exact, samples
+    sums: std::collections::BTreeMap<Kind, [f64; 7]>,
+}
+
+impl Window {
+    fn add(&mut self, kind: Kind, loss: &BatchLoss<impl Backend>) {
+        let s = self.sums.entry(kind).or_default();
+        let values = [
+            loss.main as f64,
+            loss.question as f64,
+            1.0,
+            loss.correct.0 as f64,
+            loss.correct.1 as f64,
+            loss.exact.0 as f64,
+            loss.exact.1 as f64,
+        ];
+        for (slot, v) in s.iter_mut().zip(values) {
+            *slot += v;
+        }
+    }
+    fn line(&mut self, stage: Stage) -> String {
+        let mut line = String::new();
+        for (kind, s) in std::mem::take(&mut self.sums) {
+            let b = s[2].max(1.0);
+            line.push_str(&format!(" | {} loss {:.3}", kind.name(), s[0] / b));
+            if stage == Stage::Language {
+                line.push_str(&format!(
+                    " question {:.3} tok {:.0}% exact {:.0}%",
+                    s[1] / b,
+                    100.0 * s[3] / s[4].max(1.0),
+                    100.0 * s[5] / s[6].max(1.0)
+                ));
+            } else {
+                line.push_str(&format!(" digits {:.0}%", 100.0 * s[3] / s[4].max(1.0)));
+            }
+        }
+        line
+    }
+}
+
+/// Trains `student` through both stages; `log` gets a line every
 /// `log_every` steps with running losses and accuracies per kind.
 pub fn pretrain<B: AutodiffBackend>(
     mut student: Student<B>,
@@ -379,67 +584,56 @@ pub fn pretrain<B: AutodiffBackend>(
     log_every: usize,
     log: &mut dyn FnMut(&str),
 ) -> Student<B> {
-    let mut optim = AdamWConfig::new()
-        .with_beta_2(0.98)
-        .with_weight_decay(0.0)
-        .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
-        .init::<B, Student<B>>();
-    let mut next = 0u64;
-    let mut pending: std::collections::BTreeMap<Kind, Vec<Item>> = Default::default();
-    let mut stats: std::collections::BTreeMap<Kind, [f64; 6]> = Default::default();
     let start = Instant::now();
-    let mut data_seconds = 0.0;
-    for step in 0..settings.steps {
-        let data_start = Instant::now();
-        // Fill batches of one kind (they share a sequence length).
-        let batch = loop {
-            let item = make_item(next, settings, task, tokenizer);
-            next += 1;
-            let queue = pending.entry(item.kind).or_default();
-            queue.push(item);
-            if queue.len() == settings.batch_size {
-                break std::mem::take(queue);
-            }
+    for stage in [Stage::Vision, Stage::Language] {
+        let (steps, peak) = match stage {
+            Stage::Vision => (settings.vision_steps, settings.vision_lr),
+            Stage::Language => (settings.language_steps, settings.lr),
         };
-        data_seconds += data_start.elapsed().as_secs_f64();
-        let kind = batch[0].kind;
-        let loss = batch_loss(&student, &batch, settings.aux_weight);
-        let grads = GradientsParams::from_grads(loss.total.backward(), &student);
-        student = optim.step(learning_rate(settings, step), student, grads);
-        let s = stats.entry(kind).or_default();
-        for (slot, value) in s.iter_mut().zip([
-            loss.answer as f64,
-            loss.aux as f64,
-            loss.correct.0 as f64,
-            loss.correct.1 as f64,
-            loss.exact.0 as f64,
-            loss.exact.1 as f64,
-        ]) {
-            *slot += value;
-        }
-        if (step + 1) % log_every == 0 || step + 1 == settings.steps {
-            let mut line = format!(
-                "step {:>5} ({:.0} s, data {:.0} s, {:.2} s/step, lr {:.2e}, {} samples):",
-                step + 1,
-                start.elapsed().as_secs_f64(),
-                data_seconds,
-                start.elapsed().as_secs_f64() / (step + 1) as f64,
-                learning_rate(settings, step),
-                next
-            );
-            for (kind, s) in &stats {
-                let batches = (s[5] / settings.batch_size as f64).max(1.0);
-                line.push_str(&format!(
-                    " | {} ce {:.3} aux {:.3} tok {:.0}% exact {:.0}%",
-                    kind.name(),
-                    s[0] / batches,
-                    s[1] / batches,
-                    100.0 * s[2] / s[3].max(1.0),
-                    100.0 * s[4] / s[5].max(1.0)
+        let mut optim = AdamWConfig::new()
+            .with_beta_2(0.98)
+            .with_weight_decay(0.0)
+            .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
+            .init::<B, Student<B>>();
+        let mut next = 0u64;
+        let mut pending: std::collections::BTreeMap<Kind, Vec<Item>> = Default::default();
+        let mut window = Window::default();
+        let mut data_seconds = 0.0;
+        let stage_start = Instant::now();
+        for step in 0..steps {
+            let data_start = Instant::now();
+            let progress = step as f64 / steps.max(1) as f64;
+            // Batches of one kind share a sequence length.
+            let batch = loop {
+                let item = make_item(next, stage, progress, settings, task, tokenizer);
+                next += 1;
+                let queue = pending.entry(item.kind).or_default();
+                queue.push(item);
+                if queue.len() == settings.batch_size {
+                    break std::mem::take(queue);
+                }
+            };
+            data_seconds += data_start.elapsed().as_secs_f64();
+            let (grads, loss) = batch_gradients(&student, &batch, stage, settings);
+            let lr = learning_rate(peak, settings.warmup, steps, step);
+            student = optim.step(lr, student, grads);
+            window.add(batch[0].kind, &loss);
+            if (step + 1) % log_every == 0 || step + 1 == steps {
+                let elapsed = stage_start.elapsed().as_secs_f64();
+                log(&format!(
+                    "{:?} step {:>5}/{steps} ({:.0} s, total {:.0} s, data {:.0} s, {:.2} s/step, lr {:.2e}, {} samples, {} objects){}",
+                    stage,
+                    step + 1,
+                    elapsed,
+                    start.elapsed().as_secs_f64(),
+                    data_seconds,
+                    elapsed / (step + 1) as f64,
+                    lr,
+                    next,
+                    batch[0].objects,
+                    window.line(stage)
                 ));
             }
-            log(&line);
-            stats.clear();
         }
     }
     student
@@ -467,12 +661,7 @@ pub fn greedy_answer<B: Backend>(llava: &Llava<B>, item: &Item, max_new: usize) 
     let images: Vec<Tensor<B, 2>> = (0..views)
         .map(|v| f.clone().slice([v..v + 1, 0..p, 0..d]).reshape([p, d]))
         .collect();
-    let prompt_len = item
-        .targets
-        .iter()
-        .position(|&t| t != IGNORE)
-        .expect("an answer")
-        + 1;
+    let prompt_len = item.prompt_len();
     let embeds = llava
         .embed_prompt(&item.ids[..prompt_len], &images)
         .expect("prompt fits");

@@ -88,7 +88,17 @@ enum MapSource<'a, B: Backend> {
     Rpn(&'a LlavaRpn<B>),
     /// A map given by the caller.
     Given(&'a [f32]),
+    /// A crop given by the caller (source pixels): no map, one box.
+    Region(PixelBox),
 }
+
+// Manual impls: a derive would ask `B: Copy`.
+impl<B: Backend> Clone for MapSource<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for MapSource<'_, B> {}
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
@@ -239,6 +249,33 @@ impl<B: Backend> LlavaSession<B> {
         self.two_pass(image, question, options, MapSource::Given(map))
     }
 
+    /// Two-pass answering with a given crop (source pixels) in place of the
+    /// RPN's RoI: all its tokens are appended, as for one RPN box. For
+    /// controls (the ground-truth box, a random or a centred one).
+    pub fn answer_with_region(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        region: PixelBox,
+        options: &TwoPassOptions,
+    ) -> Result<TwoPassOutput> {
+        if region.x0 >= region.x1
+            || region.y0 >= region.y1
+            || region.x1 > image.width()
+            || region.y1 > image.height()
+        {
+            return Err(LlavaError::invalid(
+                "crop region",
+                format!(
+                    "{region:?} is empty or outside the {}x{} image",
+                    image.width(),
+                    image.height()
+                ),
+            ));
+        }
+        self.two_pass(image, question, options, MapSource::Region(region))
+    }
+
     fn two_pass(
         &self,
         image: &RgbImage,
@@ -255,9 +292,14 @@ impl<B: Backend> LlavaSession<B> {
         let t1 = Instant::now();
         let mut cache = KvCache::new(layers);
         let (probs, h) = match source {
-            MapSource::Rpn(rpn) => self.roi_probabilities(rpn, &prepared, k, &mut cache)?,
-            MapSource::Given(map) => {
-                self.grid().check_len("RoI map", map.len())?;
+            MapSource::Rpn(rpn) => {
+                let (probs, h) = self.roi_probabilities(rpn, &prepared, k, &mut cache)?;
+                (Some(probs), h)
+            }
+            MapSource::Given(_) | MapSource::Region(_) => {
+                if let MapSource::Given(map) = source {
+                    self.grid().check_len("RoI map", map.len())?;
+                }
                 sdrpn_core::rpn::check_branch(k, 1, layers)?;
                 let mut captured = Captured::default();
                 let h = self.model.language.run_layers(
@@ -268,21 +310,39 @@ impl<B: Backend> LlavaSession<B> {
                     &Taps::none(),
                     &mut captured,
                 );
-                (map.to_vec(), h)
+                let map = match source {
+                    MapSource::Given(map) => Some(map.to_vec()),
+                    _ => None,
+                };
+                (map, h)
             }
         };
         let device = self.device();
-        let selection: RoiSelection = options.roi.select(
-            Tensor::<B, 1>::from_data(TensorData::new(probs.clone(), [probs.len()]), &device),
-            self.grid(),
-        )?;
+        let selection: RoiSelection = match &probs {
+            Some(p) => options.roi.select(
+                Tensor::<B, 1>::from_data(TensorData::new(p.clone(), [p.len()]), &device),
+                self.grid(),
+            )?,
+            None => RoiSelection {
+                mode: RoiMode::Bbox,
+                boxes: Vec::new(),
+                crop: None,
+                keep: None,
+                blurred: Vec::new(),
+                mask: Vec::new(),
+            },
+        };
+        let probs = probs.unwrap_or_default();
         let pass1_ms = ms(t1);
 
         let t2 = Instant::now();
         let patch = self.model.config().vision.patch_size;
-        let region = match selection.crop {
-            Some(b) => token_box_to_pixels(b, self.grid(), patch, image.width(), image.height())?,
-            None => None,
+        let region = match (selection.crop, source) {
+            (_, MapSource::Region(r)) => Some(r),
+            (Some(b), _) => {
+                token_box_to_pixels(b, self.grid(), patch, image.width(), image.height())?
+            }
+            (None, _) => None,
         };
         // A box entirely in the padding has nothing to crop: answer without RoI.
         let mode = if region.is_some() {

@@ -73,13 +73,16 @@ pub struct BatchInputs<B: Backend> {
     pub massive: Option<Tensor<B, 2>>,
 }
 
-fn rows<B: Backend>(
-    records: &[std::sync::Arc<LabelRecord>],
+fn rows<B: Backend, R: std::borrow::Borrow<LabelRecord>>(
+    records: &[R],
     pick: impl Fn(&LabelRecord) -> &[f32],
     device: &B::Device,
 ) -> Tensor<B, 2> {
-    let p = pick(&records[0]).len();
-    let values: Vec<f32> = records.iter().flat_map(|r| pick(r).to_vec()).collect();
+    let p = pick(records[0].borrow()).len();
+    let values: Vec<f32> = records
+        .iter()
+        .flat_map(|r| pick(r.borrow()).to_vec())
+        .collect();
     Tensor::from_data(TensorData::new(values, [records.len(), p]), device)
 }
 
@@ -134,23 +137,57 @@ pub fn batch_inputs<C: Backend, B: Backend>(
 
 /// The denoised grounding maps of a batch under the sink rule.
 pub fn denoised<B: Backend>(inputs: &BatchInputs<B>, sink: &SinkRule) -> Tensor<B, 2> {
+    denoise_maps(
+        inputs.grounding.clone(),
+        inputs.sink.clone(),
+        inputs.massive.clone(),
+        sink,
+    )
+}
+
+/// Grounding maps `[N, P]` with the sinks of `sink_maps` / `massive`
+/// (`[N, P]`, whichever the rule reads) zeroed.
+fn denoise_maps<B: Backend>(
+    grounding: Tensor<B, 2>,
+    sink_maps: Tensor<B, 2>,
+    massive: Option<Tensor<B, 2>>,
+    sink: &SinkRule,
+) -> Tensor<B, 2> {
     match sink {
-        SinkRule::Off => inputs.grounding.clone(),
-        SinkRule::AttentionProxy { tau } => denoise(
-            inputs.grounding.clone(),
-            sinks_from_attention(inputs.sink.clone(), *tau),
-        ),
+        SinkRule::Off => grounding,
+        SinkRule::AttentionProxy { tau } => {
+            denoise(grounding, sinks_from_attention(sink_maps, *tau))
+        }
         SinkRule::MassiveActivation { threshold, .. } => {
-            let massive = inputs
-                .massive
-                .clone()
-                .expect("massive maps are checked to exist before training");
-            denoise(
-                inputs.grounding.clone(),
-                massive.greater_elem(*threshold as f32),
-            )
+            let massive = massive.expect("massive maps are checked to exist before training");
+            denoise(grounding, massive.greater_elem(*threshold as f32))
         }
     }
+}
+
+/// The pseudo-labels training builds from stored records under `config`
+/// (sink rule, thresholds), one `Vec` per record: for measuring labels
+/// against ground truth.
+pub fn record_labels<B: Backend>(
+    records: &[LabelRecord],
+    config: &SdrpnConfig,
+    grid: Grid,
+    device: &B::Device,
+) -> crate::error::Result<Vec<Vec<sdrpn_core::labels::Label>>> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let massive = records[0]
+        .massive
+        .is_some()
+        .then(|| rows::<B, _>(records, |r| r.massive.as_deref().unwrap_or(&[]), device));
+    let clean = denoise_maps::<B>(
+        rows(records, |r| &r.grounding, device),
+        rows(records, |r| &r.sink, device),
+        massive,
+        &config.labels.sink,
+    );
+    Ok(build_labels(clean, grid, &config.labels.thresholds)?.to_labels())
 }
 
 /// Loss, labels and logits of a batch.

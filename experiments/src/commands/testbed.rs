@@ -1,11 +1,13 @@
 //! `sdrpn testbed`: the fine-grained VQA testbed (pretrain the micro-LLaVA).
 
 use super::common::DeviceArgs;
+use crate::testbed::heads::{rank_heads, selection_of};
 use crate::testbed::micro::micro_llava;
 use crate::testbed::pretrain::{
     greedy_answer, into_inference, make_item, pretrain, Kind, PretrainSettings, Stage, Student,
 };
-use crate::testbed::task::TaskConfig;
+use crate::testbed::run::{probe_of, run_testbed, testbed_method, RunSettings};
+use crate::testbed::task::{Family, Split, TaskConfig};
 use crate::testbed::vocab;
 use anyhow::Context;
 use burn::backend::Autodiff;
@@ -13,6 +15,7 @@ use burn::tensor::backend::Backend;
 use clap::{Args, Subcommand};
 use sdrpn_core::backend::BackendJob;
 use sdrpn_llava::model::Llava;
+use sdrpn_llava::session::{LlavaSession, PromptOptions};
 use sdrpn_llava::tokenizer::LlavaTokenizer;
 use std::path::PathBuf;
 
@@ -21,6 +24,62 @@ use std::path::PathBuf;
 pub enum TestbedCommand {
     /// Pretrain the micro-LLaVA from scratch and write a llava-hf folder.
     Pretrain(PretrainArgs),
+    /// Rank (layer, head) pairs by how well their answer-to-image attention
+    /// localises the target on validation questions.
+    Heads(HeadsArgs),
+    /// Label, train and evaluate SD-RPN on fresh scenes; write results.md,
+    /// results.json and figures.
+    Run(RunArgs),
+}
+
+/// The shipped testbed model, relative to the repository root.
+pub const SHIPPED_MODEL: &str = "experiments/testbed/model";
+
+/// Arguments of `sdrpn testbed heads`.
+#[derive(Debug, Args)]
+pub struct HeadsArgs {
+    /// The testbed model (llava-hf folder)
+    #[arg(long, default_value = SHIPPED_MODEL)]
+    model: PathBuf,
+    /// Seed of the validation scenes
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Validation questions per family
+    #[arg(long, default_value_t = 50)]
+    samples: usize,
+    /// Write the full ranking here (JSON)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// Arguments of `sdrpn testbed run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The testbed model (llava-hf folder)
+    #[arg(long, default_value = SHIPPED_MODEL)]
+    model: PathBuf,
+    /// Seed of the scenes (the model stays fixed)
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output folder (default: testbed-out/seed-<S>)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Few samples and one epoch: the same code path in about a minute
+    #[arg(long)]
+    smoke: bool,
+    /// RPN training questions per family
+    #[arg(long)]
+    train: Option<usize>,
+    /// Test questions per family
+    #[arg(long)]
+    test: Option<usize>,
+    /// RPN training epochs
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Arguments of `sdrpn testbed pretrain`.
@@ -68,6 +127,104 @@ pub fn run(command: TestbedCommand) -> anyhow::Result<()> {
             let device = args.device.clone();
             device.run(PretrainJob(args))
         }
+        TestbedCommand::Heads(args) => {
+            let device = args.device.clone();
+            device.run(HeadsJob(args))
+        }
+        TestbedCommand::Run(args) => {
+            let mut settings = if args.smoke {
+                RunSettings::smoke(args.seed)
+            } else {
+                RunSettings {
+                    seed: args.seed,
+                    ..RunSettings::default()
+                }
+            };
+            settings.train_per_family = args.train.unwrap_or(settings.train_per_family);
+            settings.test_per_family = args.test.unwrap_or(settings.test_per_family);
+            settings.epochs = args.epochs.unwrap_or(settings.epochs);
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("testbed-out/seed-{}", args.seed)));
+            let device = args.device.clone();
+            device.run(RunJob {
+                model: args.model,
+                settings,
+                out: out.clone(),
+            })?;
+            println!("{}", std::fs::read_to_string(out.join("results.md"))?);
+            println!(
+                "(also {} and figures there)",
+                out.join("results.json").display()
+            );
+            Ok(())
+        }
+    }
+}
+
+struct HeadsJob(HeadsArgs);
+
+impl BackendJob for HeadsJob {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = self.0;
+        let session = LlavaSession::<B>::load(&args.model, &device, PromptOptions::default())
+            .with_context(|| {
+                format!("cannot load the testbed model in {}", args.model.display())
+            })?;
+        let validation = Split::Validation.samples(
+            args.seed,
+            &Family::ALL,
+            args.samples,
+            &TaskConfig::default(),
+        );
+        let probes: Vec<_> = validation.iter().map(probe_of).collect();
+        let bar = crate::progress::bar(probes.len() as u64, "ranking heads");
+        let ratio = testbed_method("0:0")?.labels.thresholds.fg_ratio;
+        let scores = rank_heads(&session, &probes, ratio, 8, |done, _| {
+            bar.set_position(done as u64)
+        })?;
+        bar.finish_and_clear();
+        println!("| rank | layer | head | mean IoU | peak in target |\n|---:|---:|---:|---:|---:|");
+        for (i, s) in scores.iter().enumerate().take(12) {
+            println!(
+                "| {} | {} | {} | {:.3} | {:.0}% |",
+                i + 1,
+                s.layer,
+                s.head,
+                s.mean_iou,
+                100.0 * s.peak_hit_rate
+            );
+        }
+        println!("\ngrounding heads (best 3): {}", selection_of(&scores, 3));
+        if let Some(out) = &args.out {
+            sdrpn_train::error::write_atomic(
+                out,
+                serde_json::to_string_pretty(&scores)?.as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+struct RunJob {
+    model: PathBuf,
+    settings: RunSettings,
+    out: PathBuf,
+}
+
+impl BackendJob for RunJob {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        run_testbed::<B>(
+            &self.model,
+            &self.settings,
+            &self.out,
+            &device,
+            &mut |line| eprintln!("{line}"),
+        )?;
+        Ok(())
     }
 }
 

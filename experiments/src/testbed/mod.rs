@@ -3,9 +3,13 @@
 //! the shared docs and `sdrpn testbed --help`).
 
 pub mod data;
+pub mod figures;
 pub mod font;
+pub mod heads;
+pub mod localise;
 pub mod micro;
 pub mod pretrain;
+pub mod run;
 pub mod scene;
 pub mod task;
 pub mod views;

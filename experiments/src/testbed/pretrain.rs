@@ -76,6 +76,10 @@ impl Kind {
     }
 }
 
+/// Weight of a "no code here" patch in the digit heads' loss (a code patch
+/// weighs 1).
+pub const NO_CODE_WEIGHT: f32 = 0.1;
+
 /// Layers run before the question head reads the last prompt position.
 pub const QUESTION_LAYER: usize = 2;
 
@@ -244,10 +248,7 @@ pub fn make_item(
     let mut rng = SplitMix::new(settings.seed ^ salt ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
     let (mix, task) = match stage {
         Stage::Vision => (&settings.vision_mix, task.clone()),
-        Stage::Language => (
-            &settings.language_mix,
-            task_at(task, settings, progress),
-        ),
+        Stage::Language => (&settings.language_mix, task_at(task, settings, progress)),
     };
     let kind = draw_kind(mix, &mut rng);
     let family = if kind == Kind::LargeGlobal {
@@ -324,10 +325,23 @@ pub struct BatchLoss<B: Backend> {
 /// Mean cross-entropy of `logits` `[M, C]` against `targets` (`IGNORE`
 /// skipped), and the argmax predictions.
 fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: &[i64]) -> (Tensor<B, 1>, Vec<i64>) {
+    weighted_cross_entropy(logits, targets, |_| 1.0)
+}
+
+/// Cross-entropy of `logits` `[M, C]` averaged with per-target weights
+/// (`IGNORE` weighs 0), and the argmax predictions.
+fn weighted_cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: &[i64],
+    weight: impl Fn(i64) -> f32,
+) -> (Tensor<B, 1>, Vec<i64>) {
     let device = logits.device();
     let [m, _] = logits.dims();
-    let valid: Vec<f32> = targets.iter().map(|&t| f32::from(t != IGNORE)).collect();
-    let count = valid.iter().sum::<f32>().max(1.0);
+    let valid: Vec<f32> = targets
+        .iter()
+        .map(|&t| if t == IGNORE { 0.0 } else { weight(t) })
+        .collect();
+    let count = valid.iter().sum::<f32>().max(1e-6);
     let idx: Vec<i64> = targets.iter().map(|&t| t.max(0)).collect();
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [m]), &device).reshape([m, 1]);
     let mask = Tensor::<B, 1>::from_data(TensorData::new(valid, [m]), &device);
@@ -348,7 +362,9 @@ fn hits(predicted: &[i64], targets: &[i64]) -> (usize, usize) {
         .iter()
         .zip(targets)
         .filter(|(_, &t)| t != IGNORE)
-        .fold((0, 0), |(ok, n), (&p, &t)| (ok + usize::from(p == t), n + 1))
+        .fold((0, 0), |(ok, n), (&p, &t)| {
+            (ok + usize::from(p == t), n + 1)
+        })
 }
 
 /// The views of `items` as one pixel batch `[N * views, 3, S, S]`.
@@ -384,7 +400,15 @@ pub fn vision_loss<B: Backend>(student: &Student<B>, items: &[Item]) -> BatchLos
             .flat_map(|it| it.views.iter().flat_map(|v| v.targets[k].iter().copied()))
             .collect();
         let head = aux.clone().slice([0..v * p, from..from + width]);
-        let (l, predicted) = cross_entropy(head, &target);
+        // A code sits under one patch of ~150: "no code" would drown the
+        // digits' signal, so it weighs NO_CODE_WEIGHT.
+        let (l, predicted) = weighted_cross_entropy(head, &target, |t| {
+            if k < 2 && t == NO_CODE {
+                NO_CODE_WEIGHT
+            } else {
+                1.0
+            }
+        });
         loss = loss + l;
         if k < 2 {
             // Digits only where a code is (the "no code" class dominates).
@@ -446,12 +470,29 @@ pub fn language_loss<B: AutodiffBackend>(
     let layers = student.llava.language.num_layers();
     let lm = &student.llava.language;
     let mut captured = Captured::default();
-    let h = lm.run_layers(embeds, 0, 0..QUESTION_LAYER, None, &Taps::none(), &mut captured);
+    let h = lm.run_layers(
+        embeds,
+        0,
+        0..QUESTION_LAYER,
+        None,
+        &Taps::none(),
+        &mut captured,
+    );
     let last = items[0].prompt_len() - 1;
-    let at_last = h.clone().slice([0..n, last..last + 1, 0..d]).reshape([n, d]);
+    let at_last = h
+        .clone()
+        .slice([0..n, last..last + 1, 0..d])
+        .reshape([n, d]);
     let colours: Vec<i64> = items.iter().map(|it| it.colour).collect();
     let (question_loss, _) = cross_entropy(student.question.forward(at_last), &colours);
-    let h = lm.run_layers(h, 0, QUESTION_LAYER..layers, None, &Taps::none(), &mut captured);
+    let h = lm.run_layers(
+        h,
+        0,
+        QUESTION_LAYER..layers,
+        None,
+        &Taps::none(),
+        &mut captured,
+    );
     let logits = lm.logits(lm.final_norm(h));
     let vocab = logits.dims()[2];
     let targets: Vec<i64> = items

@@ -4,7 +4,8 @@
 //! SD-RPN's second pass crops), with per-patch targets for the vision
 //! tower's auxiliary heads.
 
-use super::scene::Scene;
+use super::font::{GLYPH_GAP, GLYPH_H, GLYPH_W};
+use super::scene::{Scene, SceneObject};
 use image::RgbImage;
 use sdrpn_core::crop::PixelBox;
 use sdrpn_core::rng::SplitMix;
@@ -108,10 +109,22 @@ pub fn zoom_around(
     }
 }
 
-/// Per-patch targets of `region` shown at `side` pixels: the code digits
-/// at the patch holding a label's centre (when the view makes codes
-/// readable; [`NO_CODE`] elsewhere, [`IGNORE`] everywhere when it does
-/// not), and the colour of the object under each patch centre.
+/// Centre of glyph `k` of `object`'s code drawn at `glyph_scale` (source
+/// pixels), as [`Scene::render`] draws it.
+pub fn glyph_centre(object: &SceneObject, k: usize, glyph_scale: u32) -> (f32, f32) {
+    let label = object.label_box(glyph_scale);
+    let left = label.x0 + glyph_scale + k as u32 * (GLYPH_W + GLYPH_GAP) * glyph_scale;
+    (
+        left as f32 + (GLYPH_W * glyph_scale) as f32 / 2.0,
+        label.y0 as f32 + glyph_scale as f32 + (GLYPH_H * glyph_scale) as f32 / 2.0,
+    )
+}
+
+/// Per-patch targets of `region` shown at `side` pixels: the first and the
+/// second digit of a code at the patch holding that glyph's centre (when
+/// the view makes codes readable; [`NO_CODE`] elsewhere, [`IGNORE`]
+/// everywhere when it does not), and the colour of the object under each
+/// patch centre.
 fn patch_targets(
     scene: &Scene,
     region: PixelBox,
@@ -130,12 +143,14 @@ fn patch_targets(
     let mut second = vec![fill; g * g];
     if readable {
         for o in &scene.objects {
-            let (cx, cy) = o.label_centre;
-            let (mx, my) = ((cx - region.x0 as f32) * sx, (cy - region.y0 as f32) * sy);
-            if (0.0..side as f32).contains(&mx) && (0.0..side as f32).contains(&my) {
-                let at = (my as u32 / patch) as usize * g + (mx as u32 / patch) as usize;
-                first[at] = o.code[0] as i64;
-                second[at] = *o.code.get(1).unwrap_or(&(NO_CODE as u8)) as i64;
+            for (k, &digit) in o.code.iter().enumerate().take(2) {
+                let (gx, gy) = glyph_centre(o, k, glyph_scale);
+                let (mx, my) = ((gx - region.x0 as f32) * sx, (gy - region.y0 as f32) * sy);
+                if (0.0..side as f32).contains(&mx) && (0.0..side as f32).contains(&my) {
+                    let at = (my as u32 / patch) as usize * g + (mx as u32 / patch) as usize;
+                    let slot = if k == 0 { &mut first } else { &mut second };
+                    slot[at] = digit as i64;
+                }
             }
         }
     }
@@ -181,15 +196,28 @@ mod tests {
         // A 168-pixel zoom around the object: 2 model pixels per font pixel.
         let region = zoom_around(o.bbox, 672, 168, 168, &mut SplitMix::new(9));
         let zoom = zoom_view(&scene, &image, region, 2, 168, 14);
-        let (cx, cy) = o.label_centre;
-        let at =
-            ((cy - region.y0 as f32) as usize / 14) * 12 + (cx - region.x0 as f32) as usize / 14;
-        assert_eq!(zoom.targets[0][at], o.code[0] as i64);
-        assert_eq!(zoom.targets[1][at], o.code[1] as i64);
+        let patch_of = |k: usize| {
+            let (x, y) = glyph_centre(o, k, 2);
+            ((y - region.y0 as f32) as usize / 14) * 12 + (x - region.x0 as f32) as usize / 14
+        };
+        assert_eq!(zoom.targets[0][patch_of(0)], o.code[0] as i64);
+        assert_eq!(zoom.targets[1][patch_of(1)], o.code[1] as i64);
         assert_eq!(
-            zoom.targets[2][at], o.colour as i64,
+            zoom.targets[2][patch_of(0)],
+            o.colour as i64,
             "the label sits on its object"
         );
+        // The glyph centre is inked: the middle column of a digit is drawn
+        // in its middle row for most digits, so check the glyph's box.
+        let (x, y) = glyph_centre(o, 1, 2);
+        let dark = (-7i32..=7)
+            .flat_map(|dy| (-5i32..=5).map(move |dx| (dx, dy)))
+            .filter(|(dx, dy)| {
+                let p = image.get_pixel((x as i32 + dx) as u32, (y as i32 + dy) as u32);
+                p[0] < 60 && p[1] < 60 && p[2] < 60
+            })
+            .count();
+        assert!(dark >= 6, "glyph ink around its centre: {dark}");
         let marked = zoom.targets[0].iter().filter(|&&t| t != NO_CODE).count();
         assert!(marked >= 1);
         assert_eq!(zoom.pixels.len(), 3 * 168 * 168);

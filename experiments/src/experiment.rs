@@ -29,7 +29,8 @@ pub struct LabelSource {
     /// `labels` in the output folder).
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// Questions to label: a LLaVA jsonl file, or `synthetic:N`.
+    /// Questions to label: a LLaVA jsonl file, `synthetic:N`, or
+    /// `testbed:SPLIT:N[:seed=S][:family=F]`.
     #[serde(default)]
     pub questions: Option<String>,
     /// Image folder of the questions.
@@ -103,7 +104,8 @@ pub struct RunSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BenchmarkData {
-    /// Parquet file or folder, LLaVA jsonl, or `synthetic:N`.
+    /// Parquet file or folder, LLaVA jsonl, `synthetic:N`, or (textvqa)
+    /// `testbed:SPLIT:N[:seed=S][:family=F]`.
     pub data: String,
     /// Image folder (LLaVA jsonl only).
     #[serde(default)]
@@ -167,13 +169,13 @@ impl ExperimentConfig {
                 fix(i);
             }
             if let Some(q) = l.questions.as_mut() {
-                if !q.starts_with("synthetic:") && Path::new(q).is_relative() {
+                if !is_generated(q) && Path::new(q).is_relative() {
                     *q = base.join(&*q).display().to_string();
                 }
             }
         }
         for b in c.benchmarks.values_mut() {
-            if !b.data.starts_with("synthetic:") && Path::new(&b.data).is_relative() {
+            if !is_generated(&b.data) && Path::new(&b.data).is_relative() {
                 b.data = base.join(&b.data).display().to_string();
             }
             if let Some(i) = b.images.as_mut() {
@@ -238,6 +240,12 @@ impl ExperimentConfig {
     }
 }
 
+/// Whether a data spec names generated data (`synthetic:`, `testbed:`)
+/// rather than a path.
+fn is_generated(spec: &str) -> bool {
+    spec.starts_with("synthetic:") || spec.starts_with(crate::testbed::spec::PREFIX)
+}
+
 /// A file-system-safe name for a run.
 pub fn slug(name: &str) -> String {
     let s: String = name
@@ -298,7 +306,18 @@ pub fn run_experiment<B: Backend>(
         config.runs.iter().any(|r| r.train.is_some()),
     ) {
         if let Some(questions) = &labels.questions {
+            let testbed = questions
+                .starts_with(crate::testbed::spec::PREFIX)
+                .then(|| questions.parse::<crate::testbed::spec::TestbedData>())
+                .transpose()?;
             let (questions, images) = match questions.strip_prefix("synthetic:") {
+                _ if testbed.is_some() => {
+                    let files = testbed
+                        .as_ref()
+                        .expect("checked")
+                        .write(&out.join("testbed-data"))?;
+                    (read_questions(&files.questions)?.0, files.images)
+                }
                 Some(n) => {
                     let dir = out.join("synthetic-questions");
                     let file = crate::synthetic::write_question_set(

@@ -1,5 +1,6 @@
 //! One `--data` argument to samples: a Parquet file or folder, a LLaVA
-//! question file (`.jsonl`, with an image folder), or `synthetic:N`.
+//! question file (`.jsonl`, with an image folder), `synthetic:N`, or testbed
+//! questions (`testbed:SPLIT:N...`, TextVQA schema).
 
 use super::{load, load_llava_jsonl, Benchmark, Loaded};
 use anyhow::Context;
@@ -17,6 +18,11 @@ pub fn load_samples(
             .with_context(|| format!("{data:?}: expected synthetic:N"))?;
         let file = crate::synthetic::synthetic_benchmark_file(benchmark, count)?;
         return Ok(load(benchmark, &file)?);
+    }
+    if data.starts_with(crate::testbed::spec::PREFIX) {
+        let spec: crate::testbed::spec::TestbedData = data.parse()?;
+        let files = spec.write(&std::env::temp_dir().join("sdrpn-testbed"))?;
+        return Ok(load(benchmark, &files.parquet)?);
     }
     let path = Path::new(data);
     if path.extension().is_some_and(|e| e == "jsonl") {

@@ -93,7 +93,16 @@ pub fn write_figures<B: burn::tensor::backend::Backend>(
         shard_size: 64,
     };
     run_labelling(session, method, &job, |_, _| {})?;
-    let (_, records) = read_labels(&labels_dir)?;
+    // A question whose answer ends at once has no label: its panel stays
+    // plain (and with none at all there is no shard to read).
+    let has_shard = std::fs::read_dir(&labels_dir)?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("labels-"));
+    let records = if has_shard {
+        read_labels(&labels_dir)?.1
+    } else {
+        Vec::new()
+    };
     let grid = sdrpn_core::host::RpnHost::grid(session);
     let labels = sdrpn_train::step::record_labels::<B>(&records, method, grid, &session.device())?;
     let rpn = sdrpn_train::trainer::load_rpn(session, &out.join("rpn"))?.1;

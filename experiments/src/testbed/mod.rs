@@ -11,6 +11,7 @@ pub mod micro;
 pub mod pretrain;
 pub mod run;
 pub mod scene;
+pub mod spec;
 pub mod task;
 pub mod views;
 pub mod vocab;

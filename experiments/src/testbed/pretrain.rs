@@ -80,6 +80,11 @@ impl Kind {
 /// weighs 1).
 pub const NO_CODE_WEIGHT: f32 = 0.1;
 
+/// Side range (source pixels) of zoomed views: 2.4 to 1.4 model pixels per
+/// font pixel for the small codes, as SD-RPN's crops of 3 x 3 to 4 x 4
+/// tokens (168 to 224 source pixels) show them.
+pub const ZOOM_SIDES: (u32, u32) = (140, 240);
+
 /// Layers run before the question head reads the last prompt position.
 pub const QUESTION_LAYER: usize = 2;
 
@@ -107,6 +112,11 @@ pub struct PretrainSettings {
     /// Share of the language stage with one or two objects per scene, then
     /// (up to twice that share) two or three, then the task's count.
     pub few_objects: f64,
+    /// Objects per scene in the vision stage (more glyphs per image).
+    pub vision_objects: (usize, usize),
+    /// In the language stage, also train the ViT's per-patch heads after
+    /// every this many steps (0: never).
+    pub vision_every: usize,
     /// Seed of the weights and the data.
     pub seed: u64,
 }
@@ -124,6 +134,8 @@ impl Default for PretrainSettings {
             vision_mix: [0.35, 0.0, 0.4, 0.25],
             language_mix: [0.4, 0.35, 0.25, 0.0],
             few_objects: 0.15,
+            vision_objects: (6, 8),
+            vision_every: 3,
             seed: 1,
         }
     }
@@ -247,7 +259,11 @@ pub fn make_item(
     };
     let mut rng = SplitMix::new(settings.seed ^ salt ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
     let (mix, task) = match stage {
-        Stage::Vision => (&settings.vision_mix, task.clone()),
+        Stage::Vision => {
+            let mut task = task.clone();
+            (task.scene.min_objects, task.scene.max_objects) = settings.vision_objects;
+            (&settings.vision_mix, task)
+        }
         Stage::Language => (&settings.language_mix, task_at(task, settings, progress)),
     };
     let kind = draw_kind(mix, &mut rng);
@@ -262,7 +278,7 @@ pub fn make_item(
     let scale = sample.glyph_scale;
     let global = || global_view(&sample.scene, &image, scale, side, patch);
     let zoom = |rng: &mut SplitMix| {
-        let region = zoom_around(sample.target_box(), sample.scene.side, 150, 340, rng);
+        let region = zoom_around(sample.target_box(), sample.scene.side, ZOOM_SIDES.0, ZOOM_SIDES.1, rng);
         zoom_view(&sample.scene, &image, region, scale, side, patch)
     };
     let views = match kind {
@@ -626,6 +642,9 @@ pub fn pretrain<B: AutodiffBackend>(
     log: &mut dyn FnMut(&str),
 ) -> Student<B> {
     let start = Instant::now();
+    // The vision stream continues into the language stage (every
+    // `vision_every`-th step also trains the ViT's per-patch heads).
+    let mut vision_stream = Stream::new(Stage::Vision);
     for stage in [Stage::Vision, Stage::Language] {
         let (steps, peak) = match stage {
             Stage::Vision => (settings.vision_steps, settings.vision_lr),
@@ -636,48 +655,91 @@ pub fn pretrain<B: AutodiffBackend>(
             .with_weight_decay(0.0)
             .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
             .init::<B, Student<B>>();
-        let mut next = 0u64;
-        let mut pending: std::collections::BTreeMap<Kind, Vec<Item>> = Default::default();
+        let mut language_stream = Stream::new(Stage::Language);
         let mut window = Window::default();
-        let mut data_seconds = 0.0;
+        let mut vision_window = Window::default();
         let stage_start = Instant::now();
         for step in 0..steps {
-            let data_start = Instant::now();
             let progress = step as f64 / steps.max(1) as f64;
-            // Batches of one kind share a sequence length.
-            let batch = loop {
-                let item = make_item(next, stage, progress, settings, task, tokenizer);
-                next += 1;
-                let queue = pending.entry(item.kind).or_default();
-                queue.push(item);
-                if queue.len() == settings.batch_size {
-                    break std::mem::take(queue);
-                }
-            };
-            data_seconds += data_start.elapsed().as_secs_f64();
-            let (grads, loss) = batch_gradients(&student, &batch, stage, settings);
             let lr = learning_rate(peak, settings.warmup, steps, step);
+            let stream = match stage {
+                Stage::Vision => &mut vision_stream,
+                Stage::Language => &mut language_stream,
+            };
+            let batch = stream.batch(progress, settings, task, tokenizer);
+            let (grads, loss) = batch_gradients(&student, &batch, stage, settings);
             student = optim.step(lr, student, grads);
             window.add(batch[0].kind, &loss);
+            let interleave = stage == Stage::Language
+                && settings.vision_every > 0
+                && step % settings.vision_every == settings.vision_every - 1;
+            if interleave {
+                let batch = vision_stream.batch(1.0, settings, task, tokenizer);
+                let (grads, loss) = batch_gradients(&student, &batch, Stage::Vision, settings);
+                student = optim.step(lr, student, grads);
+                vision_window.add(batch[0].kind, &loss);
+            }
             if (step + 1) % log_every == 0 || step + 1 == steps {
                 let elapsed = stage_start.elapsed().as_secs_f64();
                 log(&format!(
-                    "{:?} step {:>5}/{steps} ({:.0} s, total {:.0} s, data {:.0} s, {:.2} s/step, lr {:.2e}, {} samples, {} objects){}",
+                    "{:?} step {:>5}/{steps} ({:.0} s, total {:.0} s, data {:.0} s, {:.2} s/step, lr {:.2e}, {} samples, {} objects){}{}",
                     stage,
                     step + 1,
                     elapsed,
                     start.elapsed().as_secs_f64(),
-                    data_seconds,
+                    vision_stream.data_seconds + language_stream.data_seconds,
                     elapsed / (step + 1) as f64,
                     lr,
-                    next,
+                    language_stream.next + vision_stream.next,
                     batch[0].objects,
-                    window.line(stage)
+                    window.line(stage),
+                    vision_window.line(Stage::Vision),
                 ));
             }
         }
     }
     student
+}
+
+/// A stage's stream of samples, batched by kind (a batch shares a
+/// sequence length).
+struct Stream {
+    stage: Stage,
+    next: u64,
+    pending: std::collections::BTreeMap<Kind, Vec<Item>>,
+    data_seconds: f64,
+}
+
+impl Stream {
+    fn new(stage: Stage) -> Self {
+        Self {
+            stage,
+            next: 0,
+            pending: Default::default(),
+            data_seconds: 0.0,
+        }
+    }
+
+    fn batch(
+        &mut self,
+        progress: f64,
+        settings: &PretrainSettings,
+        task: &TaskConfig,
+        tokenizer: &LlavaTokenizer,
+    ) -> Vec<Item> {
+        let start = Instant::now();
+        let batch = loop {
+            let item = make_item(self.next, self.stage, progress, settings, task, tokenizer);
+            self.next += 1;
+            let queue = self.pending.entry(item.kind).or_default();
+            queue.push(item);
+            if queue.len() == settings.batch_size {
+                break std::mem::take(queue);
+            }
+        };
+        self.data_seconds += start.elapsed().as_secs_f64();
+        batch
+    }
 }
 
 /// The trained model without its autodiff wrapper.

@@ -63,7 +63,7 @@ impl Default for TaskConfig {
         Self {
             scene: SceneConfig::default(),
             small_glyph: 2,
-            large_glyph: 4,
+            large_glyph: 6,
         }
     }
 }

@@ -630,10 +630,56 @@ def write_ref(path, tensors, meta):
           + ", ".join(f"{k}{list(v.shape)}" for k, v in tensors.items()))
 
 
+@torch.inference_mode()
+def testbed_reference(model_dir, image_path, question, out_path):
+    """HF's logits and greedy answer on the shipped testbed model (f16 weights
+    computed in f32), for experiments/tests/testbed_parity.rs."""
+    from transformers import PreTrainedTokenizerFast
+
+    model = LlavaForConditionalGeneration.from_pretrained(
+        model_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"),
+                                  bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    S = model.config.vision_config.image_size
+    processor = CLIPImageProcessor(size={"shortest_edge": S}, crop_size={"height": S, "width": S},
+                                   image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3,
+                                   do_convert_rgb=True)
+    image = Image.open(image_path).convert("RGB")
+    n_img = (S // PATCH) ** 2
+    prompt = TEMPLATES["vicuna_v1"].format(question=question)
+    ids, _ = llava_tokenize(tok, prompt, n_img, model.config.image_token_index)
+    input_ids = torch.tensor([ids], dtype=torch.long)
+    pixel_values = processor(expand2square(image, PAD_COLOR), return_tensors="pt")["pixel_values"]
+    u8 = pipeline_u8(image, "pad", S)
+    assert torch.equal(normalize_u8(u8), pixel_values[0]), "documented preprocessing == HF"
+    logits = model(input_ids=input_ids, pixel_values=pixel_values).logits[0]
+    gen = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                         pixel_values=pixel_values, max_new_tokens=8, do_sample=False, num_beams=1,
+                         eos_token_id=2, pad_token_id=model.config.pad_token_id)
+    gen_ids = gen[0, input_ids.shape[1]:]
+    t = {"input_ids": input_ids[0], "pixel_values": pixel_values[0], "logits": logits, "gen_ids": gen_ids}
+    meta = {"prompt": prompt, "question": question, "image": os.path.basename(image_path),
+            "gen_text": tok.decode(gen_ids), "transformers": transformers.__version__,
+            "torch": torch.__version__}
+    write_ref(out_path, {k: v.clone().contiguous() for k, v in t.items()}, meta)
+    print(f"testbed reference: {out_path}: T={len(ids)} answer {tok.decode(gen_ids)!r}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join("sdrpn-llava", "tests", "fixtures"))
+    ap.add_argument("--testbed", action="store_true",
+                    help="only write experiments/testbed/reference/ from the shipped testbed model")
     args = ap.parse_args()
+    if args.testbed:
+        # case.json: {"image": "<png in the folder>", "question": "<text after <image>\\n>"}
+        ref = os.path.join("experiments", "testbed", "reference")
+        with open(os.path.join(ref, "case.json")) as f:
+            case = json.load(f)
+        testbed_reference(os.path.join("experiments", "testbed", "model"),
+                          os.path.join(ref, case["image"]), case["question"],
+                          os.path.join(ref, "logits.safetensors"))
+        return
     out = args.out
     versions = (f"transformers {transformers.__version__}, torch {torch.__version__}, "
                 f"tokenizers {__import__('tokenizers').__version__}, safetensors {__import__('safetensors').__version__}, "

@@ -112,6 +112,10 @@ pub struct PretrainArgs {
     /// Log every N steps
     #[arg(long, default_value_t = 20)]
     log_every: usize,
+    /// Storage dtype of the written weights: f32, f16 or bf16 (the shipped
+    /// model is f16)
+    #[arg(long, default_value = "f16", value_parser = ["f32", "f16", "bf16"])]
+    weights_dtype: String,
     /// Only time three forward and three forward+backward passes of one
     /// batch (large-code global views), print the times and exit
     #[arg(long)]
@@ -267,7 +271,16 @@ impl BackendJob for PretrainJob {
         );
         let llava = into_inference(student);
         let tensors = llava.export(&names)?;
-        sdrpn_llava::weights::write_safetensors(&args.out.join("model.safetensors"), &tensors)?;
+        let dtype = match args.weights_dtype.as_str() {
+            "f32" => safetensors::Dtype::F32,
+            "bf16" => safetensors::Dtype::BF16,
+            _ => safetensors::Dtype::F16,
+        };
+        sdrpn_llava::weights::write_safetensors_as(
+            &args.out.join("model.safetensors"),
+            &tensors,
+            dtype,
+        )?;
         std::fs::write(args.out.join("config.json"), config.to_hf_json())?;
         // Quick greedy check per kind on fresh samples.
         let check = PretrainSettings {

@@ -136,6 +136,6 @@ mod tests {
         let scores = vec![s(3, 2, 0.9), s(1, 0, 0.8), s(3, 5, 0.7), s(0, 0, 0.1)];
         assert_eq!(selection_of(&scores, 3), "1:0;3:2,5");
         let parsed: sdrpn_core::HeadSelection = selection_of(&scores, 3).parse().unwrap();
-        assert_eq!(parsed.pair_count(), 3);
+        assert_eq!(parsed.resolve(6, 8).unwrap().pair_count(), 3);
     }
 }

@@ -278,7 +278,13 @@ pub fn make_item(
     let scale = sample.glyph_scale;
     let global = || global_view(&sample.scene, &image, scale, side, patch);
     let zoom = |rng: &mut SplitMix| {
-        let region = zoom_around(sample.target_box(), sample.scene.side, ZOOM_SIDES.0, ZOOM_SIDES.1, rng);
+        let region = zoom_around(
+            sample.target_box(),
+            sample.scene.side,
+            ZOOM_SIDES.0,
+            ZOOM_SIDES.1,
+            rng,
+        );
         zoom_view(&sample.scene, &image, region, scale, side, patch)
     };
     let views = match kind {

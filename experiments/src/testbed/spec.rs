@@ -60,9 +60,8 @@ impl FromStr for TestbedData {
                         .with_context(|| format!("{}: seed {s:?}", usage()))?
                 }
                 Some(("family", f)) => {
-                    let family: Family = f
-                        .parse()
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", usage()))?;
+                    let family: Family =
+                        f.parse().map_err(|e| anyhow::anyhow!("{}: {e}", usage()))?;
                     data.families = vec![family];
                 }
                 _ => anyhow::bail!("{}: unknown part {part:?}", usage()),

@@ -119,12 +119,15 @@ mod tests {
         let mut map = vec![0.0f32; 16];
         map[5] = 1.0;
         map[6] = 0.5;
-        map[15] = 0.2; // exactly at 0.2 * max: not foreground
+        map[15] = 0.19; // below 0.2 * max: not foreground
         let fg = foreground_box(&map, grid, 0.2).unwrap();
         assert_eq!((fg.x0, fg.y0, fg.x1, fg.y1), (1, 1, 3, 2));
         assert_eq!(token_box_pixels(fg, grid, 10, 40), b(10, 10, 30, 20));
         assert!((map_iou(&map, grid, 10, 40, 0.2, b(10, 10, 30, 20)) - 1.0).abs() < 1e-12);
         assert!(foreground_box(&[0.0; 16], grid, 0.2).is_none());
+        // As in the labels (SPEC 2): f32 0.2 against 0.2 * max in f64 is above.
+        map[15] = 0.2;
+        assert_eq!(foreground_box(&map, grid, 0.2).unwrap().x1, 4);
         assert!(peak_hits(&map, &target_cells(b(10, 10, 20, 20), grid, 40)));
         assert!(!peak_hits(&map, &target_cells(b(20, 10, 30, 20), grid, 40)));
     }

@@ -228,7 +228,7 @@ mod tests {
                 .filter(|p| p.colour == o.colour)
                 .count();
             assert_eq!(same, 1);
-            let expected_scale = if s.family == Family::Reading { 2 } else { 4 };
+            let expected_scale = if s.family == Family::Reading { 2 } else { 6 };
             assert_eq!(s.glyph_scale, expected_scale);
         }
     }

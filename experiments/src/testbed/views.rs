@@ -120,11 +120,13 @@ pub fn glyph_centre(object: &SceneObject, k: usize, glyph_scale: u32) -> (f32, f
     )
 }
 
-/// Per-patch targets of `region` shown at `side` pixels: the first and the
-/// second digit of a code at the patch holding that glyph's centre (when
-/// the view makes codes readable; [`NO_CODE`] elsewhere, [`IGNORE`]
-/// everywhere when it does not), and the colour of the object under each
-/// patch centre.
+/// Per-patch targets of `region` shown at `side` pixels, for the object
+/// under each patch centre: the first and the second digit of its code
+/// (when the view makes codes readable; [`NO_CODE`] off objects, [`IGNORE`]
+/// everywhere when codes are unreadable) and its colour. Every patch of an
+/// object learns the object's code, so the vision tower carries it from
+/// the label to the whole object: a question that finds the object by its
+/// colour finds its code on the same tokens.
 fn patch_targets(
     scene: &Scene,
     region: PixelBox,
@@ -141,24 +143,26 @@ fn patch_targets(
     let fill = if readable { NO_CODE } else { IGNORE };
     let mut first = vec![fill; g * g];
     let mut second = vec![fill; g * g];
+    let centre = |i: usize| {
+        let (col, row) = ((i % g) as f32 + 0.5, (i / g) as f32 + 0.5);
+        (
+            region.x0 as f32 + col * patch as f32 / sx,
+            region.y0 as f32 + row * patch as f32 / sy,
+        )
+    };
     if readable {
-        for o in &scene.objects {
-            for (k, &digit) in o.code.iter().enumerate().take(2) {
-                let (gx, gy) = glyph_centre(o, k, glyph_scale);
-                let (mx, my) = ((gx - region.x0 as f32) * sx, (gy - region.y0 as f32) * sy);
-                if (0.0..side as f32).contains(&mx) && (0.0..side as f32).contains(&my) {
-                    let at = (my as u32 / patch) as usize * g + (mx as u32 / patch) as usize;
-                    let slot = if k == 0 { &mut first } else { &mut second };
-                    slot[at] = digit as i64;
-                }
+        for i in 0..g * g {
+            let (x, y) = centre(i);
+            if let Some(o) = scene.object_at(x, y) {
+                let code = &scene.objects[o].code;
+                first[i] = code[0] as i64;
+                second[i] = *code.get(1).unwrap_or(&(NO_CODE as u8)) as i64;
             }
         }
     }
     let colour = (0..g * g)
         .map(|i| {
-            let (col, row) = ((i % g) as f32 + 0.5, (i / g) as f32 + 0.5);
-            let x = region.x0 as f32 + col * patch as f32 / sx;
-            let y = region.y0 as f32 + row * patch as f32 / sy;
+            let (x, y) = centre(i);
             scene
                 .object_at(x, y)
                 .map_or(NO_OBJECT, |o| scene.objects[o].colour as i64)

@@ -20,7 +20,7 @@
 use super::micro::{IMAGE_SIDE, PATCH};
 use super::scene::PALETTE;
 use super::task::{Family, Sample, TaskConfig};
-use super::views::{global_view, zoom_around, zoom_view, View, IGNORE, NO_CODE};
+use super::views::{global_view, zoom_around, zoom_view, Target, View, IGNORE, NO_CODE};
 use crate::benchmarks::mirrors::SHORT_ANSWER;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
@@ -78,7 +78,7 @@ impl Kind {
 
 /// Weight of an off-object ("no code here") patch in the digit heads'
 /// loss (an object's patch weighs 1): the background is most of an image.
-pub const NO_CODE_WEIGHT: f32 = 0.3;
+pub const NO_CODE_WEIGHT: f32 = 0.1;
 
 /// Side range (source pixels) of zoomed views: 2.4 to 1.4 model pixels per
 /// font pixel for the small codes, as SD-RPN's crops of 3 x 3 to 4 x 4
@@ -155,7 +155,7 @@ pub enum Stage {
 pub struct Student<B: Backend> {
     /// The LLaVA model (what is exported).
     pub llava: Llava<B>,
-    /// Per-patch heads on the selected vision features: 11 + 11 + colours + 1.
+    /// Per-patch heads on the selected vision features, one per [`Target`].
     aux: Linear<B>,
     /// Colour named by the question, from the last prompt position.
     question: Linear<B>,
@@ -166,7 +166,7 @@ impl<B: Backend> Student<B> {
     pub fn new(llava: Llava<B>, device: &B::Device) -> Self {
         let dv = llava.config().vision.hidden_size;
         let d = llava.config().text.hidden_size;
-        let classes = 2 * (NO_CODE as usize + 1) + PALETTE.len() + 1;
+        let classes = Target::ALL.iter().map(|t| t.classes()).sum();
         Self {
             aux: LinearConfig::new(dv, classes).init(device),
             question: LinearConfig::new(d, PALETTE.len()).init(device),
@@ -409,28 +409,27 @@ pub fn vision_loss<B: Backend>(student: &Student<B>, items: &[Item]) -> BatchLos
         .expect("pixels have the model's size");
     let [v, p, dv] = selected.dims();
     let aux = student.aux.forward(selected.reshape([v * p, dv]));
-    let digit = NO_CODE as usize + 1;
-    let colours = PALETTE.len() + 1;
     let mut loss = Tensor::<B, 1>::zeros([1], &device);
     let mut correct = (0, 0);
-    for (k, (from, width)) in [(0, digit), (digit, digit), (2 * digit, colours)]
-        .into_iter()
-        .enumerate()
-    {
+    let mut from = 0;
+    for (k, target_kind) in Target::ALL.into_iter().enumerate() {
+        let width = target_kind.classes();
+        let digits = target_kind != Target::Colour;
         let target: Vec<i64> = items
             .iter()
             .flat_map(|it| it.views.iter().flat_map(|v| v.targets[k].iter().copied()))
             .collect();
         let head = aux.clone().slice([0..v * p, from..from + width]);
+        from += width;
         let (l, predicted) = weighted_cross_entropy(head, &target, |t| {
-            if k < 2 && t == NO_CODE {
+            if digits && t == NO_CODE {
                 NO_CODE_WEIGHT
             } else {
                 1.0
             }
         });
         loss = loss + l;
-        if k < 2 {
+        if matches!(target_kind, Target::ObjectFirst | Target::ObjectSecond) {
             // Digits only on objects (the "no code" background dominates).
             let at_codes: Vec<i64> = target
                 .iter()

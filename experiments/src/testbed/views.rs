@@ -22,14 +22,47 @@ pub const IGNORE: i64 = -1;
 /// to count as readable (and get per-patch digit targets).
 pub const READABLE_PIXELS_PER_FONT_PIXEL: f32 = 0.9;
 
+/// The per-patch targets of a view, in [`View::targets`] order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The first digit at the patch holding that glyph's centre.
+    GlyphFirst,
+    /// The second digit at the patch holding that glyph's centre.
+    GlyphSecond,
+    /// The colour of the object under the patch centre.
+    Colour,
+    /// The first digit of the code of the object under the patch centre.
+    ObjectFirst,
+    /// The second digit of the code of the object under the patch centre.
+    ObjectSecond,
+}
+
+impl Target {
+    /// All, in [`View::targets`] order.
+    pub const ALL: [Target; 5] = [
+        Target::GlyphFirst,
+        Target::GlyphSecond,
+        Target::Colour,
+        Target::ObjectFirst,
+        Target::ObjectSecond,
+    ];
+    /// Classes of its head.
+    pub fn classes(self) -> usize {
+        match self {
+            Target::Colour => NO_OBJECT as usize + 1,
+            _ => NO_CODE as usize + 1,
+        }
+    }
+}
+
 /// One view of a scene: a source rectangle and its model input.
 pub struct View {
     /// The source rectangle shown (the whole image for the global view).
     pub region: PixelBox,
     /// Preprocessed pixels `[3, S, S]`.
     pub pixels: Vec<f32>,
-    /// Per-patch targets, each `[P]`: first digit, second digit, colour.
-    pub targets: [Vec<i64>; 3],
+    /// Per-patch targets, each `[P]`, see [`Target`].
+    pub targets: [Vec<i64>; 5],
 }
 
 /// The global view: the whole image as `eval` and `label` preprocess it.
@@ -120,12 +153,13 @@ pub fn glyph_centre(object: &SceneObject, k: usize, glyph_scale: u32) -> (f32, f
     )
 }
 
-/// Per-patch targets of `region` shown at `side` pixels, for the object
-/// under each patch centre: the first and the second digit of its code
-/// (when the view makes codes readable; [`NO_CODE`] off objects, [`IGNORE`]
-/// everywhere when codes are unreadable) and its colour. Every patch of an
+/// Per-patch targets of `region` shown at `side` pixels ([`Target`]): each
+/// glyph at the patch holding its centre (reading), and for every patch the
+/// colour and the code of the object under it (digits only when the view
+/// makes codes readable; [`NO_CODE`] where there is no glyph or object,
+/// [`IGNORE`] everywhere when codes are unreadable). Every patch of an
 /// object learns the object's code, so the vision tower carries it from
-/// the label to the whole object: a question that finds the object by its
+/// the label over the object: a question that finds the object by its
 /// colour finds its code on the same tokens.
 fn patch_targets(
     scene: &Scene,
@@ -133,7 +167,7 @@ fn patch_targets(
     glyph_scale: u32,
     side: u32,
     patch: u32,
-) -> [Vec<i64>; 3] {
+) -> [Vec<i64>; 5] {
     let g = (side / patch) as usize;
     let (sx, sy) = (
         side as f32 / region.width() as f32,
@@ -150,13 +184,25 @@ fn patch_targets(
             region.y0 as f32 + row * patch as f32 / sy,
         )
     };
+    let (mut object_first, mut object_second) = (first.clone(), second.clone());
     if readable {
+        for o in &scene.objects {
+            for (k, &digit) in o.code.iter().enumerate().take(2) {
+                let (gx, gy) = glyph_centre(o, k, glyph_scale);
+                let (mx, my) = ((gx - region.x0 as f32) * sx, (gy - region.y0 as f32) * sy);
+                if (0.0..side as f32).contains(&mx) && (0.0..side as f32).contains(&my) {
+                    let at = (my as u32 / patch) as usize * g + (mx as u32 / patch) as usize;
+                    let slot = if k == 0 { &mut first } else { &mut second };
+                    slot[at] = digit as i64;
+                }
+            }
+        }
         for i in 0..g * g {
             let (x, y) = centre(i);
             if let Some(o) = scene.object_at(x, y) {
                 let code = &scene.objects[o].code;
-                first[i] = code[0] as i64;
-                second[i] = *code.get(1).unwrap_or(&(NO_CODE as u8)) as i64;
+                object_first[i] = code[0] as i64;
+                object_second[i] = *code.get(1).unwrap_or(&(NO_CODE as u8)) as i64;
             }
         }
     }
@@ -168,7 +214,7 @@ fn patch_targets(
                 .map_or(NO_OBJECT, |o| scene.objects[o].colour as i64)
         })
         .collect();
-    [first, second, colour]
+    [first, second, colour, object_first, object_second]
 }
 
 #[cfg(test)]
@@ -211,6 +257,26 @@ mod tests {
             o.colour as i64,
             "the label sits on its object"
         );
+        // Object-level codes: every patch whose centre is on the object.
+        for i in 0..144 {
+            let (x, y) = (
+                region.x0 as f32 + ((i % 12) as f32 + 0.5) * 14.0 * region.width() as f32 / 168.0,
+                region.y0 as f32 + ((i / 12) as f32 + 0.5) * 14.0 * region.height() as f32 / 168.0,
+            );
+            let want = match scene.object_at(x, y) {
+                Some(k) => scene.objects[k].code[1] as i64,
+                None => NO_CODE,
+            };
+            assert_eq!(zoom.targets[4][i], want, "patch {i}");
+        }
+        assert!(
+            zoom.targets[3]
+                .iter()
+                .filter(|&&t| t == o.code[0] as i64)
+                .count()
+                >= 4
+        );
+        assert!(global.targets[3].iter().all(|&t| t == IGNORE));
         // The glyph centre is inked: the middle column of a digit is drawn
         // in its middle row for most digits, so check the glyph's box.
         let (x, y) = glyph_centre(o, 1, 2);

@@ -98,6 +98,13 @@ fn predictions_file(out: &Path, shard: ShardSpec) -> PathBuf {
 /// Reads a predictions file, dropping a torn last line (an interrupted
 /// write) by rewriting the file without it.
 fn read_predictions(path: &Path) -> anyhow::Result<Vec<Prediction>> {
+    read_appended_jsonl(path)
+}
+
+/// Reads a JSON-lines file that a job appends to (absent: empty), dropping a
+/// torn last line (an interrupted write) by rewriting the file without it,
+/// so the next append starts on a fresh line.
+pub fn read_appended_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -107,7 +114,7 @@ fn read_predictions(path: &Path) -> anyhow::Result<Vec<Prediction>> {
     let mut good = String::new();
     let lines: Vec<&str> = text.lines().collect();
     for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<Prediction>(line) {
+        match serde_json::from_str::<T>(line) {
             Ok(p) => {
                 good.push_str(line);
                 good.push('\n');

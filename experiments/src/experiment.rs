@@ -474,40 +474,60 @@ fn train_run<B: Backend>(
     if train.denoise == Some(false) {
         method.labels.sink = SinkRule::Off;
     }
+    train_or_reuse(
+        session,
+        &method,
+        labels,
+        || crate::commands::read_source(labels),
+        dir,
+        &run.name,
+        log,
+    )?;
+    Ok(dir.to_path_buf())
+}
+
+/// Trains an RPN under `method` on the labels in `labels` (their image
+/// folder from `images`, asked only when training) into `dir`: reuses a run
+/// that finished all its epochs, resumes one stopped under the same config,
+/// else starts afresh. `what` names the run in the log lines.
+pub fn train_or_reuse<B: Backend>(
+    session: &Arc<LlavaSession<B>>,
+    method: &SdrpnConfig,
+    labels: &Path,
+    images: impl FnOnce() -> anyhow::Result<PathBuf>,
+    dir: &Path,
+    what: &str,
+    log: &mut dyn FnMut(&str),
+) -> anyhow::Result<()> {
     let paths = RunPaths {
         dir: dir.to_path_buf(),
     };
     let finished = paths.rpn().is_file() && paths.last_checkpoint() == Some(method.train.epochs);
     if finished {
-        log(&format!(
-            "{}: RPN already trained in {}",
-            run.name,
-            dir.display()
-        ));
-        return Ok(dir.to_path_buf());
+        log(&format!("{what}: RPN already trained in {}", dir.display()));
+        return Ok(());
     }
-    let images = crate::commands::read_source(labels)?;
+    let images = images()?;
     let (_, records) = read_labels(labels)?;
     log(&format!(
-        "{}: training the RPN on {} labelled samples",
-        run.name,
+        "{what}: training the RPN on {} labelled samples",
         records.len()
     ));
     let resume = paths.last_checkpoint().is_some()
-        && SdrpnConfig::load(&paths.config()).ok().as_ref() == Some(&method);
+        && SdrpnConfig::load(&paths.config()).ok().as_ref() == Some(method);
     train_rpn(
         TrainRequest {
             session: session.clone(),
             records,
             images: &images,
-            config: &method,
+            config: method,
             run_dir: dir,
             resume,
             stop_after_epoch: None,
         },
         SilentRenderer,
     )?;
-    Ok(dir.to_path_buf())
+    Ok(())
 }
 
 /// `results.md` and `results.csv`: a row per run, a column per benchmark,

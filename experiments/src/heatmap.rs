@@ -66,19 +66,22 @@ pub fn render(
         }
     }
     if let Some(b) = crop {
-        let thick = (w.max(h) / 200).max(2);
-        let green = Rgb([0, 220, 0]);
-        for y in b.y0..b.y1.min(h) {
-            for x in b.x0..b.x1.min(w) {
-                let edge =
-                    x < b.x0 + thick || x + thick >= b.x1 || y < b.y0 + thick || y + thick >= b.y1;
-                if edge {
-                    out.put_pixel(x, y, green);
-                }
+        draw_box(&mut out, b, (w.max(h) / 200).max(2), [0, 220, 0]);
+    }
+    out
+}
+
+/// Draws the outline of `b` (`thick` pixels wide, inside the box), clipped
+/// to the image.
+pub fn draw_box(img: &mut RgbImage, b: PixelBox, thick: u32, colour: [u8; 3]) {
+    let (w, h) = img.dimensions();
+    for y in b.y0..b.y1.min(h) {
+        for x in b.x0..b.x1.min(w) {
+            if x < b.x0 + thick || x + thick >= b.x1 || y < b.y0 + thick || y + thick >= b.y1 {
+                img.put_pixel(x, y, Rgb(colour));
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -259,20 +259,7 @@ impl<B: Backend> LlavaSession<B> {
         region: PixelBox,
         options: &TwoPassOptions,
     ) -> Result<TwoPassOutput> {
-        if region.x0 >= region.x1
-            || region.y0 >= region.y1
-            || region.x1 > image.width()
-            || region.y1 > image.height()
-        {
-            return Err(LlavaError::invalid(
-                "crop region",
-                format!(
-                    "{region:?} is empty or outside the {}x{} image",
-                    image.width(),
-                    image.height()
-                ),
-            ));
-        }
+        // The region is checked where it is cropped (`crop_and_resize`).
         self.two_pass(image, question, options, MapSource::Region(region))
     }
 

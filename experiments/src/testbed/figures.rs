@@ -9,7 +9,7 @@
 use super::font::{code_size, draw_code};
 use super::run::{Answered, Answerer, Results};
 use super::task::Sample;
-use crate::heatmap;
+use crate::heatmap::{self, draw_box};
 use image::imageops::{resize, FilterType};
 use image::{Rgb, RgbImage};
 use sdrpn_core::crop::PixelBox;
@@ -25,18 +25,6 @@ use std::path::Path;
 
 /// Side of one panel in pixels.
 const PANEL: u32 = 224;
-
-/// Draws a rectangle outline (`thick` pixels) clipped to the image.
-fn outline(img: &mut RgbImage, b: PixelBox, thick: u32, colour: [u8; 3]) {
-    let (w, h) = img.dimensions();
-    for y in b.y0..b.y1.min(h) {
-        for x in b.x0..b.x1.min(w) {
-            if x < b.x0 + thick || x + thick >= b.x1 || y < b.y0 + thick || y + thick >= b.y1 {
-                img.put_pixel(x, y, Rgb(colour));
-            }
-        }
-    }
-}
 
 /// A label map as a coloured grid over the image, dimmed.
 fn label_panel(image: &RgbImage, labels: &[Label], grid: Grid) -> RgbImage {
@@ -122,14 +110,14 @@ pub fn write_figures<B: burn::tensor::backend::Backend>(
             .find(|a| a.id == id && a.answerer == Answerer::Sdrpn)
             .and_then(|a| a.crop);
         let mut first = resize(&image, PANEL, PANEL, FilterType::Triangle);
-        outline(
+        draw_box(
             &mut first,
             scale_box(sample.target_box(), side, PANEL),
             2,
             [0, 200, 0],
         );
         if let Some(c) = crop {
-            outline(&mut first, scale_box(c, side, PANEL), 2, [230, 0, 0]);
+            draw_box(&mut first, scale_box(c, side, PANEL), 2, [230, 0, 0]);
         }
         let small = resize(&image, PANEL, PANEL, FilterType::Triangle);
         let second = match records.iter().position(|r| r.question_id == id) {

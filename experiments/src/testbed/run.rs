@@ -31,8 +31,7 @@ use sdrpn_train::error::write_atomic;
 use sdrpn_train::label::{run_labelling, LabelJob};
 use sdrpn_train::label_store::read_labels;
 use sdrpn_train::questions::{read_questions, ShardSpec};
-use sdrpn_train::render::SilentRenderer;
-use sdrpn_train::trainer::{load_rpn, train_rpn, RunPaths, TrainRequest};
+use sdrpn_train::trainer::load_rpn;
 use sdrpn_train::SdrpnConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -323,27 +322,14 @@ fn label_and_train<B: Backend>(
     };
     run_labelling(session, method, &job, |_, _| {})?;
     let rpn_dir = out.join("rpn");
-    let paths = RunPaths {
-        dir: rpn_dir.clone(),
-    };
-    if paths.rpn().is_file() && paths.last_checkpoint() == Some(method.train.epochs) {
-        return Ok(rpn_dir);
-    }
-    let (_, records) = read_labels(&labels)?;
-    log(&format!("training the RPN on {} labels", records.len()));
-    let resume = paths.last_checkpoint().is_some()
-        && SdrpnConfig::load(&paths.config()).ok().as_ref() == Some(method);
-    train_rpn(
-        TrainRequest {
-            session: session.clone(),
-            records,
-            images: &files.images,
-            config: method,
-            run_dir: &rpn_dir,
-            resume,
-            stop_after_epoch: None,
-        },
-        SilentRenderer,
+    crate::experiment::train_or_reuse(
+        session,
+        method,
+        &labels,
+        || Ok(files.images.clone()),
+        &rpn_dir,
+        "testbed",
+        log,
     )?;
     Ok(rpn_dir)
 }
@@ -413,23 +399,6 @@ fn fxhash(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-/// Reads the answers of an earlier invocation (a torn last line dropped).
-fn read_answers(path: &Path) -> anyhow::Result<Vec<Answered>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    let lines: Vec<&str> = text.lines().collect();
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str(line) {
-            Ok(a) => out.push(a),
-            Err(_) if i + 1 == lines.len() => {}
-            Err(e) => anyhow::bail!("{} line {}: {e}", path.display(), i + 1),
-        }
-    }
-    Ok(out)
 }
 
 /// Everything the test loop needs about the method.
@@ -540,7 +509,7 @@ pub fn run_testbed<B: Backend>(
         seed: settings.seed,
     };
     let answers_path = out.join("answers.jsonl");
-    let mut answers = read_answers(&answers_path)?;
+    let mut answers: Vec<Answered> = crate::eval::read_appended_jsonl(&answers_path)?;
     let done: HashSet<(String, Answerer)> =
         answers.iter().map(|a| (a.id.clone(), a.answerer)).collect();
     let mut file = std::fs::OpenOptions::new()

@@ -138,15 +138,38 @@ mod tests {
 
     #[test]
     fn tall_image_and_odd_sizes_truncate() {
-        // 97x61 upscaled: r = min(336/97, 336/61) = 3.4639..., width scaled floor(336) no x pad,
-        // height floor(61*r)=211 -> pad_y = 62.5.
-        let b = token_box_to_pixels(tb(1, 5, 2, 6), Grid::llava_1_5(), 14, 97, 61)
+        // 61 wide x 97 tall: r = min(336/61, 336/97) = 336/97 = 3.46392;
+        // height 97 * r = 336 (no vertical pad), width floor(61 * r) =
+        // floor(211.3) = 211 -> pad_x = (336 - 211) / 2 = 62.5.
+        // Tokens (5, 1)-(6, 2): x0 = (70 - 62.5) / r = 2.17 -> 2,
+        // y0 = 14 / r = 4.04 -> 4, x1 = (84 - 62.5) / r = 6.21 -> 6,
+        // y1 = 28 / r = 8.08 -> 8.
+        let b = token_box_to_pixels(tb(5, 1, 6, 2), Grid::llava_1_5(), 14, 61, 97)
             .unwrap()
             .unwrap();
-        let r = 336.0f32 / 97.0;
-        assert_eq!(b.x0, (14.0 / r) as u32);
-        assert_eq!(b.y0, ((70.0 - 62.5) / r) as u32);
-        assert_eq!(b.y1, ((84.0 - 62.5) / r) as u32);
+        assert_eq!(
+            b,
+            PixelBox {
+                x0: 2,
+                y0: 4,
+                x1: 6,
+                y1: 8
+            }
+        );
+        // Columns 4..20 reach into both side pads: (56 - 62.5) / r < 0 -> 0,
+        // (280 - 62.5) / r = 62.8 -> the image's 61.
+        let b = token_box_to_pixels(tb(4, 0, 20, 24), Grid::llava_1_5(), 14, 61, 97)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b,
+            PixelBox {
+                x0: 0,
+                y0: 0,
+                x1: 61,
+                y1: 97
+            }
+        );
     }
 
     #[test]

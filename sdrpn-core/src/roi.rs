@@ -241,7 +241,19 @@ mod tests {
         let mut hot = block(5, 5, 3, 3);
         hot.extend(block(5, 9, 3, 3)); // gap column 8
         let s = RoiConfig::default().select(probs(&hot, 1.0), g()).unwrap();
-        assert_eq!(s.boxes.len(), 1);
+        // Rows 5..8, columns 5..8 and 9..12, each grown by one cell by the
+        // blur (as in `one_block_gives_one_box`), and the gap column 8 lit
+        // from both sides: one component, rows 4..9, columns 4..13.
+        let joined = TokenBox {
+            x0: 4,
+            y0: 4,
+            x1: 13,
+            y1: 9,
+        };
+        assert_eq!(s.boxes, vec![joined]);
+        assert_eq!(s.mode, RoiMode::Bbox);
+        assert_eq!(s.crop, Some(joined));
+        assert!(s.keep.is_none());
     }
 
     #[test]

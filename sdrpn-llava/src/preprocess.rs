@@ -199,9 +199,21 @@ mod tests {
 
     #[test]
     fn normalisation_matches_the_clip_constants() {
+        // OpenAI CLIP's mean (0.48145466, 0.4578275, 0.40821073) and std
+        // (0.26862954, 0.26130258, 0.27577711) after rescaling by 1/255,
+        // worked out by hand: (1 - 0.48145466) / 0.26862954 = 1.9303363,
+        // (0 - 0.4578275) / 0.26130258 = -1.7520971,
+        // (122/255 - 0.40821073) / 0.27577711 = 0.2546282.
         let img = RgbImage::from_pixel(4, 4, Rgb([255, 0, 122]));
         let v = clip_preprocess(&img, 4);
-        assert!((v[0] - (1.0 - CLIP_MEAN[0]) / CLIP_STD[0]).abs() < 1e-6);
-        assert!((v[16] - (0.0 - CLIP_MEAN[1]) / CLIP_STD[1]).abs() < 1e-6);
+        assert_eq!(v.len(), 3 * 16, "channel-first [3, 4, 4]");
+        for (plane, want) in [1.930_336_3f32, -1.752_097_1, 0.254_628_2]
+            .into_iter()
+            .enumerate()
+        {
+            for (i, got) in v[plane * 16..(plane + 1) * 16].iter().enumerate() {
+                assert!((got - want).abs() < 1e-5, "channel {plane} pixel {i}: {got}");
+            }
+        }
     }
 }

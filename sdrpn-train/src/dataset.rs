@@ -198,8 +198,16 @@ mod tests {
             e1,
             "a loader resumed at epoch 1 replays epoch 1"
         );
-        let mut sorted = e0.clone();
-        sorted.sort();
-        assert_eq!(sorted.len(), 10);
+        // Each epoch is a permutation: every record exactly once.
+        let every: Vec<String> = {
+            let mut v: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+            v.sort();
+            v
+        };
+        for epoch in [&e0, &e1] {
+            let mut sorted = epoch.clone();
+            sorted.sort();
+            assert_eq!(sorted, every, "{epoch:?}");
+        }
     }
 }

@@ -253,3 +253,44 @@ pub fn confusion<B: Backend>(result: &StepResult<B>, threshold: f64) -> Tensor<B
         0,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_backend::B;
+
+    #[test]
+    fn confusion_counts_thresholded_tokens_against_the_foreground() {
+        let device = Default::default();
+        // Sample 1: sigmoid > 0.5 at logits 2, 3, 0.5; token 3 is not valid.
+        // Sample 2: predicted at logits 1, 1; foreground at tokens 0..3.
+        let logits = Tensor::<B, 2>::from_floats(
+            [[2.0, -1.0, 3.0, 0.5], [-2.0, 1.0, 1.0, -3.0]],
+            &device,
+        );
+        let target =
+            Tensor::<B, 2>::from_floats([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]], &device);
+        let valid = Tensor::<B, 2, Bool>::from_bool(
+            TensorData::new(vec![true, true, true, false, true, true, true, true], [2, 4]),
+            &device,
+        );
+        let result = StepResult {
+            loss: Tensor::zeros([1], &device),
+            logits,
+            labels: LabelBatch {
+                target,
+                valid,
+                rejected: Tensor::from_bool(TensorData::new(vec![false, false], [2]), &device),
+            },
+        };
+        // tp: (1, 0), (2, 1), (2, 2) = 3; fp: (1, 2) = 1 ((1, 3) is not
+        // valid); fn: (1, 1), (2, 0) = 2.
+        let counts = confusion(&result, 0.5).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(counts, vec![3.0, 1.0, 2.0]);
+        // Threshold 0.8 keeps only logits 2 and 3 (sigmoid 0.88, 0.95; 0.5
+        // and 1 give 0.62, 0.73): tp (1, 0); fp (1, 2); fn (1, 1), (2, 0),
+        // (2, 1), (2, 2).
+        let counts = confusion(&result, 0.8).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(counts, vec![1.0, 1.0, 4.0]);
+    }
+}

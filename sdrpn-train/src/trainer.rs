@@ -839,3 +839,105 @@ pub fn load_rpn<B: Backend>(
     }
     Ok((config, rpn))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_backend::B;
+    use burn::data::dataloader::Progress;
+
+    fn close(got: f64, want: f64) {
+        assert!((got - want).abs() < 1e-12, "{got} != {want}");
+    }
+
+    #[test]
+    fn warm_up_then_cosine_by_hand() {
+        // Peak 1, 2 warm-up steps of 6: t / 2 up to step 2, then
+        // 0.5 (1 + cos(pi (t - 2) / 4)): cos(pi/4) = 0.70711, cos(pi/2) = 0,
+        // cos(3pi/4) = -0.70711, cos(pi) = -1; past the end it stays 0.
+        let s = WarmupCosine::new(1.0, 2, 6);
+        let want = [
+            0.0,
+            0.5,
+            1.0,
+            0.853_553_390_593_273_8,
+            0.5,
+            0.146_446_609_406_726_24,
+            0.0,
+            0.0,
+        ];
+        for (t, &w) in want.iter().enumerate() {
+            close(s.rate(t), w);
+        }
+        // burn-train calls `step` once per optimiser step (1-based), and a
+        // resumed run continues from the recorded step.
+        let mut live = WarmupCosine::new(2e-4, 2, 6);
+        let first: Vec<f64> = (0..3).map(|_| live.step()).collect();
+        for (got, w) in first.into_iter().zip([1e-4, 2e-4, 2e-4 * want[3]]) {
+            close(got, w);
+        }
+        let record = LrScheduler::to_record::<B>(&live);
+        assert_eq!(record, 3);
+        let mut resumed = LrScheduler::load_record::<B>(WarmupCosine::new(2e-4, 2, 6), record);
+        close(resumed.step(), 1e-4);
+    }
+
+    #[test]
+    fn held_back_metrics_pool_the_counts_of_all_batches() {
+        // Two batches: tp 3, fp 1, fn 2 (2 samples) and tp 1, fp 5, fn 0
+        // (6 samples). Pooled: precision 4/10, recall 4/6, IoU 4/12, loss
+        // (0.5 * 2 + 1.5 * 6) / 8 = 1.25 (the batch means would be 0.458,
+        // 0.8, 0.417 and 1.0).
+        let stats = [
+            StepStats {
+                loss: 0.5,
+                tp: 3.0,
+                fp: 1.0,
+                fn_: 2.0,
+                samples: 2,
+            },
+            StepStats {
+                loss: 1.5,
+                tp: 1.0,
+                fp: 5.0,
+                fn_: 0.0,
+                samples: 6,
+            },
+        ];
+        let meta = || MetricMetadata {
+            progress: Progress {
+                items_processed: 1,
+                items_total: 2,
+            },
+            global_progress: Progress {
+                items_processed: 1,
+                items_total: 1,
+            },
+            iteration: Some(1),
+            lr: None,
+        };
+        let running = |metric: &StatMetric| match metric.running_value() {
+            NumericEntry::Aggregated {
+                aggregated_value, ..
+            } => aggregated_value,
+            NumericEntry::Value(v) => v,
+        };
+        for (mut metric, want) in [
+            (StatMetric::precision(), 0.4),
+            (StatMetric::recall(), 4.0 / 6.0),
+            (StatMetric::iou(), 4.0 / 12.0),
+            (StatMetric::loss(), 1.25),
+        ] {
+            for s in &stats {
+                metric.update(s, &meta());
+            }
+            close(running(&metric), want);
+        }
+        // A batch with nothing predicted and nothing to find adds nothing
+        // (no 0/0 pulled into the mean).
+        let mut precision = StatMetric::precision();
+        precision.update(&stats[0], &meta());
+        precision.update(&StepStats::default(), &meta());
+        close(running(&precision), 0.75);
+    }
+}

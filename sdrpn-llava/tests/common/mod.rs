@@ -142,7 +142,15 @@ pub fn inspect_case_a_on(spec: DeviceSpec, precision: Precision) -> Option<Inspe
     run_on_unless_missing(&spec, precision, CaseA).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Case a on `spec` in f32 meets the CPU's parity bounds against HF.
+/// f32 parity bounds on a GPU backend: about ten times the errors measured
+/// with WGPU on lavapipe on 2026-11-30 (features, hidden states, logits
+/// relative 7.1e-7 to 9.9e-7; attention max abs 2.4e-6). CUDA has not been
+/// measured (no NVIDIA device in these sessions): the same bounds apply.
+pub const DEVICE_RELATIVE_BOUND: f64 = 1e-5;
+/// See [`DEVICE_RELATIVE_BOUND`].
+pub const DEVICE_ATTENTION_BOUND: f64 = 2.5e-5;
+
+/// Case a on `spec` in f32 meets the parity bounds against HF.
 pub fn check_f32_parity_on(spec: DeviceSpec) {
     let Some(out) = inspect_case_a_on(spec, Precision::F32) else {
         return;
@@ -155,14 +163,26 @@ pub fn check_f32_parity_on(spec: DeviceSpec) {
     );
     for name in ["image_features_projected", "lm_hidden_states", "logits"] {
         let e = relative_error(floats(&out, name), &reference.get(name).1);
-        assert!(e <= 1e-4, "{name}: relative error {e:e} on {spec}");
+        eprintln!("f32 on {spec}: {name} relative error {e:.2e}");
+        assert!(
+            e <= DEVICE_RELATIVE_BOUND,
+            "{name}: relative error {e:e} on {spec}"
+        );
     }
     let attn = max_abs_error(
         floats(&out, "lm_attentions"),
         &reference.get("lm_attentions").1,
     );
-    assert!(attn <= 1e-5, "attention max abs error {attn:e} on {spec}");
+    eprintln!("f32 on {spec}: attention max abs error {attn:.2e}");
+    assert!(
+        attn <= DEVICE_ATTENTION_BOUND,
+        "attention max abs error {attn:e} on {spec}"
+    );
 }
+
+/// The smallest logits error a half-precision run can have: a hundred times
+/// an f32 run's ~1e-6, twenty times below f16's measured 2.1e-3.
+pub const HALF_PRECISION_MIN_ERROR: f64 = 1e-4;
 
 /// Case a on `spec` computing in half precision stays close to HF's f32
 /// reference. Bounds: PyTorch itself, computing this model in that dtype on
@@ -186,6 +206,12 @@ pub fn check_half_precision_on(spec: DeviceSpec, precision: Precision) {
     );
     eprintln!(
         "{precision} on {spec}: logits relative error {e:e}, attention max abs error {attn:e}"
+    );
+    // A lower bound too: a device that silently computed in f32 is off by
+    // ~1e-6 (measured above), half precision by 1e-3 or more.
+    assert!(
+        e >= HALF_PRECISION_MIN_ERROR,
+        "logits relative error {e:e} in {precision} on {spec} is f32-sized: did it compute in {precision}?"
     );
     assert!(
         e <= logits_bound,

@@ -212,7 +212,10 @@ mod tests {
             .enumerate()
         {
             for (i, got) in v[plane * 16..(plane + 1) * 16].iter().enumerate() {
-                assert!((got - want).abs() < 1e-5, "channel {plane} pixel {i}: {got}");
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "channel {plane} pixel {i}: {got}"
+                );
             }
         }
     }

@@ -75,6 +75,11 @@ pub struct TwoPassOutput {
     pub mode: RoiMode,
     /// How many RoI tokens pass 2 appended.
     pub roi_tokens: usize,
+    /// Which tokens of the crop's grid those are (raster order): all of
+    /// them in bbox mode, the mask's in mask mode, none without a crop.
+    /// Not serialised (`roi_tokens` is).
+    #[serde(skip)]
+    pub kept: Vec<usize>,
     /// Stage timings.
     pub timings: Timings,
     /// Logits of the first answer token (for checks; not serialised).
@@ -145,6 +150,7 @@ impl<B: Backend> LlavaSession<B> {
             crop: None,
             mode: RoiMode::None,
             roi_tokens: 0,
+            kept: Vec::new(),
             timings: Timings {
                 prepare_ms,
                 pass2_ms: ms(t1),
@@ -341,6 +347,11 @@ impl<B: Backend> LlavaSession<B> {
             Some(r) => Some(self.roi_tokens(image, r, selection.keep.as_deref())?),
             None => None,
         };
+        let kept: Vec<usize> = match (&roi, selection.keep.as_deref()) {
+            (None, _) => Vec::new(),
+            (Some(_), Some(keep)) => (0..keep.len()).filter(|&i| keep[i]).collect(),
+            (Some(_), None) => (0..self.grid().len()).collect(),
+        };
         let crop_ms = ms(t2);
 
         let t3 = Instant::now();
@@ -414,6 +425,7 @@ impl<B: Backend> LlavaSession<B> {
             crop: region,
             mode,
             roi_tokens: roi_count,
+            kept,
             timings: Timings {
                 prepare_ms,
                 pass1_ms,

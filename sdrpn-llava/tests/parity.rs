@@ -115,7 +115,11 @@ fn case_a_hf_tokenization_crop_raw_template_matches_everything() {
     let reference = Reference::open("hf_crop_raw");
     let out = inspect_case("tiny-llava", &reference);
     check_common(&out, &reference, "a");
-    check_pixels("a", floats(&out, "pixel_values"), &reference.get("pixel_values").1);
+    check_pixels(
+        "a",
+        floats(&out, "pixel_values"),
+        &reference.get("pixel_values").1,
+    );
     for name in ["image_features_selected", "lm_hidden_states", "logits"] {
         check_relative("a", name, floats(&out, name), &reference.get(name).1);
     }
@@ -159,9 +163,7 @@ fn check_reduced_case(name: &str, model: &str, required: &[&str]) {
         let theirs = &reference.get(tensor).1;
         match tensor {
             "pixel_values" => check_pixels(name, floats(&out, "pixel_values"), theirs),
-            "image_features_selected" => {
-                check_relative(name, tensor, floats(&out, tensor), theirs)
-            }
+            "image_features_selected" => check_relative(name, tensor, floats(&out, tensor), theirs),
             "lm_hidden_last" => {
                 let hidden = floats(&out, "lm_hidden_states");
                 let per_state = hidden.len() / (l + 1);

@@ -264,14 +264,15 @@ mod tests {
         let device = Default::default();
         // Sample 1: sigmoid > 0.5 at logits 2, 3, 0.5; token 3 is not valid.
         // Sample 2: predicted at logits 1, 1; foreground at tokens 0..3.
-        let logits = Tensor::<B, 2>::from_floats(
-            [[2.0, -1.0, 3.0, 0.5], [-2.0, 1.0, 1.0, -3.0]],
-            &device,
-        );
+        let logits =
+            Tensor::<B, 2>::from_floats([[2.0, -1.0, 3.0, 0.5], [-2.0, 1.0, 1.0, -3.0]], &device);
         let target =
             Tensor::<B, 2>::from_floats([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]], &device);
         let valid = Tensor::<B, 2, Bool>::from_bool(
-            TensorData::new(vec![true, true, true, false, true, true, true, true], [2, 4]),
+            TensorData::new(
+                vec![true, true, true, false, true, true, true, true],
+                [2, 4],
+            ),
             &device,
         );
         let result = StepResult {

@@ -192,7 +192,10 @@ fn training_loss_is_finite_and_falls_on_a_fixed_batch() {
     for v in [p, r, iou] {
         assert!((0.0..=1.0).contains(&v), "{p} {r} {iou}");
     }
-    assert!(iou <= p.min(r) + 1e-9, "IoU {iou} above precision {p} or recall {r}");
+    assert!(
+        iou <= p.min(r) + 1e-9,
+        "IoU {iou} above precision {p} or recall {r}"
+    );
     for f in ["config.toml", "rpn.safetensors", "metrics.jsonl"] {
         assert!(dir.join("run").join(f).is_file(), "{f}");
     }

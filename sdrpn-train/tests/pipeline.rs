@@ -98,7 +98,9 @@ fn labelling_writes_records_skips_bad_samples_and_resumes() {
     for r in &records {
         assert_eq!(r.grounding.len(), 36);
         assert!(r.fed_back >= 1 && r.fed_back < r.answer_tokens.max(2));
-        // Means of attention rows over 36 of ~100 keys: positive, below 1 in total.
+        // Means of attention rows over 36 of ~100 keys: positive, below 1 in
+        // total. (That the maps are exactly HF's decode-attention means is
+        // checked in label_maps.rs; here the pipeline around them is.)
         let total: f32 = r.grounding.iter().sum();
         assert!(total > 0.0 && total < 1.0, "grounding mass {total}");
         assert!(r.prompt.contains("USER: <image>\n"));

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod label;
 pub mod label_store;
+pub mod lock;
 pub mod questions;
 pub mod render;
 

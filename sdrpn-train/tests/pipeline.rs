@@ -185,12 +185,13 @@ fn training_loss_is_finite_and_falls_on_a_fixed_batch() {
     assert!(last.valid_loss.unwrap().is_finite());
     // Held-back metrics are pooled ratios (unit-tested by hand in
     // trainer.rs): each in [0, 1], and IoU = tp / (tp + fp + fn) can
-    // exceed neither precision nor recall.
-    let (p, r, iou) = (
-        last.valid_precision.expect("held-back precision"),
+    // exceed neither precision nor recall. Precision is undefined (absent)
+    // when the RPN predicts no foreground at all.
+    let (r, iou) = (
         last.valid_recall.expect("held-back recall"),
         last.valid_iou.expect("held-back IoU"),
     );
+    let p = last.valid_precision.unwrap_or(1.0);
     for v in [p, r, iou] {
         assert!((0.0..=1.0).contains(&v), "{p} {r} {iou}");
     }

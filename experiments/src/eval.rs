@@ -158,7 +158,8 @@ pub fn run_eval<B: Backend>(
     spec: &EvalSpec,
     mut on_progress: impl FnMut(usize, usize, Option<(&str, &str)>),
 ) -> anyhow::Result<usize> {
-    std::fs::create_dir_all(&spec.out).with_context(|| spec.out.display().to_string())?;
+    let _lock =
+        sdrpn_train::lock::FolderLock::acquire(&spec.out, Some(&spec.shard.tag()), "sdrpn eval")?;
     let path = predictions_file(&spec.out, spec.shard);
     let done: HashSet<String> = read_predictions(&path)?.into_iter().map(|p| p.id).collect();
     let mine: Vec<&Sample> = samples

@@ -284,7 +284,7 @@ pub fn run_experiment<B: Backend>(
     device: &B::Device,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Vec<Cell>> {
-    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    let _lock = sdrpn_train::lock::FolderLock::acquire(out, None, "sdrpn experiment")?;
     sdrpn_train::error::write_atomic(
         &out.join("experiment.toml"),
         toml::to_string_pretty(config)?.as_bytes(),

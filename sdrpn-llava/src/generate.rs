@@ -44,6 +44,22 @@ pub fn argmax(values: &[f32]) -> usize {
     best
 }
 
+/// The greedy token of generated token `step`'s logits, or an error when
+/// they are not finite (the weights or the input hold NaN or infinity).
+pub fn checked_argmax(logits: &[f32], step: usize) -> Result<u32> {
+    match logits.iter().filter(|v| !v.is_finite()).count() {
+        0 => Ok(argmax(logits) as u32),
+        bad => Err(LlavaError::invalid(
+            "model output",
+            format!(
+                "the logits of generated token {} hold {bad} NaN or infinite values of {}: the weights or the input are not finite",
+                step + 1,
+                logits.len()
+            ),
+        )),
+    }
+}
+
 impl<B: Backend> Llava<B> {
     /// Logits of the last position of `hidden` (`[1, T, D]`), on the host.
     pub fn last_logits(&self, hidden: Tensor<B, 3>) -> Result<Vec<f32>> {
@@ -101,7 +117,7 @@ impl<B: Backend> Llava<B> {
             return Err(LlavaError::invalid("max_new_tokens", "must be at least 1"));
         }
         let prompt_len = cache.len();
-        let mut tokens = vec![argmax(first_logits) as u32];
+        let mut tokens = vec![checked_argmax(first_logits, 0)?];
         let device = self.language.device();
         loop {
             let last = *tokens.last().expect("at least one token");
@@ -118,7 +134,7 @@ impl<B: Backend> Llava<B> {
             let step = self.forward(self.language.embed(ids), position, Some(cache), step_taps);
             let logits = self.last_logits(step.hidden)?;
             on_step(tokens.len() - 1, step.captured)?;
-            tokens.push(argmax(&logits) as u32);
+            tokens.push(checked_argmax(&logits, tokens.len())?);
         }
         Ok(tokens)
     }
@@ -127,6 +143,18 @@ impl<B: Backend> Llava<B> {
 #[cfg(test)]
 mod tests {
     use super::argmax;
+
+    #[test]
+    fn non_finite_logits_stop_generation_naming_the_token() {
+        assert_eq!(super::checked_argmax(&[0.5, 2.0, -1.0], 0).unwrap(), 1);
+        let e = super::checked_argmax(&[0.5, f32::NAN, f32::INFINITY], 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("generated token 3") && e.contains("2 NaN or infinite values of 3"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn argmax_takes_the_first_maximum() {

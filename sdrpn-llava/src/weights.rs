@@ -252,6 +252,7 @@ pub struct TensorLoader<'a, B: Backend> {
     params: Vec<NamedParam>,
     missing: Vec<String>,
     wrong_shape: Vec<String>,
+    non_finite: Vec<String>,
     failed: Option<LlavaError>,
 }
 
@@ -279,6 +280,7 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
             params: Vec::new(),
             missing: Vec::new(),
             wrong_shape: Vec::new(),
+            non_finite: Vec::new(),
             failed: None,
         }
     }
@@ -359,7 +361,14 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
                     .push(format!("{name}: expected {shape:?}, found {found:?}"));
             }
             Some(_) => match checkpoint.read_f32(name) {
-                Ok(values) => return Some(values),
+                Ok(values) => {
+                    let bad = values.iter().filter(|v| !v.is_finite()).count();
+                    if bad == 0 {
+                        return Some(values);
+                    }
+                    self.non_finite
+                        .push(format!("{name} ({bad} of {})", values.len()));
+                }
                 Err(e) => {
                     self.failed.get_or_insert(e);
                 }
@@ -421,6 +430,16 @@ impl<'a, B: Backend> TensorLoader<'a, B> {
         let Some(checkpoint) = self.checkpoint else {
             return Ok(());
         };
+        if !self.non_finite.is_empty() {
+            return Err(LlavaError::invalid(
+                "checkpoint weights",
+                format!(
+                    "{}: NaN or infinite values in {}",
+                    checkpoint.dir.display(),
+                    self.non_finite.join(", ")
+                ),
+            ));
+        }
         let unexpected: Vec<String> = checkpoint
             .names()
             .filter(|n| !self.taken.contains(*n) && !is_ignorable_buffer(n) && !unused(n))

@@ -75,6 +75,24 @@ fn missing_unexpected_and_misshaped_tensors_are_all_listed() {
 }
 
 #[test]
+fn non_finite_weights_are_refused_at_load_naming_the_tensor() {
+    let dir = edited_model("nan", |t| {
+        let norm = t
+            .iter_mut()
+            .find(|(n, _, _)| n == "language_model.model.norm.weight")
+            .unwrap();
+        norm.2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        norm.2[8..12].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    });
+    let e = load_err(&dir);
+    assert!(
+        e.contains("NaN or infinite values in language_model.model.norm.weight (2 of 64)"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn unsupported_dtype_is_named() {
     let dir = edited_model("dtype", |_| {});
     // Rewrite one tensor as I32 (same byte size as F32).

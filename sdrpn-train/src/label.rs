@@ -125,6 +125,9 @@ fn label_one<B: Backend>(
             .map_err(|e| describe(&e))?,
     )
     .map_err(|e| describe(&e))?;
+    if a.iter().chain(&s).any(|v| !v.is_finite()) {
+        return Err("the attention maps hold NaN or infinity (non-finite model output)".into());
+    }
     let massive = match &config.labels.sink {
         SinkRule::MassiveActivation {
             dims, hidden_state, ..
@@ -161,7 +164,7 @@ pub fn run_labelling<B: Backend>(
     mut on_progress: impl FnMut(&LabelProgress, Option<(&str, &str)>),
 ) -> Result<LabelProgress> {
     config.validate(session.num_layers(), session.num_heads(), session.grid())?;
-    std::fs::create_dir_all(&job.out).map_err(|e| crate::error::TrainError::io(&job.out, e))?;
+    let _lock = crate::lock::FolderLock::acquire(&job.out, Some(&job.shard.tag()), "sdrpn label")?;
     config.save(&job.out.join("config.toml"))?;
     let mut writer = ShardWriter::open(&job.out, &job.shard.tag(), session.grid())?;
     let limit = job.limit.unwrap_or(usize::MAX);

@@ -74,6 +74,12 @@ impl FolderLock {
         file.read_to_string(&mut previous)
             .map_err(|e| TrainError::io(&path, e))?;
         let stale = (!previous.trim().is_empty()).then(|| describe_holder(&previous));
+        if let Some(holder) = &stale {
+            eprintln!(
+                "note: {}: the previous writer ({holder}) did not finish cleanly; its finished work is kept and the rest is redone",
+                dir.display()
+            );
+        }
         let stamp = format!(
             "pid {} command {command} since {}\n",
             std::process::id(),

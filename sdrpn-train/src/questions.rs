@@ -77,7 +77,33 @@ pub fn read_questions(path: &Path) -> Result<(Vec<Question>, Vec<BadLine>)> {
     if questions.is_empty() && bad.is_empty() {
         return Err(TrainError::format(path, "holds no questions"));
     }
+    check_unique_ids(path, &questions)?;
     Ok((questions, bad))
+}
+
+/// Refuses question ids that occur more than once (labels, answers and
+/// resumes are keyed by them; `1` and `"1"` are the same id), listing them.
+fn check_unique_ids(path: &Path, questions: &[Question]) -> Result<()> {
+    let mut seen: std::collections::BTreeMap<&str, usize> = Default::default();
+    for q in questions {
+        *seen.entry(&q.question_id).or_default() += 1;
+    }
+    let repeated: Vec<String> = seen
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(id, n)| format!("{id:?} ({n} times)"))
+        .collect();
+    if repeated.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::format(
+        path,
+        format!(
+            "question_id must be unique, but {} repeat: {}",
+            repeated.len(),
+            repeated.join(", ")
+        ),
+    ))
 }
 
 /// A worker's part of the work: `i/N` takes every item whose index is `i` modulo `N`.
@@ -148,6 +174,26 @@ mod tests {
         assert_eq!(q[0].question_id, "7");
         assert_eq!(q[1].category.as_deref(), Some("c"));
         assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), vec![3, 5]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn repeated_question_ids_are_an_error_that_lists_them() {
+        let dir = std::env::temp_dir().join(format!("sdrpn-dup-ids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q.jsonl");
+        // 1 and "1" are one id; "2" is unique.
+        std::fs::write(
+            &path,
+            "{\"question_id\": 1, \"image\": \"a.png\", \"text\": \"A?\"}\n{\"question_id\": 1, \"image\": \"b.png\", \"text\": \"B?\"}\n{\"question_id\": \"1\", \"image\": \"c.png\", \"text\": \"C?\"}\n{\"question_id\": \"2\", \"image\": \"c.png\", \"text\": \"D?\"}\n",
+        )
+        .unwrap();
+        let e = read_questions(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("question_id must be unique") && e.contains("\"1\" (3 times)"),
+            "{e}"
+        );
+        assert!(!e.contains("\"2\""), "{e}");
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -152,6 +152,44 @@ impl Adaptor<StepStats> for StepStats {
     }
 }
 
+/// Stops training at the first non-finite training loss and remembers
+/// where: `(epoch, iteration)`.
+#[derive(Clone)]
+pub struct DivergenceGuard {
+    at: Arc<std::sync::Mutex<Option<(usize, usize)>>>,
+    interrupter: Interrupter,
+}
+
+impl DivergenceGuard {
+    /// A guard that stops training through `interrupter`.
+    pub fn new(interrupter: Interrupter) -> Self {
+        Self {
+            at: Default::default(),
+            interrupter,
+        }
+    }
+
+    fn check(&self, loss: f64, metadata: &MetricMetadata) {
+        if loss.is_finite() {
+            return;
+        }
+        let mut at = self.at.lock().expect("guard lock");
+        if at.is_none() {
+            *at = Some((
+                metadata.global_progress.items_processed,
+                metadata.iteration.unwrap_or(0),
+            ));
+        }
+        self.interrupter
+            .stop(Some("the training loss is not finite"));
+    }
+
+    /// Where the loss first became non-finite, if it did.
+    pub fn tripped(&self) -> Option<(usize, usize)> {
+        *self.at.lock().expect("guard lock")
+    }
+}
+
 /// A numeric metric read off [`StepStats`]: `(value, weight)`.
 #[derive(Clone)]
 pub struct StatMetric {
@@ -159,6 +197,7 @@ pub struct StatMetric {
     pick: fn(&StepStats) -> (f64, usize),
     higher_is_better: bool,
     state: NumericMetricState,
+    guard: Option<DivergenceGuard>,
 }
 
 impl StatMetric {
@@ -168,7 +207,15 @@ impl StatMetric {
             pick,
             higher_is_better,
             state: NumericMetricState::new(),
+            guard: None,
         }
+    }
+
+    /// This metric, also stopping training through `guard` when the loss
+    /// is not finite.
+    pub fn guarded(mut self, guard: DivergenceGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// Loss, weighted by samples.
@@ -209,7 +256,10 @@ impl Metric for StatMetric {
         }
         .into()
     }
-    fn update(&mut self, item: &StepStats, _metadata: &MetricMetadata) -> SerializedEntry {
+    fn update(&mut self, item: &StepStats, metadata: &MetricMetadata) -> SerializedEntry {
+        if let Some(guard) = &self.guard {
+            guard.check(item.loss, metadata);
+        }
         let (value, weight) = (self.pick)(item);
         self.state.update(
             value,
@@ -649,7 +699,7 @@ pub fn train_rpn<B: Backend>(
     let paths = RunPaths {
         dir: run_dir.to_path_buf(),
     };
-    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    let _lock = crate::lock::FolderLock::acquire(run_dir, None, "sdrpn train")?;
     let grid = session.grid();
     config.validate(session.num_layers(), session.num_heads(), grid)?;
     check_records(&records, grid, config, images)?;
@@ -720,8 +770,9 @@ pub fn train_rpn<B: Backend>(
         0,
     ));
     let interrupter = Interrupter::new();
+    let guard = DivergenceGuard::new(interrupter.clone());
     let mut builder = SupervisedTraining::new(paths.artifacts(), loader_train, loader_valid)
-        .metric_train_numeric(StatMetric::loss())
+        .metric_train_numeric(StatMetric::loss().guarded(guard.clone()))
         .metric_valid_numeric(StatMetric::loss())
         .metric_valid_numeric(StatMetric::precision())
         .metric_valid_numeric(StatMetric::recall())
@@ -747,6 +798,9 @@ pub fn train_rpn<B: Backend>(
         builder = builder.checkpoint(start);
     }
     let trained = builder.launch(Learner::new(model, optim, scheduler)).model;
+    if let Some((epoch, iteration)) = guard.tripped() {
+        return Err(diverged(&paths, epoch, iteration, train.lr));
+    }
     save_rpn(&trained.rpn, &paths.rpn())?;
 
     let epochs = read_metrics(&paths.artifacts(), train.epochs);
@@ -764,6 +818,37 @@ pub fn train_rpn<B: Backend>(
         epochs,
         rpn_file: paths.rpn(),
     })
+}
+
+/// The error of a run whose loss became non-finite in `epoch` (1-based) at
+/// `iteration`, after removing that epoch's and later checkpoints (their
+/// weights are not finite), so the last one left is the last finite one.
+fn diverged(paths: &RunPaths, epoch: usize, iteration: usize, lr: f64) -> TrainError {
+    let dir = paths.artifacts().join("checkpoint");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let number = name
+                .strip_suffix(".mpk")
+                .and_then(|n| n.rsplit('-').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            if number.is_some_and(|n| n >= epoch) {
+                std::fs::remove_file(entry.path()).ok();
+            }
+        }
+    }
+    let resume = match paths.last_checkpoint() {
+        Some(k) => {
+            format!("; epoch {k}'s checkpoint is the last finite one (--resume continues from it)")
+        }
+        None => String::new(),
+    };
+    TrainError::config(
+        "training",
+        format!(
+            "the training loss became NaN or infinite in epoch {epoch} (iteration {iteration}) with learning rate {lr}: training stopped and no RPN was saved; lower train.lr{resume}"
+        ),
+    )
 }
 
 /// Per-epoch means from burn-train's metric logs.

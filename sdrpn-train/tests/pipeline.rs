@@ -139,6 +139,17 @@ fn train(
     resume: bool,
     stop: Option<usize>,
 ) -> TrainReport {
+    try_train(dir, run, records, config, resume, stop).unwrap()
+}
+
+fn try_train(
+    dir: &Path,
+    run: &str,
+    records: Vec<LabelRecord>,
+    config: &SdrpnConfig,
+    resume: bool,
+    stop: Option<usize>,
+) -> sdrpn_train::Result<TrainReport> {
     let run_dir = dir.join(run);
     train_rpn(
         TrainRequest {
@@ -152,7 +163,6 @@ fn train(
         },
         SilentRenderer,
     )
-    .unwrap()
 }
 
 fn config(epochs: usize) -> SdrpnConfig {
@@ -205,6 +215,42 @@ fn training_loss_is_finite_and_falls_on_a_fixed_batch() {
     // The saved RPN loads back onto the host's geometry.
     let (cfg, _rpn) = sdrpn_train::trainer::load_rpn(&session(), &dir.join("run")).unwrap();
     assert_eq!(cfg.train.epochs, 6);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_diverging_run_stops_saves_no_rpn_and_keeps_only_finite_checkpoints() {
+    let dir = scratch("diverge");
+    let records = crafted_records(&dir);
+    let mut c = config(4);
+    c.train.lr = 1e9;
+    let e = try_train(&dir, "run", records, &c, false, None)
+        .unwrap_err()
+        .to_string();
+    let epoch: usize = e
+        .split("became NaN or infinite in epoch ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the error names the epoch: {e}"));
+    assert!(
+        e.contains("no RPN was saved") && e.contains("lower train.lr"),
+        "{e}"
+    );
+    assert!(!dir.join("run/rpn.safetensors").exists());
+    let left: Vec<usize> = std::fs::read_dir(dir.join("run/train/checkpoint"))
+        .map(|d| {
+            d.filter_map(|f| {
+                let name = f.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".mpk")?.rsplit('-').next()?.parse().ok()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|&k| k < epoch),
+        "checkpoints {left:?} left from epoch {epoch} on"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 

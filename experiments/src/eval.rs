@@ -3,6 +3,7 @@
 //! one stopped), then score them and measure throughput.
 
 use crate::benchmarks::{decode_image, Benchmark, Sample};
+use crate::eval_provenance::{changes, reset, EvalProvenance};
 use crate::scorers::{aggregate, SampleRecord, Summary};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
@@ -68,6 +69,12 @@ pub struct EvalSpec {
     pub shard: ShardSpec,
     /// Output folder.
     pub out: PathBuf,
+    /// Hash of the RPN's weights file (SD-RPN), recorded in the folder's
+    /// provenance (`sdrpn_train::trainer::rpn_fingerprint`).
+    pub rpn_weights: Option<String>,
+    /// When the folder holds answers made from other inputs: clear it and
+    /// start over (the experiment runner) instead of refusing (`sdrpn eval`).
+    pub redo_on_change: bool,
 }
 
 /// The score and speed of a finished evaluation.
@@ -160,6 +167,23 @@ pub fn run_eval<B: Backend>(
 ) -> anyhow::Result<usize> {
     let _lock =
         sdrpn_train::lock::FolderLock::acquire(&spec.out, Some(&spec.shard.tag()), "sdrpn eval")?;
+    let now = EvalProvenance::new(spec, &session.fingerprint, rpn.map(|(_, c)| c), samples);
+    let changed = changes(&spec.out, &now)?;
+    if !changed.is_empty() {
+        if !spec.redo_on_change {
+            anyhow::bail!(
+                "{} holds answers made from other inputs ({}); adding to them would mix two evaluations: use a new --out folder",
+                spec.out.display(),
+                changed.join("; ")
+            );
+        }
+        eprintln!(
+            "{}: inputs changed ({}); its answers are redone",
+            spec.out.display(),
+            changed.join("; ")
+        );
+        reset(&spec.out, &now)?;
+    }
     let path = predictions_file(&spec.out, spec.shard);
     let done: HashSet<String> = read_predictions(&path)?.into_iter().map(|p| p.id).collect();
     let mine: Vec<&Sample> = samples

@@ -411,6 +411,11 @@ pub fn run_experiment<B: Backend>(
                 limit: config.limit,
                 shard: ShardSpec::default(),
                 out: run_dir.join(name),
+                rpn_weights: rpn_dir
+                    .as_deref()
+                    .map(sdrpn_train::trainer::rpn_fingerprint)
+                    .transpose()?,
+                redo_on_change: true,
             };
             log(&format!(
                 "{}: {} ({} samples)",
@@ -502,19 +507,33 @@ pub fn train_or_reuse<B: Backend>(
     let paths = RunPaths {
         dir: dir.to_path_buf(),
     };
-    let finished = paths.rpn().is_file() && paths.last_checkpoint() == Some(method.train.epochs);
-    if finished {
+    let (_, records) = read_labels(labels)?;
+    // The run's inputs (method config, model, labels) as its provenance
+    // records them: a run made from other inputs is trained again.
+    let same_inputs = SdrpnConfig::load(&paths.config()).ok().as_ref() == Some(method)
+        && sdrpn_train::provenance::read::<sdrpn_train::provenance::RunProvenance>(dir)?
+            .is_some_and(|p| {
+                p.model == session.fingerprint
+                    && p.labels == sdrpn_train::trainer::records_hash(&records)
+            });
+    let started = paths.rpn().is_file() || paths.last_checkpoint().is_some();
+    if same_inputs && paths.rpn().is_file() && paths.last_checkpoint() == Some(method.train.epochs)
+    {
         log(&format!("{what}: RPN already trained in {}", dir.display()));
         return Ok(());
     }
+    if started && !same_inputs {
+        log(&format!(
+            "{what}: the method config, the model or the labels changed since {} was trained: training again",
+            dir.display()
+        ));
+    }
     let images = images()?;
-    let (_, records) = read_labels(labels)?;
     log(&format!(
         "{what}: training the RPN on {} labelled samples",
         records.len()
     ));
-    let resume = paths.last_checkpoint().is_some()
-        && SdrpnConfig::load(&paths.config()).ok().as_ref() == Some(method);
+    let resume = same_inputs && paths.last_checkpoint().is_some();
     train_rpn(
         TrainRequest {
             session: session.clone(),

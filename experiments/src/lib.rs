@@ -6,6 +6,7 @@
 pub mod benchmarks;
 pub mod commands;
 pub mod eval;
+pub mod eval_provenance;
 pub mod experiment;
 pub mod heatmap;
 pub mod progress;

@@ -96,3 +96,130 @@ fn repeated_question_ids_stop_labelling_before_any_work() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn a_label_folder_is_not_resumed_with_another_model() {
+    let dir = scratch("labels-model");
+    let q = questions(&dir, TWO);
+    let out = dir.join("labels");
+    let first = label(&q, &out, &["--limit", "1"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let other = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .arg("label")
+        .arg("--model")
+        .arg(fixtures().join("tiny-llava-f16"))
+        .arg("--questions")
+        .arg(&q)
+        .arg("--images")
+        .arg(fixtures().join("images"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds labels made from other inputs")
+            && stderr.contains("model: the weights differ")
+            && stderr.contains("new --out folder"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn eval(benchmark: &str, out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .args(["eval", "--benchmark", benchmark, "--data", "synthetic:3"])
+        .arg("--model")
+        .arg(fixtures().join("tiny-llava"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_eval_folder_does_not_take_answers_to_another_benchmark() {
+    let dir = scratch("eval-bench");
+    let out = dir.join("eval");
+    let first = eval("textvqa", &out);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let score = std::fs::read_to_string(out.join("score.json")).unwrap();
+    let second = eval("pope", &out);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds answers made from other inputs")
+            && stderr.contains("benchmark textvqa vs pope"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("score.json")).unwrap(),
+        score,
+        "the textvqa score is left as it was"
+    );
+    // The same evaluation again resumes (nothing to do) and succeeds.
+    assert!(eval("textvqa", &out).status.success());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn an_experiment_rerun_with_other_training_settings_retrains_and_redoes_the_answers() {
+    use experiments::experiment::{run_experiment, ExperimentConfig};
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    let mut config = ExperimentConfig::load(&path).unwrap();
+    config.benchmarks.retain(|name, _| name == "vstar");
+    let out = scratch("experiment-rerun");
+    type B = sdrpn_core::backend::CpuBackend;
+    let run = |config: &ExperimentConfig| {
+        let mut lines = Vec::new();
+        run_experiment::<B>(config, &out, &Default::default(), &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+        lines
+    };
+    let rpn_of_answers = || {
+        let p: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("sd-rpn/vstar/provenance.json")).unwrap(),
+        )
+        .unwrap();
+        p["rpn"].as_str().unwrap().to_string()
+    };
+    run(&config);
+    let before = rpn_of_answers();
+    let same = run(&config);
+    assert!(
+        same.iter().any(|l| l.contains("already trained")),
+        "{same:?}"
+    );
+    assert_eq!(rpn_of_answers(), before, "nothing changed, nothing redone");
+    let sdrpn = config
+        .runs
+        .iter_mut()
+        .find(|r| r.name == "+ SD-RPN")
+        .unwrap();
+    sdrpn.train.as_mut().unwrap().lr = Some(0.004);
+    let changed = run(&config);
+    assert!(
+        changed.iter().any(|l| l.contains("changed since")),
+        "{changed:?}"
+    );
+    assert_ne!(
+        rpn_of_answers(),
+        before,
+        "the answers come from the new RPN"
+    );
+    let answers =
+        std::fs::read_to_string(out.join("sd-rpn/vstar/predictions-w0of1.jsonl")).unwrap();
+    assert_eq!(answers.lines().count(), 6, "the old RPN's answers are gone");
+    std::fs::remove_dir_all(&out).ok();
+}

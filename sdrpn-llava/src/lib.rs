@@ -12,6 +12,7 @@ pub mod clip;
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod fingerprint;
 pub mod generate;
 pub mod host;
 pub mod inspect;

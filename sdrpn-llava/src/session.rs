@@ -76,6 +76,8 @@ pub struct LlavaSession<B: Backend> {
     pub tokenizer: LlavaTokenizer,
     /// Prompt settings.
     pub options: PromptOptions,
+    /// What the checkpoint is (recorded by every output made with it).
+    pub fingerprint: crate::fingerprint::ModelFingerprint,
 }
 
 impl<B: Backend> LlavaSession<B> {
@@ -83,10 +85,14 @@ impl<B: Backend> LlavaSession<B> {
     pub fn load(dir: &Path, device: &B::Device, options: PromptOptions) -> Result<Self> {
         let model = Llava::load(dir, device)?;
         let tokenizer = LlavaTokenizer::from_dir(dir, model.config().image_token_index)?;
+        let side = model.config().vision.grid_side();
+        let grid = format!("{side}x{side}");
+        let fingerprint = crate::fingerprint::model_fingerprint(dir, &grid)?;
         Ok(Self {
             model,
             tokenizer,
             options,
+            fingerprint,
         })
     }
 

@@ -165,6 +165,10 @@ pub fn run_labelling<B: Backend>(
 ) -> Result<LabelProgress> {
     config.validate(session.num_layers(), session.num_heads(), session.grid())?;
     let _lock = crate::lock::FolderLock::acquire(&job.out, Some(&job.shard.tag()), "sdrpn label")?;
+    crate::provenance::check_label_folder(
+        &job.out,
+        &crate::provenance::LabelProvenance::new(&session.fingerprint, config),
+    )?;
     config.save(&job.out.join("config.toml"))?;
     let mut writer = ShardWriter::open(&job.out, &job.shard.tag(), session.grid())?;
     let limit = job.limit.unwrap_or(usize::MAX);

@@ -11,6 +11,7 @@ pub mod error;
 pub mod label;
 pub mod label_store;
 pub mod lock;
+pub mod provenance;
 pub mod questions;
 pub mod render;
 

@@ -12,6 +12,7 @@ use crate::config::{SdrpnConfig, SinkRule};
 use crate::dataset::{split_records, EpochLoader, RecordBatch};
 use crate::error::{write_atomic, Result, TrainError};
 use crate::label_store::LabelRecord;
+use crate::provenance::RunProvenance;
 use crate::step::{batch_inputs, confusion, run_step, PrefixSource, StepSettings};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::lr_scheduler::LrScheduler;
@@ -720,6 +721,35 @@ pub fn train_rpn<B: Backend>(
         }
         0
     };
+    let made_from = RunProvenance {
+        program: crate::provenance::program(),
+        model: session.fingerprint.clone(),
+        labels: records_hash(&records),
+    };
+    if resume {
+        if let Some(before) = crate::provenance::read::<RunProvenance>(run_dir)? {
+            let mut changed: Vec<String> = before
+                .model
+                .differences(&made_from.model)
+                .into_iter()
+                .map(|d| format!("model: {d}"))
+                .collect();
+            if before.labels != made_from.labels {
+                changed.push("the labelled records differ".into());
+            }
+            if !changed.is_empty() {
+                return Err(TrainError::config(
+                    "resume",
+                    format!(
+                        "{} was trained from other inputs ({}); resuming would mix them: train into a new run folder",
+                        run_dir.display(),
+                        changed.join("; ")
+                    ),
+                ));
+            }
+        }
+    }
+    crate::provenance::write(run_dir, &made_from)?;
     config.save(&paths.config())?;
 
     let train = &config.train;
@@ -890,6 +920,27 @@ pub fn save_rpn<B: Backend>(rpn: &LlavaRpn<B>, path: &Path) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
 }
 
+/// A hash of labelled records: ids and both maps.
+pub fn records_hash(records: &[LabelRecord]) -> String {
+    let mut h = sdrpn_llava::fingerprint::Fnv64::default();
+    for r in records {
+        h.update(r.question_id.as_bytes());
+        h.update(&[0]);
+        for v in r.grounding.iter().chain(&r.sink) {
+            h.update(&v.to_le_bytes());
+        }
+    }
+    h.hex()
+}
+
+/// The fingerprint of a trained RPN: the hash of its weights file.
+pub fn rpn_fingerprint(run_dir: &Path) -> Result<String> {
+    let paths = RunPaths {
+        dir: run_dir.to_path_buf(),
+    };
+    Ok(sdrpn_llava::fingerprint::file_hash(&paths.rpn())?)
+}
+
 /// A trained RPN: its run's config and parameters loaded onto `session`'s
 /// geometry (the RPN is built from the host, then overwritten).
 pub fn load_rpn<B: Backend>(
@@ -899,6 +950,7 @@ pub fn load_rpn<B: Backend>(
     let paths = RunPaths {
         dir: run_dir.to_path_buf(),
     };
+    crate::provenance::check_rpn_model(run_dir, &session.fingerprint)?;
     let config = SdrpnConfig::load(&paths.config())?;
     config.validate(session.num_layers(), session.num_heads(), session.grid())?;
     let mut rpn = session.init_rpn(config.rpn.branch_layer, config.rpn.twig_layers)?;

@@ -215,6 +215,21 @@ fn training_loss_is_finite_and_falls_on_a_fixed_batch() {
     // The saved RPN loads back onto the host's geometry.
     let (cfg, _rpn) = sdrpn_train::trainer::load_rpn(&session(), &dir.join("run")).unwrap();
     assert_eq!(cfg.train.epochs, 6);
+    // ... and onto no other model: one with a 24x24 grid is refused.
+    let other = LlavaSession::<B>::load(
+        &fixtures().join("tiny-llava-336"),
+        &Default::default(),
+        SdrpnConfig::tiny().prompt,
+    )
+    .unwrap();
+    let e = sdrpn_train::trainer::load_rpn(&other, &dir.join("run"))
+        .err()
+        .expect("a foreign RPN is refused")
+        .to_string();
+    assert!(
+        e.contains("was trained on another model (visual grid 6x6 vs 24x24"),
+        "{e}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -103,6 +103,11 @@ impl BackendJob for EvalArgs {
             limit: self.limit,
             shard: self.shard,
             out: self.out.clone(),
+            rpn_weights: match (&self.rpn, method) {
+                (Some(run), Method::Sdrpn) => Some(sdrpn_train::trainer::rpn_fingerprint(run)?),
+                _ => None,
+            },
+            redo_on_change: false,
         };
         let progress = bar(0, &format!("{} {:?}", self.benchmark, method));
         run_eval(

@@ -1,0 +1,145 @@
+//! Every output folder records what made it (`provenance.json`), and a
+//! resume or a reuse checks it: a label folder its model and labelling
+//! settings, a training run its model and labels, an RPN the model it was
+//! trained on. A mismatch is refused with what changed and what to do.
+
+use crate::config::SdrpnConfig;
+use crate::error::{write_atomic, Result, TrainError};
+use sdrpn_llava::fingerprint::ModelFingerprint;
+use sdrpn_llava::session::PromptOptions;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The file every output folder records its inputs in.
+pub const FILE: &str = "provenance.json";
+
+/// What a label folder's maps were made from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabelProvenance {
+    /// The program that wrote it.
+    pub program: String,
+    /// The host model.
+    pub model: ModelFingerprint,
+    /// How prompts were built.
+    pub prompt: PromptOptions,
+    /// The settings that shape the stored maps (heads, sink rule, answer
+    /// length; not the thresholds, which apply at training time).
+    pub maps: serde_json::Value,
+}
+
+impl LabelProvenance {
+    /// The provenance of labelling with `model` and `config`.
+    pub fn new(model: &ModelFingerprint, config: &SdrpnConfig) -> Self {
+        let l = &config.labels;
+        Self {
+            program: program(),
+            model: model.clone(),
+            prompt: config.prompt,
+            maps: serde_json::json!({
+                "grounding_heads": l.grounding_heads.to_string(),
+                "sink_heads": l.sink_heads.to_string(),
+                "sink": serde_json::to_value(&l.sink).unwrap_or_default(),
+                "max_new_tokens": l.max_new_tokens,
+            }),
+        }
+    }
+
+    fn differences(&self, other: &Self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .model
+            .differences(&other.model)
+            .into_iter()
+            .map(|d| format!("model: {d}"))
+            .collect();
+        if self.prompt != other.prompt {
+            out.push(format!(
+                "prompt options {:?} vs {:?}",
+                self.prompt, other.prompt
+            ));
+        }
+        if self.maps != other.maps {
+            out.push(format!(
+                "labelling settings {} vs {}",
+                self.maps, other.maps
+            ));
+        }
+        out
+    }
+}
+
+/// What a trained RPN was made from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunProvenance {
+    /// The program that wrote it.
+    pub program: String,
+    /// The host model the RPN was trained on (and must be used with).
+    pub model: ModelFingerprint,
+    /// Hash of the labelled records it was trained on.
+    pub labels: String,
+}
+
+/// This program and version.
+pub fn program() -> String {
+    format!("sdrpn {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Reads a folder's provenance, if it has one.
+pub fn read<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Option<T>> {
+    let path = dir.join(FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| TrainError::format(&path, e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(TrainError::io(&path, e)),
+    }
+}
+
+/// Writes a folder's provenance atomically.
+pub fn write<T: Serialize>(dir: &Path, provenance: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(provenance).expect("provenance serialises");
+    write_atomic(&dir.join(FILE), text.as_bytes())
+}
+
+/// Checks a label folder about to be resumed against what labelling would
+/// use now (refusing a mismatch), or records it for a new folder.
+pub fn check_label_folder(dir: &Path, now: &LabelProvenance) -> Result<()> {
+    match read::<LabelProvenance>(dir)? {
+        Some(before) => {
+            let changed = before.differences(now);
+            if changed.is_empty() {
+                Ok(())
+            } else {
+                Err(TrainError::config(
+                    "label folder",
+                    format!(
+                        "{} holds labels made from other inputs ({}); resuming would mix them: label into a new --out folder",
+                        dir.display(),
+                        changed.join("; ")
+                    ),
+                ))
+            }
+        }
+        None => write(dir, now),
+    }
+}
+
+/// Refuses an RPN trained on another model than `model` (`what` names the
+/// use, e.g. "infer").
+pub fn check_rpn_model(run_dir: &Path, model: &ModelFingerprint) -> Result<()> {
+    let Some(run) = read::<RunProvenance>(run_dir)? else {
+        return Ok(());
+    };
+    let changed = run.model.differences(model);
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::config(
+        "RPN",
+        format!(
+            "the RPN in {} was trained on another model ({}); use it with that model, or train one for this model",
+            run_dir.display(),
+            changed.join("; ")
+        ),
+    ))
+}

@@ -507,6 +507,7 @@ pub fn train_or_reuse<B: Backend>(
     let paths = RunPaths {
         dir: dir.to_path_buf(),
     };
+    sdrpn_train::provenance::check_labels_model(labels, &session.fingerprint)?;
     let (_, records) = read_labels(labels)?;
     // The run's inputs (method config, model, labels) as its provenance
     // records them: a run made from other inputs is trained again.

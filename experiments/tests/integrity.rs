@@ -223,3 +223,28 @@ fn an_experiment_rerun_with_other_training_settings_retrains_and_redoes_the_answ
     assert_eq!(answers.lines().count(), 6, "the old RPN's answers are gone");
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn training_refuses_labels_made_with_another_model() {
+    let dir = scratch("train-labels");
+    let q = questions(&dir, TWO);
+    let labels = dir.join("labels");
+    assert!(label(&q, &labels, &[]).status.success());
+    let run = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .args(["train", "--preset", "tiny", "--epochs", "1"])
+        .arg("--model")
+        .arg(fixtures().join("tiny-llava-f16"))
+        .arg("--labels")
+        .arg(&labels)
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("were made with another model (") && stderr.contains("the weights differ"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -143,3 +143,23 @@ pub fn check_rpn_model(run_dir: &Path, model: &ModelFingerprint) -> Result<()> {
         ),
     ))
 }
+
+/// Refuses labels made with another model than `model` (training on them
+/// would distil another model's attention).
+pub fn check_labels_model(labels_dir: &Path, model: &ModelFingerprint) -> Result<()> {
+    let Some(labels) = read::<LabelProvenance>(labels_dir)? else {
+        return Ok(());
+    };
+    let changed = labels.model.differences(model);
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::config(
+        "labels",
+        format!(
+            "the labels in {} were made with another model ({}); train with the model that made them, or label again with this one",
+            labels_dir.display(),
+            changed.join("; ")
+        ),
+    ))
+}

@@ -222,10 +222,10 @@ fn training_loss_is_finite_and_falls_on_a_fixed_batch() {
         SdrpnConfig::tiny().prompt,
     )
     .unwrap();
-    let e = sdrpn_train::trainer::load_rpn(&other, &dir.join("run"))
-        .err()
-        .expect("a foreign RPN is refused")
-        .to_string();
+    let e = match sdrpn_train::trainer::load_rpn(&other, &dir.join("run")) {
+        Ok(_) => panic!("a foreign RPN is refused"),
+        Err(e) => e.to_string(),
+    };
     assert!(
         e.contains("was trained on another model (visual grid 6x6 vs 24x24"),
         "{e}"

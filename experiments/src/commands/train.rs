@@ -119,6 +119,7 @@ impl BackendJob for TrainArgs {
         let (_, records) = read_labels(&self.labels)?;
         let session = LlavaSession::<B>::load(&self.model, &device, config.prompt)
             .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
+        sdrpn_train::provenance::check_labels_model(&self.labels, &session.fingerprint)?;
         let request = TrainRequest {
             session: Arc::new(session),
             records,

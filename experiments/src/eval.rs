@@ -112,15 +112,21 @@ fn read_predictions(path: &Path) -> anyhow::Result<Vec<Prediction>> {
 /// torn last line (an interrupted write) by rewriting the file without it,
 /// so the next append starts on a fresh line.
 pub fn read_appended_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
-    let text = match std::fs::read_to_string(path) {
+    let bytes = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| path.display().to_string()),
     };
     let mut out = Vec::new();
     let mut good = String::new();
-    let lines: Vec<&str> = text.lines().collect();
-    for (i, line) in lines.iter().enumerate() {
+    // Split bytes, not text: a write cut inside a multi-byte character
+    // leaves a last line that is not UTF-8, and it is torn like any other.
+    let lines: Vec<&[u8]> = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    for (i, raw) in lines.iter().enumerate() {
+        let line = std::str::from_utf8(raw).unwrap_or("");
         match serde_json::from_str::<T>(line) {
             Ok(p) => {
                 good.push_str(line);
@@ -310,6 +316,25 @@ mod tests {
             ms: 1.0,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_line_torn_inside_a_multi_byte_character_is_dropped_too() {
+        let dir = std::env::temp_dir().join(format!("sdrpn-eval-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("predictions-w0of1.jsonl");
+        let mut bytes = format!("{}\n", line("a")).into_bytes();
+        // "é" is two bytes; the write stopped after the first.
+        bytes.extend_from_slice(&"{\"id\":\"b\",\"prediction\":\"é".as_bytes()[..25]);
+        assert!(std::str::from_utf8(&bytes).is_err());
+        std::fs::write(&path, &bytes).unwrap();
+        let read = read_predictions(&path).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", line("a"))
+        );
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

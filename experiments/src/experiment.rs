@@ -227,6 +227,22 @@ impl ExperimentConfig {
                 anyhow::bail!("run {:?} trains but the experiment has no [labels]", r.name);
             }
         }
+        for (run, scores) in &self.published {
+            if !self.runs.iter().any(|r| &r.name == run) {
+                let names: Vec<&str> = self.runs.iter().map(|r| r.name.as_str()).collect();
+                anyhow::bail!(
+                    "[published.{run:?}] names no run (runs: {})",
+                    names.join(", ")
+                );
+            }
+            for benchmark in scores.keys() {
+                if !self.benchmarks.contains_key(benchmark) {
+                    anyhow::bail!(
+                        "[published.{run:?}] {benchmark} is not a benchmark of this experiment"
+                    );
+                }
+            }
+        }
         Ok(())
     }
 

@@ -248,3 +248,101 @@ fn training_refuses_labels_made_with_another_model() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn config_prints_a_preset_that_reads_back() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .args(["config", "--preset", "tiny"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let read: sdrpn_train::SdrpnConfig = toml::from_str(&text).unwrap();
+    assert_eq!(read, sdrpn_train::SdrpnConfig::tiny());
+    let bad = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .args(["config", "--preset", "llava-9b"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("available: llava-1.5-7b"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_program_without_a_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .args(["config", "--preset", "tiny"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // `| head -0`: the reader is gone
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn published_numbers_must_name_a_run_and_a_benchmark() {
+    let dir = scratch("published");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[published.\"+ SD-RPN\"]", "[published.\"+ SD-RPN v2\"]");
+    let copy = path
+        .parent()
+        .unwrap()
+        .join(format!(".tmp-published-{}.toml", std::process::id()));
+    std::fs::write(&copy, text).unwrap();
+    let e = experiments::experiment::ExperimentConfig::load(&copy)
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_file(&copy).ok();
+    assert!(
+        e.contains("[published.\"+ SD-RPN v2\"] names no run"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn training_again_over_checkpoints_needs_resume() {
+    let dir = scratch("train-again");
+    let q = questions(&dir, TWO);
+    let labels = dir.join("labels");
+    assert!(label(&q, &labels, &[]).status.success());
+    let train = || {
+        Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+            .args([
+                "train",
+                "--preset",
+                "tiny",
+                "--epochs",
+                "1",
+                "--holdout",
+                "1",
+            ])
+            .arg("--model")
+            .arg(fixtures().join("tiny-llava"))
+            .arg("--labels")
+            .arg(&labels)
+            .arg("--out")
+            .arg(dir.join("run"))
+            .output()
+            .unwrap()
+    };
+    let first = train();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let again = train();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "{stderr}");
+    assert!(stderr.contains("add --resume to continue it"), "{stderr}");
+    std::fs::remove_dir_all(dir).ok();
+}

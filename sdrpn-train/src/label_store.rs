@@ -214,13 +214,15 @@ impl ShardWriter {
             }
         }
         crate::error::write_atomic(&dir.join(format!("index-{worker}.jsonl")), index.as_bytes())?;
+        // Skipped samples are tried again (their image or text may have
+        // been fixed): the log starts afresh and gets them again if they
+        // still fail.
         let skipped = dir.join(format!("skipped-{worker}.jsonl"));
-        if let Ok(text) = std::fs::read_to_string(&skipped) {
-            for line in text.lines() {
-                if let Ok(s) = serde_json::from_str::<Skipped>(line) {
-                    done.insert(s.question_id);
-                }
+        match std::fs::remove_file(&skipped) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(TrainError::io(&skipped, e))
             }
+            _ => {}
         }
         let next_seq = files
             .iter()
@@ -240,7 +242,7 @@ impl ShardWriter {
         })
     }
 
-    /// Whether an earlier run (or this one) already handled `question_id`.
+    /// Whether an earlier run labelled `question_id` (or this run handled it).
     pub fn is_done(&self, question_id: &str) -> bool {
         self.done.contains(question_id)
     }

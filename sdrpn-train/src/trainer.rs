@@ -704,6 +704,19 @@ pub fn train_rpn<B: Backend>(
     let grid = session.grid();
     config.validate(session.num_layers(), session.num_heads(), grid)?;
     check_records(&records, grid, config, images)?;
+    if resume {
+        if let Ok(before) = SdrpnConfig::load(&paths.config()) {
+            if &before != config {
+                return Err(TrainError::config(
+                    "resume",
+                    format!(
+                        "{} was started with other settings (its config.toml): resuming applies the stored ones only, so rerun with the same settings, or start a new run folder",
+                        run_dir.display()
+                    ),
+                ));
+            }
+        }
+    }
     let start = if resume {
         paths.last_checkpoint().ok_or_else(|| {
             TrainError::config(

@@ -86,11 +86,11 @@ fn labelling_writes_records_skips_bad_samples_and_resumes() {
         "the missing image is skipped"
     );
     let second = label(&dir, None);
-    assert_eq!(second.resumed, 4, "the first four are not redone");
+    assert_eq!(second.resumed, 3, "the three labelled are not redone");
     assert_eq!(
         (second.labelled, second.skipped),
-        (3, 1),
-        "the empty question is skipped"
+        (3, 2),
+        "the missing image is tried again, and skipped with the empty question"
     );
     let (grid, records) = read_labels(&dir.join("labels")).unwrap();
     assert_eq!(grid, Grid::new(6, 6).unwrap());
@@ -266,6 +266,20 @@ fn a_diverging_run_stops_saves_no_rpn_and_keeps_only_finite_checkpoints() {
         left.iter().all(|&k| k < epoch),
         "checkpoints {left:?} left from epoch {epoch} on"
     );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn resuming_with_other_settings_is_refused() {
+    let dir = scratch("resume-settings");
+    let records = crafted_records(&dir);
+    train(&dir, "run", records.clone(), &config(3), false, Some(1));
+    let mut other = config(3);
+    other.train.lr = 1e-2;
+    let e = try_train(&dir, "run", records, &other, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("was started with other settings"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
 

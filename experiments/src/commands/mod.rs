@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod config;
 mod demo;
 mod devices;
 mod eval;
@@ -53,6 +54,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Run an experiment config: label, train, evaluate, results table.
     Experiment(experiment::ExperimentArgs),
+    /// Print a method preset as TOML (a template for --config).
+    Config(config::ConfigArgs),
     /// The fine-grained VQA testbed: a micro-LLaVA trained from scratch.
     #[command(subcommand)]
     Testbed(testbed::TestbedCommand),
@@ -73,6 +76,7 @@ impl Cli {
             Command::Score(a) => score::run(a),
             Command::Eval(a) => eval::run(a),
             Command::Experiment(a) => experiment::run(a),
+            Command::Config(a) => config::run(a),
             Command::Testbed(c) => testbed::run(c),
         }
     }

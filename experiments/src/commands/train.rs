@@ -120,6 +120,15 @@ impl BackendJob for TrainArgs {
         let session = LlavaSession::<B>::load(&self.model, &device, config.prompt)
             .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
         sdrpn_train::provenance::check_labels_model(&self.labels, &session.fingerprint)?;
+        let paths = sdrpn_train::trainer::RunPaths {
+            dir: self.out.clone(),
+        };
+        if let (false, Some(epoch)) = (self.resume, paths.last_checkpoint()) {
+            anyhow::bail!(
+                "{} holds a run with checkpoints up to epoch {epoch}: add --resume to continue it, or use a new --out folder",
+                self.out.display()
+            );
+        }
         let request = TrainRequest {
             session: Arc::new(session),
             records,

@@ -117,6 +117,16 @@ impl<B: Backend> Llava<B> {
             return Err(LlavaError::invalid("max_new_tokens", "must be at least 1"));
         }
         let prompt_len = cache.len();
+        let context = self.config().text.max_position_embeddings;
+        if prompt_len + rule.max_new_tokens > context {
+            return Err(LlavaError::invalid(
+                "max_new_tokens",
+                format!(
+                    "the prompt ({prompt_len} tokens) plus {} new tokens exceed the model's context of {context} positions; lower --max-new-tokens",
+                    rule.max_new_tokens
+                ),
+            ));
+        }
         let mut tokens = vec![checked_argmax(first_logits, 0)?];
         let device = self.language.device();
         loop {

@@ -174,4 +174,20 @@ fn bad_images_and_prompts_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("exactly one <image>"), "{e}");
+    // An answer that cannot fit the model's context is refused up front.
+    let e = session
+        .answer_baseline(
+            &image,
+            "<image> What?",
+            &sdrpn_llava::session::AnswerOptions {
+                max_new_tokens: 1_000_000,
+                stop_strings: Vec::new(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("new tokens exceed the model's context of"),
+        "{e}"
+    );
 }

@@ -90,12 +90,7 @@ impl EvalProvenance {
         if self.threshold != other.threshold || self.max_new_tokens != other.max_new_tokens {
             out.push("threshold or answer length".into());
         }
-        out.extend(
-            self.model
-                .differences(&other.model)
-                .into_iter()
-                .map(|d| format!("model: {d}")),
-        );
+        out.extend(provenance::model_changes(&self.model, &other.model));
         if self.rpn != other.rpn {
             out.push("the RPN or its inference settings".into());
         }

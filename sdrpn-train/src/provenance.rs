@@ -45,12 +45,7 @@ impl LabelProvenance {
     }
 
     fn differences(&self, other: &Self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .model
-            .differences(&other.model)
-            .into_iter()
-            .map(|d| format!("model: {d}"))
-            .collect();
+        let mut out = model_changes(&self.model, &other.model);
         if self.prompt != other.prompt {
             out.push(format!(
                 "prompt options {:?} vs {:?}",
@@ -76,6 +71,17 @@ pub struct RunProvenance {
     pub model: ModelFingerprint,
     /// Hash of the labelled records it was trained on.
     pub labels: String,
+}
+
+impl RunProvenance {
+    /// What differs from `other`, in words (empty when equal).
+    pub fn differences(&self, other: &Self) -> Vec<String> {
+        let mut out = model_changes(&self.model, &other.model);
+        if self.labels != other.labels {
+            out.push("the labelled records differ".into());
+        }
+        out
+    }
 }
 
 /// This program and version.
@@ -124,42 +130,54 @@ pub fn check_label_folder(dir: &Path, now: &LabelProvenance) -> Result<()> {
     }
 }
 
-/// Refuses an RPN trained on another model than `model` (`what` names the
-/// use, e.g. "infer").
-pub fn check_rpn_model(run_dir: &Path, model: &ModelFingerprint) -> Result<()> {
-    let Some(run) = read::<RunProvenance>(run_dir)? else {
+/// What differs between the model an output was made with and `now`, each
+/// line prefixed `model: `.
+pub fn model_changes(made_with: &ModelFingerprint, now: &ModelFingerprint) -> Vec<String> {
+    made_with
+        .differences(now)
+        .into_iter()
+        .map(|d| format!("model: {d}"))
+        .collect()
+}
+
+/// Refuses an output folder made with another model than `now`: `made_with`
+/// is the model its provenance names, `refusal` words the error from the
+/// folder and the differences.
+fn refuse_other_model(
+    made_with: Option<ModelFingerprint>,
+    now: &ModelFingerprint,
+    setting: &str,
+    refusal: impl FnOnce(String) -> String,
+) -> Result<()> {
+    let Some(made_with) = made_with else {
         return Ok(());
     };
-    let changed = run.model.differences(model);
+    let changed = made_with.differences(now);
     if changed.is_empty() {
         return Ok(());
     }
-    Err(TrainError::config(
-        "RPN",
+    Err(TrainError::config(setting, refusal(changed.join("; "))))
+}
+
+/// Refuses an RPN trained on another model than `model`.
+pub fn check_rpn_model(run_dir: &Path, model: &ModelFingerprint) -> Result<()> {
+    let made_with = read::<RunProvenance>(run_dir)?.map(|r| r.model);
+    refuse_other_model(made_with, model, "RPN", |changed| {
         format!(
-            "the RPN in {} was trained on another model ({}); use it with that model, or train one for this model",
-            run_dir.display(),
-            changed.join("; ")
-        ),
-    ))
+            "the RPN in {} was trained on another model ({changed}); use it with that model, or train one for this model",
+            run_dir.display()
+        )
+    })
 }
 
 /// Refuses labels made with another model than `model` (training on them
 /// would distil another model's attention).
 pub fn check_labels_model(labels_dir: &Path, model: &ModelFingerprint) -> Result<()> {
-    let Some(labels) = read::<LabelProvenance>(labels_dir)? else {
-        return Ok(());
-    };
-    let changed = labels.model.differences(model);
-    if changed.is_empty() {
-        return Ok(());
-    }
-    Err(TrainError::config(
-        "labels",
+    let made_with = read::<LabelProvenance>(labels_dir)?.map(|l| l.model);
+    refuse_other_model(made_with, model, "labels", |changed| {
         format!(
-            "the labels in {} were made with another model ({}); train with the model that made them, or label again with this one",
-            labels_dir.display(),
-            changed.join("; ")
-        ),
-    ))
+            "the labels in {} were made with another model ({changed}); train with the model that made them, or label again with this one",
+            labels_dir.display()
+        )
+    })
 }

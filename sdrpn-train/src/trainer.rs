@@ -559,10 +559,7 @@ impl RunPaths {
             .ok()?
             .filter_map(|e| {
                 let name = e.ok()?.file_name().into_string().ok()?;
-                name.strip_prefix("model-")?
-                    .strip_suffix(".mpk")?
-                    .parse::<usize>()
-                    .ok()
+                checkpoint_epoch(name.strip_prefix("model-")?)
             })
             .max()
     }
@@ -741,15 +738,7 @@ pub fn train_rpn<B: Backend>(
     };
     if resume {
         if let Some(before) = crate::provenance::read::<RunProvenance>(run_dir)? {
-            let mut changed: Vec<String> = before
-                .model
-                .differences(&made_from.model)
-                .into_iter()
-                .map(|d| format!("model: {d}"))
-                .collect();
-            if before.labels != made_from.labels {
-                changed.push("the labelled records differ".into());
-            }
+            let changed = before.differences(&made_from);
             if !changed.is_empty() {
                 return Err(TrainError::config(
                     "resume",
@@ -863,6 +852,17 @@ pub fn train_rpn<B: Backend>(
     })
 }
 
+/// The epoch of a burn-train checkpoint file (`model-3.mpk`, `optim-3.mpk`,
+/// `scheduler-3.mpk` -> 3).
+pub fn checkpoint_epoch(file_name: &str) -> Option<usize> {
+    file_name
+        .strip_suffix(".mpk")?
+        .rsplit('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The error of a run whose loss became non-finite in `epoch` (1-based) at
 /// `iteration`, after removing that epoch's and later checkpoints (their
 /// weights are not finite), so the last one left is the last finite one.
@@ -871,11 +871,7 @@ fn diverged(paths: &RunPaths, epoch: usize, iteration: usize, lr: f64) -> TrainE
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            let number = name
-                .strip_suffix(".mpk")
-                .and_then(|n| n.rsplit('-').next())
-                .and_then(|n| n.parse::<usize>().ok());
-            if number.is_some_and(|n| n >= epoch) {
+            if checkpoint_epoch(&name).is_some_and(|n| n >= epoch) {
                 std::fs::remove_file(entry.path()).ok();
             }
         }

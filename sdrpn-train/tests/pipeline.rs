@@ -257,7 +257,7 @@ fn a_diverging_run_stops_saves_no_rpn_and_keeps_only_finite_checkpoints() {
         .map(|d| {
             d.filter_map(|f| {
                 let name = f.ok()?.file_name().into_string().ok()?;
-                name.strip_suffix(".mpk")?.rsplit('-').next()?.parse().ok()
+                sdrpn_train::trainer::checkpoint_epoch(&name)
             })
             .collect()
         })

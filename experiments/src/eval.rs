@@ -73,7 +73,8 @@ pub struct EvalSpec {
     /// provenance (`sdrpn_train::trainer::rpn_fingerprint`).
     pub rpn_weights: Option<String>,
     /// When the folder holds answers made from other inputs: clear it and
-    /// start over (the experiment runner) instead of refusing (`sdrpn eval`).
+    /// start over (the experiment runner, `sdrpn eval --force`) instead of
+    /// refusing.
     pub redo_on_change: bool,
 }
 
@@ -178,7 +179,7 @@ pub fn run_eval<B: Backend>(
     if !changed.is_empty() {
         if !spec.redo_on_change {
             anyhow::bail!(
-                "{} holds answers made from other inputs ({}); adding to them would mix two evaluations: use a new --out folder",
+                "{} holds answers made from other inputs ({}); adding to them would mix two evaluations: use a new --out folder, or add --force to discard them and answer afresh",
                 spec.out.display(),
                 changed.join("; ")
             );

@@ -17,7 +17,7 @@ use sdrpn_train::render::SilentRenderer;
 use sdrpn_train::trainer::{load_rpn, train_rpn, RunPaths, TrainRequest};
 use sdrpn_train::SdrpnConfig;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -311,7 +311,10 @@ pub fn run_experiment<B: Backend>(
             .with_context(|| format!("cannot load the model in {}", config.model.display()))?,
     );
 
-    // Stage A once, shared by every run that trains.
+    // Stage A once, shared by every run that trains. `label_ids`: the
+    // questions labelled for this config (training leaves out labels of
+    // questions an earlier config had and this one dropped).
+    let mut label_ids: Option<BTreeSet<String>> = None;
     let label_dir = config
         .labels
         .as_ref()
@@ -358,6 +361,15 @@ pub fn run_experiment<B: Backend>(
             ));
             std::fs::create_dir_all(label_dir)?;
             crate::commands::write_source(label_dir, &images)?;
+            label_ids = Some(
+                questions
+                    .iter()
+                    .take(labels.limit.unwrap_or(usize::MAX))
+                    .map(|q| q.question_id.clone())
+                    .collect(),
+            );
+            // A label folder made from another model or other labelling
+            // settings is a changed input: it is labelled afresh.
             let job = LabelJob {
                 questions,
                 images,
@@ -365,6 +377,7 @@ pub fn run_experiment<B: Backend>(
                 shard: ShardSpec::default(),
                 limit: labels.limit,
                 shard_size: 64,
+                force: true,
             };
             let p = run_labelling(&session, &method, &job, |_, _| {})?;
             log(&format!(
@@ -390,7 +403,7 @@ pub fn run_experiment<B: Backend>(
                     train,
                     &method,
                     &session,
-                    labels,
+                    (labels, label_ids.as_ref()),
                     &run_dir.join("rpn"),
                     log,
                 )?)
@@ -408,7 +421,7 @@ pub fn run_experiment<B: Backend>(
         }
         let rpn = match &rpn_dir {
             Some(dir) => {
-                let (mut cfg, rpn) = load_rpn(&session, dir)?;
+                let (mut cfg, rpn) = load_rpn(&session, dir, false)?;
                 if let Some(m) = run.multi_box_mask {
                     cfg.inference.roi.multi_box_mask = m;
                 }
@@ -419,6 +432,9 @@ pub fn run_experiment<B: Backend>(
         for (name, data) in &config.benchmarks {
             let benchmark: Benchmark = name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
             let loaded = load_samples(benchmark, &data.data, data.images.as_deref())?;
+            for warning in loaded.warnings(&data.data) {
+                log(&warning);
+            }
             let spec = EvalSpec {
                 benchmark,
                 method: run.method,
@@ -464,13 +480,15 @@ pub fn run_experiment<B: Backend>(
     Ok(cells)
 }
 
-/// Trains (or resumes, or reuses) one run's RPN; returns its run folder.
+/// Trains (or resumes, or reuses) one run's RPN on the label folder's
+/// records (only those of `labels.1`'s questions, when given); returns its
+/// run folder.
 fn train_run<B: Backend>(
     run: &RunSpec,
     train: &TrainSpec,
     base: &SdrpnConfig,
     session: &Arc<LlavaSession<B>>,
-    labels: &Path,
+    labels: (&Path, Option<&BTreeSet<String>>),
     dir: &Path,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<PathBuf> {
@@ -499,7 +517,7 @@ fn train_run<B: Backend>(
         session,
         &method,
         labels,
-        || crate::commands::read_source(labels),
+        || crate::commands::read_source(labels.0),
         dir,
         &run.name,
         log,
@@ -507,14 +525,15 @@ fn train_run<B: Backend>(
     Ok(dir.to_path_buf())
 }
 
-/// Trains an RPN under `method` on the labels in `labels` (their image
-/// folder from `images`, asked only when training) into `dir`: reuses a run
-/// that finished all its epochs, resumes one stopped under the same config,
-/// else starts afresh. `what` names the run in the log lines.
+/// Trains an RPN under `method` on the labels in `labels.0` (only the
+/// records of the question ids `labels.1`, when given; their image folder
+/// from `images`, asked only when training) into `dir`: reuses a run that
+/// finished all its epochs, resumes one stopped under the same config and
+/// inputs, else starts afresh. `what` names the run in the log lines.
 pub fn train_or_reuse<B: Backend>(
     session: &Arc<LlavaSession<B>>,
     method: &SdrpnConfig,
-    labels: &Path,
+    (labels, only): (&Path, Option<&BTreeSet<String>>),
     images: impl FnOnce() -> anyhow::Result<PathBuf>,
     dir: &Path,
     what: &str,
@@ -523,8 +542,19 @@ pub fn train_or_reuse<B: Backend>(
     let paths = RunPaths {
         dir: dir.to_path_buf(),
     };
-    sdrpn_train::provenance::check_labels_model(labels, &session.fingerprint)?;
-    let (_, records) = read_labels(labels)?;
+    sdrpn_train::provenance::check_labels_model(labels, &session.fingerprint, false)?;
+    let (_, mut records) = read_labels(labels)?;
+    if let Some(ids) = only {
+        let before = records.len();
+        records.retain(|r| ids.contains(&r.question_id));
+        if records.len() < before {
+            log(&format!(
+                "{what}: {} labelled samples in {} are of questions no longer labelled: left out",
+                before - records.len(),
+                labels.display()
+            ));
+        }
+    }
     // The run's inputs (method config, model, labels) as its provenance
     // records them: a run made from other inputs is trained again.
     let same_inputs = SdrpnConfig::load(&paths.config()).ok().as_ref() == Some(method)

@@ -26,6 +26,38 @@ fn to_grid(x: f32, y: f32, w: u32, h: u32, grid: Grid, mode: ImageMode) -> Optio
     }
 }
 
+/// Checks, before any work, that a heatmap can be written to `path`: an
+/// image format the name's extension names, not a folder, in an existing
+/// folder this process can create files in.
+pub fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
+    let name = path.display();
+    if path.is_dir() {
+        anyhow::bail!("--heatmap {name} is a folder: give a file name such as {name}/roi.png");
+    }
+    image::ImageFormat::from_path(path).map_err(|_| {
+        anyhow::anyhow!("--heatmap {name}: the extension names no image format: use .png")
+    })?;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !folder.is_dir() {
+        anyhow::bail!(
+            "--heatmap {name}: the folder {} does not exist",
+            folder.display()
+        );
+    }
+    let probe = folder.join(format!(".sdrpn-heatmap-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| {
+        anyhow::anyhow!(
+            "--heatmap {name}: cannot write in {}: {e}",
+            folder.display()
+        )
+    })?;
+    std::fs::remove_file(&probe).ok();
+    Ok(())
+}
+
 /// Bilinear sample of a row-major grid map at fractional token coordinates.
 fn sample(map: &[f32], grid: Grid, gx: f32, gy: f32) -> f32 {
     let (cx, cy) = (

@@ -24,10 +24,14 @@ fn questions(dir: &Path, lines: &str) -> PathBuf {
 }
 
 fn label(questions: &Path, out: &Path, extra: &[&str]) -> Output {
+    label_with(&fixtures().join("tiny-llava"), questions, out, extra)
+}
+
+fn label_with(model: &Path, questions: &Path, out: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sdrpn"))
         .arg("label")
         .arg("--model")
-        .arg(fixtures().join("tiny-llava"))
+        .arg(model)
         .arg("--questions")
         .arg(questions)
         .arg("--images")
@@ -108,36 +112,54 @@ fn a_label_folder_is_not_resumed_with_another_model() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let other = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
-        .arg("label")
-        .arg("--model")
-        .arg(fixtures().join("tiny-llava-f16"))
-        .arg("--questions")
-        .arg(&q)
-        .arg("--images")
-        .arg(fixtures().join("images"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let f16 = fixtures().join("tiny-llava-f16");
+    let other = label_with(&f16, &q, &out, &[]);
     let stderr = String::from_utf8_lossy(&other.stderr);
     assert!(!other.status.success(), "{stderr}");
     assert!(
         stderr.contains("holds labels made from other inputs")
             && stderr.contains("model: the weights differ")
-            && stderr.contains("new --out folder"),
+            && stderr.contains("new --out folder")
+            && stderr.contains("add --force"),
         "{stderr}"
     );
+    // --force in one worker of several is refused: the folder is shared.
+    let shard = label_with(&f16, &q, &out, &["--force", "--shard", "0/2"]);
+    let stderr = String::from_utf8_lossy(&shard.stderr);
+    assert!(
+        !shard.status.success() && stderr.contains("run it once without --shard"),
+        "{stderr}"
+    );
+    // --force discards the first model's label and labels afresh.
+    let forced = label_with(&f16, &q, &out, &["--force"]);
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(forced.status.success(), "{stderr}");
+    assert!(stderr.contains("it is labelled afresh"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&forced.stdout);
+    assert!(
+        stdout.contains("2 labelled") && stdout.contains("0 done before"),
+        "{stdout}"
+    );
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
+            .unwrap();
+    let f16_weights = sdrpn_llava::fingerprint::model_fingerprint(&f16, "6x6")
+        .unwrap()
+        .weights;
+    assert_eq!(p["model"]["weights"], f16_weights.as_str());
+    // ... and a resume with it now continues without --force.
+    assert!(label_with(&f16, &q, &out, &[]).status.success());
     std::fs::remove_dir_all(dir).ok();
 }
 
-fn eval(benchmark: &str, out: &Path) -> Output {
+fn eval(benchmark: &str, out: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sdrpn"))
         .args(["eval", "--benchmark", benchmark, "--data", "synthetic:3"])
         .arg("--model")
         .arg(fixtures().join("tiny-llava"))
         .arg("--out")
         .arg(out)
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -146,14 +168,14 @@ fn eval(benchmark: &str, out: &Path) -> Output {
 fn an_eval_folder_does_not_take_answers_to_another_benchmark() {
     let dir = scratch("eval-bench");
     let out = dir.join("eval");
-    let first = eval("textvqa", &out);
+    let first = eval("textvqa", &out, &[]);
     assert!(
         first.status.success(),
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
     let score = std::fs::read_to_string(out.join("score.json")).unwrap();
-    let second = eval("pope", &out);
+    let second = eval("pope", &out, &[]);
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{stderr}");
     assert!(
@@ -167,7 +189,16 @@ fn an_eval_folder_does_not_take_answers_to_another_benchmark() {
         "the textvqa score is left as it was"
     );
     // The same evaluation again resumes (nothing to do) and succeeds.
-    assert!(eval("textvqa", &out).status.success());
+    assert!(eval("textvqa", &out, &[]).status.success());
+    // --force discards the textvqa answers and evaluates POPE there.
+    let forced = eval("pope", &out, &["--force"]);
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(forced.status.success(), "{stderr}");
+    assert!(stderr.contains("its answers are redone"), "{stderr}");
+    let score: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("score.json")).unwrap()).unwrap();
+    assert_eq!(score["benchmark"], "pope", "{score}");
+    assert_eq!(score["samples"], 3, "{score}");
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -221,6 +252,20 @@ fn an_experiment_rerun_with_other_training_settings_retrains_and_redoes_the_answ
     let answers =
         std::fs::read_to_string(out.join("sd-rpn/vstar/predictions-w0of1.jsonl")).unwrap();
     assert_eq!(answers.lines().count(), 6, "the old RPN's answers are gone");
+    // Fewer questions to label: the labels of the dropped ones are left
+    // out of training (not mixed in), so the RPN is trained again.
+    config.labels.as_mut().unwrap().limit = Some(8);
+    let fewer = run(&config);
+    assert!(
+        fewer
+            .iter()
+            .any(|l| l.contains("4 labelled samples") && l.contains("left out")),
+        "{fewer:?}"
+    );
+    assert!(
+        fewer.iter().any(|l| l.contains("changed since")),
+        "{fewer:?}"
+    );
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -230,22 +275,44 @@ fn training_refuses_labels_made_with_another_model() {
     let q = questions(&dir, TWO);
     let labels = dir.join("labels");
     assert!(label(&q, &labels, &[]).status.success());
-    let run = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
-        .args(["train", "--preset", "tiny", "--epochs", "1"])
-        .arg("--model")
-        .arg(fixtures().join("tiny-llava-f16"))
-        .arg("--labels")
-        .arg(&labels)
-        .arg("--out")
-        .arg(dir.join("run"))
-        .output()
-        .unwrap();
+    let train = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+            .args([
+                "train",
+                "--preset",
+                "tiny",
+                "--epochs",
+                "1",
+                "--holdout",
+                "1",
+            ])
+            .arg("--model")
+            .arg(fixtures().join("tiny-llava-f16"))
+            .arg("--labels")
+            .arg(&labels)
+            .arg("--out")
+            .arg(dir.join("run"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let run = train(&[]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "{stderr}");
     assert!(
         stderr.contains("were made with another model (") && stderr.contains("the weights differ"),
         "{stderr}"
     );
+    assert!(!dir.join("run/rpn.safetensors").exists());
+    // --force trains on them anyway (same grid), with a warning.
+    let forced = train(&["--force"]);
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(forced.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: --force: using labels made with another model"),
+        "{stderr}"
+    );
+    assert!(dir.join("run/rpn.safetensors").is_file());
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -314,7 +381,7 @@ fn training_again_over_checkpoints_needs_resume() {
     let q = questions(&dir, TWO);
     let labels = dir.join("labels");
     assert!(label(&q, &labels, &[]).status.success());
-    let train = || {
+    let train = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_sdrpn"))
             .args([
                 "train",
@@ -331,18 +398,138 @@ fn training_again_over_checkpoints_needs_resume() {
             .arg(&labels)
             .arg("--out")
             .arg(dir.join("run"))
+            .args(extra)
             .output()
             .unwrap()
     };
-    let first = train();
+    let first = train(&[]);
     assert!(
         first.status.success(),
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let again = train();
+    let again = train(&[]);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(!again.status.success(), "{stderr}");
-    assert!(stderr.contains("add --resume to continue it"), "{stderr}");
+    assert!(
+        stderr.contains("add --resume to continue it")
+            && stderr.contains("--force to start it over"),
+        "{stderr}"
+    );
+    let forced = train(&["--force"]);
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(forced.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("checkpoints (up to epoch 1) are discarded and the run starts over"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&forced.stdout).contains("epochs 1..1 of 1"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn an_unwritable_heatmap_path_is_refused_before_any_work() {
+    let dir = scratch("heatmap");
+    let infer = |heatmap: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+            .args(["infer", "--question", "What is it?"])
+            .arg("--model")
+            .arg(fixtures().join("tiny-llava"))
+            // No run folder at all: the heatmap path is checked first.
+            .arg("--rpn")
+            .arg(dir.join("no-run"))
+            .arg("--image")
+            .arg(fixtures().join("images/wide.png"))
+            .arg("--heatmap")
+            .arg(heatmap)
+            .output()
+            .unwrap()
+    };
+    for (path, says) in [
+        (dir.join("missing/roi.png"), "does not exist"),
+        (dir.join("roi.txt"), "names no image format"),
+        (dir.clone(), "is a folder"),
+    ] {
+        let out = infer(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("--heatmap") && stderr.contains(says),
+            "{path:?}: {stderr}"
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_killed_writer_blocks_no_one_and_its_finished_work_is_kept() {
+    let dir = scratch("kill");
+    let many: String = (0..5000)
+        .map(|i| {
+            format!(
+                "{{\"question_id\": {i}, \"image\": \"wide.png\", \"text\": \"What is it?\"}}\n"
+            )
+        })
+        .collect();
+    let q = questions(&dir, &many);
+    let out = dir.join("labels");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .arg("label")
+        .arg("--model")
+        .arg(fixtures().join("tiny-llava"))
+        .arg("--questions")
+        .arg(&q)
+        .arg("--images")
+        .arg(fixtures().join("images"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--shard-size", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it has stored two samples (one shard file each).
+    let shards = || {
+        std::fs::read_dir(&out).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+            })
+            .count()
+        })
+    };
+    let start = std::time::Instant::now();
+    while shards() < 2 {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "the first writer stored nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A second process on the folder is refused, naming the first.
+    let second = label(&q, &out, &["--limit", "2"]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {} command sdrpn label", first.id())),
+        "{stderr}"
+    );
+    // kill -9: no clean release, the lock file still names the writer.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let after = label(&q, &out, &["--limit", "2"]);
+    let stderr = String::from_utf8_lossy(&after.stderr);
+    assert!(after.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the previous writer (pid {} command sdrpn label",
+            first.id()
+        )) && stderr.contains("did not finish cleanly"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&after.stdout);
+    assert!(
+        stdout.contains("0 labelled") && stdout.contains("2 done before"),
+        "the killed writer's stored samples are kept: {stdout}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }

@@ -43,6 +43,31 @@ impl std::str::FromStr for Tokenization {
     }
 }
 
+/// Reads a `tokenizer.json`, telling a file that is not JSON from JSON of
+/// another shape (a config, a vocabulary list) from a tokenizer the
+/// `tokenizers` library cannot build.
+fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let fail = |why: String| LlavaError::Tokenizer(format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+    let missing: Vec<&str> = ["model", "normalizer", "pre_tokenizer", "decoder"]
+        .into_iter()
+        .filter(|k| json.get(k).is_none())
+        .collect();
+    if !json.is_object() || json.get("model").is_none_or(|m| !m.is_object()) {
+        return Err(fail(format!(
+            "valid JSON, but not a `tokenizers` tokenizer.json (lacks {}): expected the file HF tokenizers saves (tokenizer.save), not tokenizer_config.json or a vocabulary",
+            if missing.is_empty() { "a \"model\" object".to_string() } else { missing.join(", ") }
+        )));
+    }
+    text.parse::<Tokenizer>().map_err(|e| {
+        fail(format!(
+            "not a tokenizer the `tokenizers` library can build: {e}"
+        ))
+    })
+}
+
 /// A LLaMA tokenizer with LLaVA's image token.
 pub struct LlavaTokenizer {
     inner: Tokenizer,
@@ -62,8 +87,7 @@ impl LlavaTokenizer {
                 path.display()
             )));
         }
-        let inner = Tokenizer::from_file(&path)
-            .map_err(|e| LlavaError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner = read_tokenizer(&path)?;
         let eos = inner
             .token_to_id("</s>")
             .ok_or_else(|| LlavaError::Tokenizer(format!("{}: no </s> token", path.display())))?;

@@ -191,3 +191,37 @@ fn bad_images_and_prompts_are_clear_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn a_tokenizer_json_of_the_wrong_shape_is_told_from_broken_json() {
+    use sdrpn_llava::tokenizer::LlavaTokenizer;
+    let dir = edited_model("tokenizer", |_| {});
+    let path = dir.join("tokenizer.json");
+    let err = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        match LlavaTokenizer::from_dir(&dir, 32000) {
+            Ok(_) => panic!("{text:?} is not a tokenizer"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = err("{\"model\": ");
+    assert!(e.contains("tokenizer.json: not valid JSON"), "{e}");
+    // tokenizer_config.json saved under the wrong name: JSON, wrong shape.
+    let e = err("{\"add_bos_token\": true, \"model_max_length\": 4096}");
+    assert!(
+        e.contains("valid JSON, but not a `tokenizers` tokenizer.json (lacks model, normalizer"),
+        "{e}"
+    );
+    let e = err("[\"<s>\", \"</s>\"]");
+    assert!(
+        e.contains("valid JSON, but not a `tokenizers` tokenizer.json"),
+        "{e}"
+    );
+    // The right shape with a broken model inside is the library's error.
+    let e = err("{\"model\": {\"type\": \"Nonesuch\"}}");
+    assert!(
+        e.contains("not a tokenizer the `tokenizers` library can build"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -34,6 +34,9 @@ pub struct LabelJob {
     pub limit: Option<usize>,
     /// Records per shard file (a crash loses at most this many).
     pub shard_size: usize,
+    /// When the folder holds labels made from other inputs: discard them
+    /// and start afresh instead of refusing (`--force`; whole jobs only).
+    pub force: bool,
 }
 
 /// Progress after each sample.
@@ -165,9 +168,11 @@ pub fn run_labelling<B: Backend>(
 ) -> Result<LabelProgress> {
     config.validate(session.num_layers(), session.num_heads(), session.grid())?;
     let _lock = crate::lock::FolderLock::acquire(&job.out, Some(&job.shard.tag()), "sdrpn label")?;
+    job.shard.refuse_force(job.force)?;
     crate::provenance::check_label_folder(
         &job.out,
         &crate::provenance::LabelProvenance::new(&session.fingerprint, config),
+        job.force,
     )?;
     config.save(&job.out.join("config.toml"))?;
     let mut writer = ShardWriter::open(&job.out, &job.shard.tag(), session.grid())?;

@@ -84,6 +84,24 @@ pub fn shard_files(dir: &Path, worker: Option<&str>) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Removes every worker's labels from `dir` (shards, indexes, skipped
+/// logs), leaving its other files; returns how many files were removed.
+pub fn clear(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
+        let path = entry.map_err(|e| TrainError::io(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let store_file = (name.starts_with("labels-") && name.ends_with(".safetensors"))
+            || ((name.starts_with("index-") || name.starts_with("skipped-"))
+                && name.ends_with(".jsonl"));
+        if store_file {
+            std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn floats_of(
     path: &Path,
     st: &SafeTensors,

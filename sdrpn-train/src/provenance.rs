@@ -108,26 +108,34 @@ pub fn write<T: Serialize>(dir: &Path, provenance: &T) -> Result<()> {
 }
 
 /// Checks a label folder about to be resumed against what labelling would
-/// use now (refusing a mismatch), or records it for a new folder.
-pub fn check_label_folder(dir: &Path, now: &LabelProvenance) -> Result<()> {
-    match read::<LabelProvenance>(dir)? {
-        Some(before) => {
-            let changed = before.differences(now);
-            if changed.is_empty() {
-                Ok(())
-            } else {
-                Err(TrainError::config(
-                    "label folder",
-                    format!(
-                        "{} holds labels made from other inputs ({}); resuming would mix them: label into a new --out folder",
-                        dir.display(),
-                        changed.join("; ")
-                    ),
-                ))
-            }
-        }
-        None => write(dir, now),
+/// use now, or records it for a new folder. A mismatch is refused, or with
+/// `force` the folder's labels (every worker's) are discarded and it starts
+/// afresh.
+pub fn check_label_folder(dir: &Path, now: &LabelProvenance, force: bool) -> Result<()> {
+    let Some(before) = read::<LabelProvenance>(dir)? else {
+        return write(dir, now);
+    };
+    let changed = before.differences(now);
+    if changed.is_empty() {
+        return Ok(());
     }
+    if !force {
+        return Err(TrainError::config(
+            "label folder",
+            format!(
+                "{} holds labels made from other inputs ({}); resuming would mix them: label into a new --out folder, or add --force to discard them and label afresh there",
+                dir.display(),
+                changed.join("; ")
+            ),
+        ));
+    }
+    let removed = crate::label_store::clear(dir)?;
+    eprintln!(
+        "{} held labels made from other inputs ({}): its {removed} label files were removed and it is labelled afresh",
+        dir.display(),
+        changed.join("; ")
+    );
+    write(dir, now)
 }
 
 /// What differs between the model an output was made with and `now`, each
@@ -140,43 +148,56 @@ pub fn model_changes(made_with: &ModelFingerprint, now: &ModelFingerprint) -> Ve
         .collect()
 }
 
-/// Refuses an output folder made with another model than `now`: `made_with`
-/// is the model its provenance names, `refusal` words the error from the
-/// folder and the differences.
+/// Refuses an input made with another model than `now`: `made_with` is the
+/// model its provenance names, `refusal` words the error from the
+/// differences. With `force` the input is used anyway, with a warning
+/// naming `what`, unless the visual grids differ (an input made for another
+/// grid cannot be used at all).
 fn refuse_other_model(
     made_with: Option<ModelFingerprint>,
     now: &ModelFingerprint,
-    setting: &str,
+    what: &str,
+    force: bool,
     refusal: impl FnOnce(String) -> String,
 ) -> Result<()> {
     let Some(made_with) = made_with else {
         return Ok(());
     };
-    let changed = made_with.differences(now);
+    let changed = made_with.differences(now).join("; ");
     if changed.is_empty() {
         return Ok(());
     }
-    Err(TrainError::config(setting, refusal(changed.join("; "))))
+    if !force || made_with.grid != now.grid {
+        let mut message = refusal(changed);
+        if force {
+            message.push_str(" (--force cannot override another visual grid)");
+        }
+        return Err(TrainError::config(what, message));
+    }
+    eprintln!("warning: --force: using {what} made with another model ({changed})");
+    Ok(())
 }
 
-/// Refuses an RPN trained on another model than `model`.
-pub fn check_rpn_model(run_dir: &Path, model: &ModelFingerprint) -> Result<()> {
+/// Refuses an RPN trained on another model than `model` (with `force`:
+/// warns, unless the grids differ).
+pub fn check_rpn_model(run_dir: &Path, model: &ModelFingerprint, force: bool) -> Result<()> {
     let made_with = read::<RunProvenance>(run_dir)?.map(|r| r.model);
-    refuse_other_model(made_with, model, "RPN", |changed| {
+    refuse_other_model(made_with, model, "RPN", force, |changed| {
         format!(
-            "the RPN in {} was trained on another model ({changed}); use it with that model, or train one for this model",
+            "the RPN in {} was trained on another model ({changed}); use it with that model, train one for this model, or add --force to use it anyway",
             run_dir.display()
         )
     })
 }
 
 /// Refuses labels made with another model than `model` (training on them
-/// would distil another model's attention).
-pub fn check_labels_model(labels_dir: &Path, model: &ModelFingerprint) -> Result<()> {
+/// would distil another model's attention; with `force`: warns, unless the
+/// grids differ).
+pub fn check_labels_model(labels_dir: &Path, model: &ModelFingerprint, force: bool) -> Result<()> {
     let made_with = read::<LabelProvenance>(labels_dir)?.map(|l| l.model);
-    refuse_other_model(made_with, model, "labels", |changed| {
+    refuse_other_model(made_with, model, "labels", force, |changed| {
         format!(
-            "the labels in {} were made with another model ({changed}); train with the model that made them, or label again with this one",
+            "the labels in {} were made with another model ({changed}); train with the model that made them, label again with this one, or add --force to train on them anyway",
             labels_dir.display()
         )
     })

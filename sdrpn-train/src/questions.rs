@@ -153,6 +153,20 @@ impl ShardSpec {
     pub fn tag(&self) -> String {
         format!("w{}of{}", self.index, self.count)
     }
+
+    /// Refuses `--force` in a worker of several: it discards the whole
+    /// folder's earlier work, which the other workers share.
+    pub fn refuse_force(&self, force: bool) -> Result<()> {
+        if force && self.count > 1 {
+            return Err(TrainError::config(
+                "--force",
+                format!(
+                    "--force discards the whole folder's earlier work, which the other workers of --shard {self} share: run it once without --shard, or use a new --out folder"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

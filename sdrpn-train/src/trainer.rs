@@ -707,7 +707,7 @@ pub fn train_rpn<B: Backend>(
                 return Err(TrainError::config(
                     "resume",
                     format!(
-                        "{} was started with other settings (its config.toml): resuming applies the stored ones only, so rerun with the same settings, or start a new run folder",
+                        "{} was started with other settings (its config.toml): resuming applies the stored ones only, so rerun with the same settings, start a new run folder, or drop --resume and add --force to start this one over",
                         run_dir.display()
                     ),
                 ));
@@ -743,7 +743,7 @@ pub fn train_rpn<B: Backend>(
                 return Err(TrainError::config(
                     "resume",
                     format!(
-                        "{} was trained from other inputs ({}); resuming would mix them: train into a new run folder",
+                        "{} was trained from other inputs ({}); resuming would mix them: train into a new run folder, or drop --resume and add --force to start this one over",
                         run_dir.display(),
                         changed.join("; ")
                     ),
@@ -951,15 +951,18 @@ pub fn rpn_fingerprint(run_dir: &Path) -> Result<String> {
 }
 
 /// A trained RPN: its run's config and parameters loaded onto `session`'s
-/// geometry (the RPN is built from the host, then overwritten).
+/// geometry (the RPN is built from the host, then overwritten). An RPN
+/// trained on another model is refused, or with `force` used with a warning
+/// (never one trained for another visual grid).
 pub fn load_rpn<B: Backend>(
     session: &LlavaSession<B>,
     run_dir: &Path,
+    force: bool,
 ) -> Result<(SdrpnConfig, LlavaRpn<B>)> {
     let paths = RunPaths {
         dir: run_dir.to_path_buf(),
     };
-    crate::provenance::check_rpn_model(run_dir, &session.fingerprint)?;
+    crate::provenance::check_rpn_model(run_dir, &session.fingerprint, force)?;
     let config = SdrpnConfig::load(&paths.config())?;
     config.validate(session.num_layers(), session.num_heads(), session.grid())?;
     let mut rpn = session.init_rpn(config.rpn.branch_layer, config.rpn.twig_layers)?;

@@ -79,6 +79,7 @@ fn label_reference_case(mut config: SdrpnConfig, tag: &str) -> LabelRecord {
         shard: ShardSpec::default(),
         limit: None,
         shard_size: 4,
+        force: false,
     };
     let progress = run_labelling(&session, &config, &job, |_, _| {}).unwrap();
     assert_eq!(progress.labelled, 1);

@@ -72,6 +72,7 @@ fn label(dir: &Path, limit: Option<usize>) -> sdrpn_train::label::LabelProgress 
         shard: ShardSpec::default(),
         limit,
         shard_size: 2,
+        force: false,
     };
     run_labelling(&session(), &SdrpnConfig::tiny(), &job, |_, _| {}).unwrap()
 }
@@ -213,7 +214,7 @@ fn training_loss_is_finite_and_falls_on_a_fixed_batch() {
         assert!(dir.join("run").join(f).is_file(), "{f}");
     }
     // The saved RPN loads back onto the host's geometry.
-    let (cfg, _rpn) = sdrpn_train::trainer::load_rpn(&session(), &dir.join("run")).unwrap();
+    let (cfg, _rpn) = sdrpn_train::trainer::load_rpn(&session(), &dir.join("run"), false).unwrap();
     assert_eq!(cfg.train.epochs, 6);
     // ... and onto no other model: one with a 24x24 grid is refused.
     let other = LlavaSession::<B>::load(
@@ -222,7 +223,7 @@ fn training_loss_is_finite_and_falls_on_a_fixed_batch() {
         SdrpnConfig::tiny().prompt,
     )
     .unwrap();
-    let e = match sdrpn_train::trainer::load_rpn(&other, &dir.join("run")) {
+    let e = match sdrpn_train::trainer::load_rpn(&other, &dir.join("run"), false) {
         Ok(_) => panic!("a foreign RPN is refused"),
         Err(e) => e.to_string(),
     };
@@ -230,6 +231,32 @@ fn training_loss_is_finite_and_falls_on_a_fixed_batch() {
         e.contains("was trained on another model (visual grid 6x6 vs 24x24"),
         "{e}"
     );
+    // --force cannot make another grid fit ...
+    let e = match sdrpn_train::trainer::load_rpn(&other, &dir.join("run"), true) {
+        Ok(_) => panic!("a foreign grid is refused even with force"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("--force cannot override another visual grid"),
+        "{e}"
+    );
+    // ... but uses an RPN of another model with the same grid (the f16 copy
+    // of the fixture: other weights), which is refused without it.
+    let same_grid = LlavaSession::<B>::load(
+        &fixtures().join("tiny-llava-f16"),
+        &Default::default(),
+        SdrpnConfig::tiny().prompt,
+    )
+    .unwrap();
+    match sdrpn_train::trainer::load_rpn(&same_grid, &dir.join("run"), false) {
+        Ok(_) => panic!("an RPN of other weights is refused without force"),
+        Err(e) => assert!(
+            e.to_string().contains("add --force to use it anyway"),
+            "{e}"
+        ),
+    }
+    let (forced, _) = sdrpn_train::trainer::load_rpn(&same_grid, &dir.join("run"), true).unwrap();
+    assert_eq!(forced, cfg);
     std::fs::remove_dir_all(dir).ok();
 }
 

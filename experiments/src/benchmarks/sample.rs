@@ -56,6 +56,37 @@ pub struct Loaded {
     pub files: Vec<PathBuf>,
 }
 
+impl Loaded {
+    /// What a user should hear about this load before the work starts, one
+    /// line each (`data` names the source): the rows skipped, and the
+    /// samples whose `answers` list is empty (they score 0 whatever the
+    /// model answers, as in lmms-eval, but silently lowering a score is a
+    /// defect of the data worth saying).
+    pub fn warnings(&self, data: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|(row, why)| format!("warning: {data} row {row} skipped: {why}"))
+            .collect();
+        let empty: Vec<&str> = self
+            .samples
+            .iter()
+            .filter(|s| s.answers.is_empty())
+            .map(|s| s.id.as_str())
+            .collect();
+        if !empty.is_empty() {
+            let shown = empty.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+            let more = if empty.len() > 5 { ", ..." } else { "" };
+            out.push(format!(
+                "warning: {data}: {} of {} samples have an empty answers list (ids {shown}{more}): they score 0 whatever the answer",
+                empty.len(),
+                self.samples.len()
+            ));
+        }
+        out
+    }
+}
+
 /// Decode an image to 8-bit RGB (what lmms-eval's `.convert("RGB")` gives):
 /// greyscale, alpha and 16-bit images are converted.
 pub fn decode_image(image: &ImageSource) -> Result<image::RgbImage, BenchmarkError> {
@@ -120,6 +151,35 @@ mod tests {
         assert!(err.to_string().contains("12 embedded bytes"), "{err}");
         let err = decode_image(&ImageSource::File("/nonexistent/x.png".into())).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/x.png"), "{err}");
+    }
+
+    #[test]
+    fn empty_answer_lists_and_skipped_rows_are_warned_about() {
+        let sample = |id: &str, answers: &[&str]| Sample {
+            id: id.into(),
+            image: ImageSource::Bytes(Vec::new()),
+            prompt: "q".into(),
+            answers: answers.iter().map(|a| a.to_string()).collect(),
+            category: None,
+            dataset: None,
+        };
+        let loaded = Loaded {
+            samples: vec![sample("a", &["x"]), sample("b", &[]), sample("c", &[])],
+            skipped: vec![(4, "no image".into())],
+            files: Vec::new(),
+        };
+        assert_eq!(
+            loaded.warnings("data.parquet"),
+            [
+                "warning: data.parquet row 4 skipped: no image",
+                "warning: data.parquet: 2 of 3 samples have an empty answers list (ids b, c): they score 0 whatever the answer",
+            ]
+        );
+        let clean = Loaded {
+            samples: vec![sample("a", &["x"])],
+            ..Loaded::default()
+        };
+        assert!(clean.warnings("d").is_empty());
     }
 
     #[test]

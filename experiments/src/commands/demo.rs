@@ -107,6 +107,7 @@ impl BackendJob for DemoArgs {
             limit: None,
             max_new_tokens: None,
             shard_size: 16,
+            force: false,
             method: method.clone(),
             device: self.device.clone(),
         }
@@ -134,6 +135,8 @@ impl BackendJob for DemoArgs {
             loss: None,
             resume: false,
             stop_after_epoch: None,
+            // A rerun of the demo trains again from the start.
+            force: true,
             method: MethodArgs::default(),
             device: self.device.clone(),
         }
@@ -163,6 +166,7 @@ impl BackendJob for DemoArgs {
             heatmap: Some(heatmap.clone()),
             json: false,
             max_new_tokens: None,
+            force: false,
             device: self.device.clone(),
         }
         .run::<B>(device)?;

@@ -53,6 +53,11 @@ pub struct EvalArgs {
     /// A baseline eval folder of the same benchmark, to report relative throughput
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// When --out holds answers made from other inputs, discard them and answer
+    /// afresh (instead of refusing); also use an RPN trained on another model
+    /// of the same visual grid
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -74,10 +79,11 @@ impl BackendJob for EvalArgs {
         if let Some(t) = self.threshold {
             sdrpn_core::roi::check_threshold(t)?;
         }
+        self.shard.refuse_force(self.force)?;
         let method = self.method();
         let loaded = load_samples(self.benchmark, &self.data, self.images.as_deref())?;
-        for (row, why) in &loaded.skipped {
-            eprintln!("warning: {} row {row} skipped: {why}", self.data);
+        for warning in loaded.warnings(&self.data) {
+            eprintln!("{warning}");
         }
         let run_config = match (&self.rpn, method) {
             (Some(run), Method::Sdrpn) => Some(SdrpnConfig::load(&run.join("config.toml"))?),
@@ -92,7 +98,7 @@ impl BackendJob for EvalArgs {
         let session = LlavaSession::<B>::load(&self.model, &device, prompt)
             .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
         let rpn = match &self.rpn {
-            Some(run) if method == Method::Sdrpn => Some(load_rpn(&session, run)?),
+            Some(run) if method == Method::Sdrpn => Some(load_rpn(&session, run, self.force)?),
             _ => None,
         };
         let spec = EvalSpec {
@@ -107,7 +113,7 @@ impl BackendJob for EvalArgs {
                 (Some(run), Method::Sdrpn) => Some(sdrpn_train::trainer::rpn_fingerprint(run)?),
                 _ => None,
             },
-            redo_on_change: false,
+            redo_on_change: self.force,
         };
         let progress = bar(0, &format!("{} {:?}", self.benchmark, method));
         run_eval(

@@ -43,6 +43,9 @@ pub struct InferArgs {
     /// Most new tokens (default: the run's)
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
+    /// Use an RPN trained on another model of the same visual grid (refused otherwise)
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -56,6 +59,9 @@ impl BackendJob for InferArgs {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         if let Some(t) = self.threshold {
             sdrpn_core::roi::check_threshold(t)?;
+        }
+        if let Some(path) = &self.heatmap {
+            heatmap::check_writable(path)?;
         }
         let image = load_rgb(&self.image)?;
         let run_config = sdrpn_train::SdrpnConfig::load(&self.rpn.join("config.toml"))
@@ -72,7 +78,7 @@ impl BackendJob for InferArgs {
         let out = if self.no_roi {
             session.answer_baseline(&image, &self.question, &answer)?
         } else {
-            let (config, rpn) = load_rpn(&session, &self.rpn)?;
+            let (config, rpn) = load_rpn(&session, &self.rpn, self.force)?;
             let mut roi = config.inference.roi.clone();
             if let Some(t) = self.threshold {
                 roi.threshold = t;

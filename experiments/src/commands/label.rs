@@ -39,6 +39,10 @@ pub struct LabelArgs {
     /// Samples per shard file (an interrupted run loses at most one shard)
     #[arg(long, default_value_t = 64)]
     pub shard_size: usize,
+    /// When --out holds labels made from another model or other settings,
+    /// discard them and label afresh (instead of refusing)
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub method: MethodArgs,
     #[command(flatten)]
@@ -95,11 +99,11 @@ impl LabelArgs {
             config.labels.max_new_tokens = n;
         }
         let existing = self.out.join("config.toml");
-        if existing.exists() {
+        if existing.exists() && !self.force {
             let old = SdrpnConfig::load(&existing)?;
             if map_settings(&old) != map_settings(&config) {
                 bail!(
-                    "{} was labelled with other settings ({}); use another --out or the same settings ({})",
+                    "{} was labelled with other settings ({}); use another --out, the same settings ({}), or --force to discard its labels",
                     self.out.display(),
                     map_settings(&old),
                     map_settings(&config)
@@ -133,6 +137,7 @@ impl BackendJob for LabelArgs {
             shard: self.shard,
             limit: self.limit,
             shard_size: self.shard_size,
+            force: self.force,
         };
         let progress = bar(0, "labelling");
         let summary = run_labelling(&session, &config, &job, |p, skipped| {

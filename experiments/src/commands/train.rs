@@ -56,6 +56,10 @@ pub struct TrainArgs {
     /// Stop after this epoch (a time-boxed run; `--resume` continues it)
     #[arg(long)]
     pub stop_after_epoch: Option<usize>,
+    /// Train on labels made with another model of the same visual grid, and
+    /// (without --resume) start over in a run folder that holds checkpoints
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub method: MethodArgs,
     #[command(flatten)]
@@ -119,15 +123,24 @@ impl BackendJob for TrainArgs {
         let (_, records) = read_labels(&self.labels)?;
         let session = LlavaSession::<B>::load(&self.model, &device, config.prompt)
             .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
-        sdrpn_train::provenance::check_labels_model(&self.labels, &session.fingerprint)?;
+        sdrpn_train::provenance::check_labels_model(
+            &self.labels,
+            &session.fingerprint,
+            self.force,
+        )?;
         let paths = sdrpn_train::trainer::RunPaths {
             dir: self.out.clone(),
         };
-        if let (false, Some(epoch)) = (self.resume, paths.last_checkpoint()) {
-            anyhow::bail!(
-                "{} holds a run with checkpoints up to epoch {epoch}: add --resume to continue it, or use a new --out folder",
+        match (self.resume, paths.last_checkpoint()) {
+            (false, Some(epoch)) if !self.force => anyhow::bail!(
+                "{} holds a run with checkpoints up to epoch {epoch}: add --resume to continue it, use a new --out folder, or add --force to start it over",
                 self.out.display()
-            );
+            ),
+            (false, Some(epoch)) => eprintln!(
+                "--force: {}'s checkpoints (up to epoch {epoch}) are discarded and the run starts over",
+                self.out.display()
+            ),
+            _ => {}
         }
         let request = TrainRequest {
             session: Arc::new(session),

@@ -79,6 +79,7 @@ pub fn write_figures<B: burn::tensor::backend::Backend>(
         shard: ShardSpec::default(),
         limit: Some(count),
         shard_size: 64,
+        force: false,
     };
     run_labelling(session, method, &job, |_, _| {})?;
     // A question whose answer ends at once has no label: its panel stays
@@ -93,7 +94,7 @@ pub fn write_figures<B: burn::tensor::backend::Backend>(
     };
     let grid = sdrpn_core::host::RpnHost::grid(session);
     let labels = sdrpn_train::step::record_labels::<B>(&records, method, grid, &session.device())?;
-    let rpn = sdrpn_train::trainer::load_rpn(session, &out.join("rpn"))?.1;
+    let rpn = sdrpn_train::trainer::load_rpn(session, &out.join("rpn"), false)?.1;
     let rows: Vec<usize> = (0..count.min(test.len())).collect();
     let mut figure = RgbImage::from_pixel(
         3 * PANEL + 8,

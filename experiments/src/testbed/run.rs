@@ -312,6 +312,8 @@ fn label_and_train<B: Backend>(
     let labels = out.join("labels");
     let (questions, _) = read_questions(&files.questions)?;
     log(&format!("labelling {} training questions", questions.len()));
+    let ids: std::collections::BTreeSet<String> =
+        questions.iter().map(|q| q.question_id.clone()).collect();
     let job = LabelJob {
         questions,
         images: files.images.clone(),
@@ -319,13 +321,14 @@ fn label_and_train<B: Backend>(
         shard: ShardSpec::default(),
         limit: None,
         shard_size: 64,
+        force: true,
     };
     run_labelling(session, method, &job, |_, _| {})?;
     let rpn_dir = out.join("rpn");
     crate::experiment::train_or_reuse(
         session,
         method,
-        &labels,
+        (&labels, Some(&ids)),
         || Ok(files.images.clone()),
         &rpn_dir,
         "testbed",
@@ -485,7 +488,7 @@ pub fn run_testbed<B: Backend>(
     method.save(&out.join("method.toml"))?;
     let rpn_dir = label_and_train(&session, &method, &splits.train.1, out, log)?;
     let (precision, recall, rejected) = label_quality(&session, &method, &splits.train.0, out)?;
-    let (config, rpn) = load_rpn(&session, &rpn_dir)?;
+    let (config, rpn) = load_rpn(&session, &rpn_dir, false)?;
 
     let loaded = load_samples(
         Benchmark::TextVqa,

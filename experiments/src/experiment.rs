@@ -477,6 +477,7 @@ pub fn run_experiment<B: Backend>(
         }
     }
     write_tables(config, &cells, out)?;
+    write_provenance(config, &cells, &session.fingerprint, out)?;
     Ok(cells)
 }
 
@@ -598,6 +599,35 @@ pub fn train_or_reuse<B: Backend>(
 
 /// `results.md` and `results.csv`: a row per run, a column per benchmark,
 /// published numbers in brackets, throughput relative to the first baseline.
+/// Records what the results table was made from (`provenance.json` of the
+/// experiment folder): the program, the model, the experiment config, and
+/// each cell's eval provenance (its benchmark samples, method and RPN), so
+/// a table can be traced to the exact inputs of every number in it.
+fn write_provenance(
+    config: &ExperimentConfig,
+    cells: &[Cell],
+    model: &sdrpn_llava::fingerprint::ModelFingerprint,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let mut each = serde_json::Map::new();
+    for c in cells {
+        let dir = out.join(slug(&c.run)).join(&c.benchmark);
+        let made_from: serde_json::Value =
+            sdrpn_train::provenance::read(&dir)?.unwrap_or(serde_json::Value::Null);
+        each.insert(format!("{} / {}", c.run, c.benchmark), made_from);
+    }
+    let mut config_hash = sdrpn_llava::fingerprint::Fnv64::default();
+    config_hash.update(toml::to_string_pretty(config)?.as_bytes());
+    let provenance = serde_json::json!({
+        "program": sdrpn_train::provenance::program(),
+        "model": model,
+        "experiment": config_hash.hex(),
+        "cells": each,
+    });
+    sdrpn_train::provenance::write(out, &provenance)?;
+    Ok(())
+}
+
 fn write_tables(config: &ExperimentConfig, cells: &[Cell], out: &Path) -> anyhow::Result<()> {
     let benchmarks: Vec<&String> = config.benchmarks.keys().collect();
     let baseline = config
@@ -660,6 +690,10 @@ fn write_tables(config: &ExperimentConfig, cells: &[Cell], out: &Path) -> anyhow
         ));
     }
     md.push_str("\nScores x100 (ours), published in brackets; throughput in samples/s relative to the baseline row.\n");
+    md.push_str(&format!(
+        "Made by {} from `experiment.toml`; every cell's inputs (model, samples, method, RPN) are in `provenance.json`.\n",
+        sdrpn_train::provenance::program()
+    ));
     sdrpn_train::error::write_atomic(&out.join("results.md"), md.as_bytes())?;
     sdrpn_train::error::write_atomic(&out.join("results.csv"), csv.as_bytes())?;
     Ok(())

@@ -227,6 +227,16 @@ fn an_experiment_rerun_with_other_training_settings_retrains_and_redoes_the_answ
     };
     run(&config);
     let before = rpn_of_answers();
+    // The experiment folder records every cell's inputs next to the table.
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(table["cells"]["+ SD-RPN / vstar"]["rpn"], before.as_str());
+    assert_eq!(
+        table["cells"]["LLaVA-1.5 (baseline) / vstar"]["method"],
+        "baseline"
+    );
+    assert!(table["model"]["weights"].is_string(), "{table}");
     let same = run(&config);
     assert!(
         same.iter().any(|l| l.contains("already trained")),

@@ -279,6 +279,29 @@ fn an_experiment_rerun_with_other_training_settings_retrains_and_redoes_the_answ
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// `sdrpn train` of one tiny epoch with `model` on `labels` into `out`.
+fn train_tiny(model: &Path, labels: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .args([
+            "train",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--holdout",
+            "1",
+        ])
+        .arg("--model")
+        .arg(model)
+        .arg("--labels")
+        .arg(labels)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn training_refuses_labels_made_with_another_model() {
     let dir = scratch("train-labels");
@@ -286,25 +309,12 @@ fn training_refuses_labels_made_with_another_model() {
     let labels = dir.join("labels");
     assert!(label(&q, &labels, &[]).status.success());
     let train = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_sdrpn"))
-            .args([
-                "train",
-                "--preset",
-                "tiny",
-                "--epochs",
-                "1",
-                "--holdout",
-                "1",
-            ])
-            .arg("--model")
-            .arg(fixtures().join("tiny-llava-f16"))
-            .arg("--labels")
-            .arg(&labels)
-            .arg("--out")
-            .arg(dir.join("run"))
-            .args(extra)
-            .output()
-            .unwrap()
+        train_tiny(
+            &fixtures().join("tiny-llava-f16"),
+            &labels,
+            &dir.join("run"),
+            extra,
+        )
     };
     let run = train(&[]);
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -392,25 +402,12 @@ fn training_again_over_checkpoints_needs_resume() {
     let labels = dir.join("labels");
     assert!(label(&q, &labels, &[]).status.success());
     let train = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_sdrpn"))
-            .args([
-                "train",
-                "--preset",
-                "tiny",
-                "--epochs",
-                "1",
-                "--holdout",
-                "1",
-            ])
-            .arg("--model")
-            .arg(fixtures().join("tiny-llava"))
-            .arg("--labels")
-            .arg(&labels)
-            .arg("--out")
-            .arg(dir.join("run"))
-            .args(extra)
-            .output()
-            .unwrap()
+        train_tiny(
+            &fixtures().join("tiny-llava"),
+            &labels,
+            &dir.join("run"),
+            extra,
+        )
     };
     let first = train(&[]);
     assert!(

@@ -91,7 +91,9 @@ mod tests {
         // The same seed through a recording loader gives the values in the
         // checkpoint layout directly: names, PyTorch shapes (transposed
         // linears, the patch convolution) and values must all agree.
-        let mut loader = TensorLoader::<B>::random(&device, 5).recording();
+        let mut loader = TensorLoader::<B>::random(&device, 5)
+            .scaled_by_fan_in()
+            .recording();
         let _ = Llava::build_for_tests(&mut loader, config);
         let recorded = loader.take_recorded();
         assert_eq!(exported.len(), recorded.len());

@@ -54,12 +54,28 @@ impl<B: Backend> Llava<B> {
 
     /// Loads the weights of `dir` into a model of `config`.
     pub fn load_with_config(dir: &Path, config: LlavaConfig, device: &B::Device) -> Result<Self> {
+        Ok(Self::load_named_with_config(dir, config, device)?.0)
+    }
+
+    /// [`Llava::load`] with the checkpoint name of every parameter, to train
+    /// further and write the result with [`Llava::export`].
+    pub fn load_named(dir: &Path, device: &B::Device) -> Result<(Self, Vec<NamedParam>)> {
+        let config = LlavaConfig::from_dir(dir)?;
+        Self::load_named_with_config(dir, config, device)
+    }
+
+    fn load_named_with_config(
+        dir: &Path,
+        config: LlavaConfig,
+        device: &B::Device,
+    ) -> Result<(Self, Vec<NamedParam>)> {
         config.validate()?;
         let checkpoint = Checkpoint::open(dir)?;
         let mut loader = TensorLoader::new(&checkpoint, device);
         let model = Self::build(&mut loader, config);
+        let names = loader.take_param_names();
         loader.finish(|_| false)?;
-        Ok(model)
+        Ok((model, names))
     }
 
     /// A model of `config` with seeded random weights (benchmarks, demos).
@@ -69,23 +85,24 @@ impl<B: Backend> Llava<B> {
         Ok(Self::build(&mut loader, config))
     }
 
-    /// Like [`Llava::random`], with the checkpoint name of every parameter,
-    /// for training from scratch and writing the result with
-    /// [`Llava::export`].
+    /// A model to train from scratch: seeded random weights scaled by fan-in
+    /// ([`TensorLoader::scaled_by_fan_in`]), with the checkpoint name of
+    /// every parameter, for writing the result with [`Llava::export`].
     pub fn random_named(
         config: LlavaConfig,
         seed: u64,
         device: &B::Device,
     ) -> Result<(Self, Vec<NamedParam>)> {
         config.validate()?;
-        let mut loader = TensorLoader::random(device, seed);
+        let mut loader = TensorLoader::random(device, seed).scaled_by_fan_in();
         let model = Self::build(&mut loader, config);
         Ok((model, loader.take_param_names()))
     }
 
     /// The model's parameters in the llava-hf checkpoint layout, named by
-    /// `names` (from [`Llava::random_named`] for this model or the one it
-    /// was trained from: training keeps parameter ids). Fails when a named
+    /// `names` (from [`Llava::random_named`] or [`Llava::load_named`] for
+    /// this model or the one it was trained from: training keeps parameter
+    /// ids). Fails when a named
     /// parameter is missing from the model.
     pub fn export(&self, names: &[NamedParam]) -> Result<Vec<HostTensor>> {
         let values = crate::export::param_values(self);

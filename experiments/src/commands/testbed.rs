@@ -109,6 +109,20 @@ pub struct PretrainArgs {
     /// Weight of the question head's loss (the colour the question names)
     #[arg(long, default_value_t = PretrainSettings::default().question_weight)]
     question_weight: f32,
+    /// Shares of the language stage's question kinds, in this order:
+    /// large-global, small-two-view, small-zoom, small-global, shape-global
+    /// (five numbers, comma-separated; default: the shipped recipe's)
+    #[arg(long, value_parser = parse_language_mix)]
+    language_mix: Option<[f64; 6]>,
+    /// Share of the language stage with 1-2 objects per scene, then (up to
+    /// twice that share) 2-3, then the task's 3-5
+    #[arg(long, default_value_t = PretrainSettings::default().few_objects)]
+    few_objects: f64,
+    /// Start from this model's weights (a folder an earlier `testbed
+    /// pretrain` wrote) instead of random ones; with `--vision-steps 0` only
+    /// the language stage runs (to try a language recipe on a trained ViT)
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Log every N steps
     #[arg(long, default_value_t = 20)]
     log_every: usize,
@@ -232,6 +246,25 @@ impl BackendJob for RunJob {
     }
 }
 
+/// Parses `--language-mix`: five non-negative shares (the sixth kind,
+/// glyph sheets, belongs to the vision stage), not all zero.
+fn parse_language_mix(text: &str) -> Result<[f64; 6], String> {
+    let shares: Vec<f64> = text
+        .split(',')
+        .map(|s| s.trim().parse::<f64>().map_err(|e| format!("{s:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    if shares.len() != 5 {
+        return Err(format!(
+            "expected 5 comma-separated shares, got {}",
+            shares.len()
+        ));
+    }
+    if shares.iter().any(|&s| !(s >= 0.0 && s.is_finite())) || shares.iter().sum::<f64>() <= 0.0 {
+        return Err("shares must be finite, non-negative and not all zero".into());
+    }
+    Ok([shares[0], shares[1], shares[2], shares[3], shares[4], 0.0])
+}
+
 struct PretrainJob(PretrainArgs);
 
 impl BackendJob for PretrainJob {
@@ -251,6 +284,10 @@ impl BackendJob for PretrainJob {
             lr: args.lr,
             question_weight: args.question_weight,
             seed: args.seed,
+            language_mix: args
+                .language_mix
+                .unwrap_or(PretrainSettings::default().language_mix),
+            few_objects: args.few_objects,
             ..PretrainSettings::default()
         };
         let task = TaskConfig::default();
@@ -258,8 +295,21 @@ impl BackendJob for PretrainJob {
             profile::<B>(&config, &settings, &task, &tokenizer, &device);
             return Ok(());
         }
-        let (llava, names) =
-            Llava::<Autodiff<B>>::random_named(config.clone(), args.seed, &device)?;
+        let (llava, names) = match &args.init {
+            None => Llava::<Autodiff<B>>::random_named(config.clone(), args.seed, &device)?,
+            Some(init) => {
+                let loaded = Llava::<Autodiff<B>>::load_named(init, &device)
+                    .with_context(|| format!("--init {}", init.display()))?;
+                anyhow::ensure!(
+                    loaded.0.config() == &config,
+                    "--init {}: its config.json is not the testbed model's (another architecture or vocabulary)",
+                    init.display()
+                );
+                loaded
+            }
+        };
+        // Fail now, not after the training, if a parameter has no name.
+        llava.export(&names)?;
         let student = Student::new(llava, &device);
         let student = pretrain(
             student,
@@ -338,7 +388,7 @@ fn profile<B: Backend>(
                 let t = Instant::now();
                 if threads == 1 {
                     let loss = match stage {
-                        Stage::Vision => vision_loss(&auto, &items),
+                        Stage::Vision => vision_loss(&auto, &items, settings),
                         Stage::Language => language_loss(&auto, &items, 1.0),
                     };
                     let _ = GradientsParams::from_grads(loss.total.backward(), &auto);
@@ -353,6 +403,29 @@ fn profile<B: Backend>(
                     t.elapsed().as_secs_f64()
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_language_mix;
+
+    #[test]
+    fn language_mixes_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            parse_language_mix("0.4, 0.1,0.25,0,0.25").unwrap(),
+            [0.4, 0.1, 0.25, 0.0, 0.25, 0.0]
+        );
+        for (bad, says) in [
+            ("0.5,0.5", "expected 5"),
+            ("0.4,0.1,x,0,0.25", "\"x\""),
+            ("0.4,0.1,-1,0,0.25", "non-negative"),
+            ("0,0,0,0,0", "not all zero"),
+            ("0.4,0.1,NaN,0,0.25", "finite"),
+        ] {
+            let e = parse_language_mix(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
         }
     }
 }

@@ -6,7 +6,7 @@
 //!   table order (baseline, sdrpn, oracle, random, centre), values drawn
 //!   above the bars with the testbed's digit font.
 
-use super::font::{code_size, draw_code};
+use super::font::{draw_number, number_size};
 use super::run::{Answered, Answerer, Results};
 use super::task::Sample;
 use crate::heatmap::{self, draw_box};
@@ -173,11 +173,11 @@ fn write_accuracy(results: &Results, path: &Path) -> anyhow::Result<()> {
                     img.put_pixel(x, y, Rgb(BAR_COLOURS[k]));
                 }
             }
-            let digits: Vec<u8> = format!("{:.0}", value).bytes().map(|b| b - b'0').collect();
-            let (tw, th) = code_size(digits.len(), 2);
+            let digits = format!("{:.0}", value);
+            let (tw, th) = number_size(digits.len(), 2);
             let tx = x0 + bar.saturating_sub(tw) / 2;
             let ty = (top + height - h).saturating_sub(th + 3);
-            draw_code(&mut img, &digits, tx, ty, 2, [0, 0, 0]);
+            draw_number(&mut img, &digits, tx, ty, 2, [0, 0, 0]);
         }
         // Baseline of the group.
         for x in gap + g as u32 * (5 * bar + gap)..gap + g as u32 * (5 * bar + gap) + 5 * bar {

@@ -11,14 +11,14 @@ pub const PATCH: usize = 14;
 
 /// The testbed model's configuration.
 pub fn micro_llava() -> LlavaConfig {
-    let hidden = 192;
-    let heads = 6;
+    let hidden = 128;
+    let heads = 4;
     LlavaConfig {
         vision: ClipVisionConfig {
-            hidden_size: 192,
-            intermediate_size: 768,
+            hidden_size: 128,
+            intermediate_size: 512,
             num_layers: 5,
-            num_heads: 6,
+            num_heads: 4,
             image_size: IMAGE_SIDE,
             patch_size: PATCH,
             layer_norm_eps: 1e-5,
@@ -27,7 +27,7 @@ pub fn micro_llava() -> LlavaConfig {
         text: LlamaConfig {
             vocab_size: vocab::vocab_size(),
             hidden_size: hidden,
-            intermediate_size: 512,
+            intermediate_size: 344,
             num_layers: 6,
             num_heads: heads,
             num_kv_heads: heads,

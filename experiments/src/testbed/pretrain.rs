@@ -47,15 +47,24 @@ pub enum Kind {
     SmallZoom,
     /// Small codes: global view alone (unreadable).
     SmallGlobal,
+    /// Small codes, global view, and the question asks the shape of the
+    /// object of a colour ("What shape is the red object?"): finding an
+    /// object by its colour with an answer the global view shows.
+    ShapeGlobal,
+    /// Vision stage only: a glyph sheet (many small coded objects) shown
+    /// whole at a zoom's scale, for reading practice; no question.
+    Sheet,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 6] = [
         Kind::LargeGlobal,
         Kind::SmallTwoView,
         Kind::SmallZoom,
         Kind::SmallGlobal,
+        Kind::ShapeGlobal,
+        Kind::Sheet,
     ];
     /// Name in logs.
     pub fn name(self) -> &'static str {
@@ -64,6 +73,8 @@ impl Kind {
             Kind::SmallTwoView => "small-two-view",
             Kind::SmallZoom => "small-zoom",
             Kind::SmallGlobal => "small-global",
+            Kind::ShapeGlobal => "shape-global",
+            Kind::Sheet => "sheet",
         }
     }
     /// Views per sample.
@@ -80,10 +91,11 @@ impl Kind {
 /// loss (an object's patch weighs 1): the background is most of an image.
 pub const NO_CODE_WEIGHT: f32 = 0.1;
 
-/// Side range (source pixels) of zoomed views: 2.4 to 1.4 model pixels per
-/// font pixel for the small codes, as SD-RPN's crops of 3 x 3 to 4 x 4
-/// tokens (168 to 224 source pixels) show them.
-pub const ZOOM_SIDES: (u32, u32) = (140, 240);
+/// Side range (source pixels) of zoomed views (at least the target's side
+/// and a margin): 4.2 to 2.0 model pixels per font pixel for the small
+/// codes, from a tight box on the object to SD-RPN's crops of 3 x 3 to
+/// 4.5 x 4.5 tokens (168 to 252 source pixels).
+pub const ZOOM_SIDES: (u32, u32) = (120, 252);
 
 /// Layers run before the question head reads the last prompt position.
 pub const QUESTION_LAYER: usize = 2;
@@ -106,16 +118,25 @@ pub struct PretrainSettings {
     /// Weight of the question head's loss (language stage).
     pub question_weight: f32,
     /// Share of each kind in the vision stage, in [`Kind::ALL`] order.
-    pub vision_mix: [f64; 4],
+    pub vision_mix: [f64; 6],
+    /// Train the vision stage's colour and shape heads too (not only the
+    /// glyph heads): without them the ViT's features need not keep what
+    /// the questions name the target by.
+    pub object_heads: bool,
+    /// Train the heads that predict, at every patch of an object, the
+    /// object's code (where readable): the ViT carries the code from the
+    /// label over the whole object, so a question that finds the object by
+    /// its colour finds the code on the same tokens.
+    pub object_code_heads: bool,
     /// Share of each kind in the language stage, in [`Kind::ALL`] order.
-    pub language_mix: [f64; 4],
+    pub language_mix: [f64; 6],
     /// Share of the language stage with one or two objects per scene, then
     /// (up to twice that share) two or three, then the task's count.
     pub few_objects: f64,
     /// Objects per scene in the vision stage (more glyphs per image).
     pub vision_objects: (usize, usize),
     /// In the language stage, also train the ViT's per-patch heads after
-    /// every this many steps (0: never).
+    /// every this many steps (0: never), at the vision stage's final rate.
     pub vision_every: usize,
     /// Seed of the weights and the data.
     pub seed: u64,
@@ -124,16 +145,18 @@ pub struct PretrainSettings {
 impl Default for PretrainSettings {
     fn default() -> Self {
         Self {
-            vision_steps: 600,
-            language_steps: 800,
+            vision_steps: 1200,
+            language_steps: 1100,
             batch_size: 16,
             vision_lr: 2e-3,
-            lr: 1e-3,
+            lr: 2e-3,
             warmup: 50,
             question_weight: 0.5,
-            vision_mix: [0.35, 0.0, 0.4, 0.25],
-            language_mix: [0.4, 0.25, 0.35, 0.0],
-            few_objects: 0.15,
+            vision_mix: [0.3, 0.0, 0.0, 0.0, 0.0, 0.7],
+            object_heads: true,
+            object_code_heads: true,
+            language_mix: [0.4, 0.1, 0.25, 0.0, 0.25, 0.0],
+            few_objects: 0.2,
             vision_objects: (6, 8),
             vision_every: 4,
             seed: 1,
@@ -207,8 +230,13 @@ pub fn prompt_text(question: &str) -> String {
     crate::pytext::capitalize(question) + SHORT_ANSWER
 }
 
+/// The shape question about the object of colour `colour`.
+pub fn shape_question(colour: &str) -> String {
+    format!("What shape is the {colour} object?")
+}
+
 /// Draws a kind from `mix`.
-fn draw_kind(mix: &[f64; 4], rng: &mut SplitMix) -> Kind {
+fn draw_kind(mix: &[f64; 6], rng: &mut SplitMix) -> Kind {
     let total: f64 = mix.iter().sum();
     let mut u = rng.next_f32() as f64 * total;
     for (k, &w) in Kind::ALL.iter().zip(mix) {
@@ -267,12 +295,20 @@ pub fn make_item(
         Stage::Language => (&settings.language_mix, task_at(task, settings, progress)),
     };
     let kind = draw_kind(mix, &mut rng);
+    if kind == Kind::Sheet {
+        return sheet_item(&mut rng, task.small_glyph);
+    }
     let family = if kind == Kind::LargeGlobal {
         Family::Control
     } else {
         Family::Reading
     };
-    let sample = Sample::generate(format!("pretrain-{index}"), family, &task, &mut rng);
+    let mut sample = Sample::generate(format!("pretrain-{index}"), family, &task, &mut rng);
+    if kind == Kind::ShapeGlobal {
+        let object = &sample.scene.objects[sample.target];
+        sample.question = shape_question(object.colour_name());
+        sample.answer = object.shape.name().to_string();
+    }
     let image = sample.image();
     let (side, patch) = (IMAGE_SIDE as u32, PATCH as u32);
     let scale = sample.glyph_scale;
@@ -288,9 +324,10 @@ pub fn make_item(
         zoom_view(&sample.scene, &image, region, scale, side, patch)
     };
     let views = match kind {
-        Kind::LargeGlobal | Kind::SmallGlobal => vec![global()],
+        Kind::LargeGlobal | Kind::SmallGlobal | Kind::ShapeGlobal => vec![global()],
         Kind::SmallTwoView => vec![global(), zoom(&mut rng)],
         Kind::SmallZoom => vec![zoom(&mut rng)],
+        Kind::Sheet => unreachable!("sheets return early"),
     };
     let p = (side / patch).pow(2) as usize;
     let prompt = Template::VicunaV1.render(&prompt_text(&sample.question));
@@ -328,6 +365,40 @@ pub fn make_item(
     }
 }
 
+/// Source side range of glyph sheets: shown whole at the model's input,
+/// the small codes get 1.9 (below the control codes' 2.0 in the global
+/// view) to 4.2 (the tightest zooms) model pixels per font pixel.
+pub const SHEET_SIDES: (u32, u32) = (ZOOM_SIDES.0, 264);
+
+/// A glyph-sheet item (vision stage): one view, per-patch targets, no text.
+fn sheet_item(rng: &mut SplitMix, glyph_scale: u32) -> Item {
+    let side = SHEET_SIDES.0 + (rng.next_u64() % (SHEET_SIDES.1 - SHEET_SIDES.0 + 1) as u64) as u32;
+    let scene = super::scene::Scene::sheet(side, (16 * glyph_scale, 24 * glyph_scale), 4, rng);
+    let image = scene.render(glyph_scale);
+    let region = sdrpn_core::crop::PixelBox {
+        x0: 0,
+        y0: 0,
+        x1: side,
+        y1: side,
+    };
+    let view = zoom_view(
+        &scene,
+        &image,
+        region,
+        glyph_scale,
+        IMAGE_SIDE as u32,
+        PATCH as u32,
+    );
+    Item {
+        kind: Kind::Sheet,
+        objects: scene.objects.len(),
+        views: vec![view],
+        ids: Vec::new(),
+        targets: Vec::new(),
+        colour: 0,
+    }
+}
+
 /// Losses and counts of one batch.
 pub struct BatchLoss<B: Backend> {
     /// Weighted total, `[1]`.
@@ -342,6 +413,9 @@ pub struct BatchLoss<B: Backend> {
     pub correct: (usize, usize),
     /// Whole answers right (every token) and counted (language stage).
     pub exact: (usize, usize),
+    /// Object-code heads right and counted at the patches of objects whose
+    /// code is readable (vision stage).
+    pub object_codes: (usize, usize),
 }
 
 /// Mean cross-entropy of `logits` `[M, C]` against `targets` (`IGNORE`
@@ -401,7 +475,12 @@ fn pixel_batch<B: Backend>(items: &[Item], device: &B::Device) -> Tensor<B, 4> {
 }
 
 /// Vision stage: per-patch heads on the ViT's selected features.
-pub fn vision_loss<B: Backend>(student: &Student<B>, items: &[Item]) -> BatchLoss<B> {
+/// Which heads train is in `settings` (`object_heads`, `object_code_heads`).
+pub fn vision_loss<B: Backend>(
+    student: &Student<B>,
+    items: &[Item],
+    settings: &PretrainSettings,
+) -> BatchLoss<B> {
     let device = student.llava.language.device();
     let selected = student
         .llava
@@ -411,6 +490,7 @@ pub fn vision_loss<B: Backend>(student: &Student<B>, items: &[Item]) -> BatchLos
     let aux = student.aux.forward(selected.reshape([v * p, dv]));
     let mut loss = Tensor::<B, 1>::zeros([1], &device);
     let mut correct = (0, 0);
+    let mut object_codes = (0, 0);
     let mut from = 0;
     for (k, target_kind) in Target::ALL.into_iter().enumerate() {
         let width = target_kind.classes();
@@ -421,6 +501,14 @@ pub fn vision_loss<B: Backend>(student: &Student<B>, items: &[Item]) -> BatchLos
             .collect();
         let head = aux.clone().slice([0..v * p, from..from + width]);
         from += width;
+        let trained = match target_kind {
+            Target::GlyphFirst | Target::GlyphSecond => true,
+            Target::Colour | Target::Shape => settings.object_heads,
+            Target::ObjectFirst | Target::ObjectSecond => settings.object_code_heads,
+        };
+        if !trained {
+            continue;
+        }
         let (l, predicted) = weighted_cross_entropy(head, &target, |t| {
             if digits && t == NO_CODE {
                 NO_CODE_WEIGHT
@@ -429,14 +517,23 @@ pub fn vision_loss<B: Backend>(student: &Student<B>, items: &[Item]) -> BatchLos
             }
         });
         loss = loss + l;
-        if matches!(target_kind, Target::ObjectFirst | Target::ObjectSecond) {
-            // Digits only on objects (the "no code" background dominates).
+        if matches!(target_kind, Target::GlyphFirst | Target::GlyphSecond) {
+            // Reading: digits at the glyphs' patches (the "no code" elsewhere
+            // dominates).
             let at_codes: Vec<i64> = target
                 .iter()
                 .map(|&t| if t == NO_CODE { IGNORE } else { t })
                 .collect();
             let (ok, n) = hits(&predicted, &at_codes);
             correct = (correct.0 + ok, correct.1 + n);
+        }
+        if matches!(target_kind, Target::ObjectFirst | Target::ObjectSecond) {
+            let on_objects: Vec<i64> = target
+                .iter()
+                .map(|&t| if t == NO_CODE { IGNORE } else { t })
+                .collect();
+            let (ok, n) = hits(&predicted, &on_objects);
+            object_codes = (object_codes.0 + ok, object_codes.1 + n);
         }
     }
     BatchLoss {
@@ -445,6 +542,7 @@ pub fn vision_loss<B: Backend>(student: &Student<B>, items: &[Item]) -> BatchLos
         total: loss,
         correct,
         exact: (0, 0),
+        object_codes,
     }
 }
 
@@ -529,6 +627,7 @@ pub fn language_loss<B: AutodiffBackend>(
         question: question_loss.clone().into_scalar().elem::<f32>(),
         correct: hits(&predicted, &targets),
         exact,
+        object_codes: (0, 0),
         total: answer_loss + question_loss * question_weight,
     }
 }
@@ -556,7 +655,7 @@ pub fn batch_gradients<B: AutodiffBackend>(
 ) -> (GradientsParams, BatchLoss<B>) {
     let run = |student: &Student<B>, items: &[Item]| {
         let mut loss = match stage {
-            Stage::Vision => vision_loss(student, items),
+            Stage::Vision => vision_loss(student, items, settings),
             Stage::Language => language_loss(student, items, settings.question_weight),
         };
         loss.total = loss.total * (items.len() as f32 / batch.len() as f32);
@@ -587,6 +686,7 @@ pub fn batch_gradients<B: AutodiffBackend>(
         question: mean(l1.question, l2.question),
         correct: add(l1.correct, l2.correct),
         exact: add(l1.exact, l2.exact),
+        object_codes: add(l1.object_codes, l2.object_codes),
     };
     (sum.grads(), loss)
 }
@@ -594,8 +694,9 @@ pub fn batch_gradients<B: AutodiffBackend>(
 /// Running sums of a log window, per kind.
 #[derive(Default)]
 struct Window {
-    /// main loss, question loss, batches, correct, counted, exact, samples
-    sums: std::collections::BTreeMap<Kind, [f64; 7]>,
+    /// main loss, question loss, batches, correct, counted, exact, samples,
+    /// object codes right, object codes counted
+    sums: std::collections::BTreeMap<Kind, [f64; 9]>,
 }
 
 impl Window {
@@ -609,6 +710,8 @@ impl Window {
             loss.correct.1 as f64,
             loss.exact.0 as f64,
             loss.exact.1 as f64,
+            loss.object_codes.0 as f64,
+            loss.object_codes.1 as f64,
         ];
         for (slot, v) in s.iter_mut().zip(values) {
             *slot += v;
@@ -627,7 +730,11 @@ impl Window {
                     100.0 * s[5] / s[6].max(1.0)
                 ));
             } else {
-                line.push_str(&format!(" digits {:.0}%", 100.0 * s[3] / s[4].max(1.0)));
+                line.push_str(&format!(
+                    " glyphs {:.0}% object codes {:.0}%",
+                    100.0 * s[3] / s[4].max(1.0),
+                    100.0 * s[7] / s[8].max(1.0)
+                ));
             }
         }
         line
@@ -679,7 +786,9 @@ pub fn pretrain<B: AutodiffBackend>(
             if interleave {
                 let batch = vision_stream.batch(1.0, settings, task, tokenizer);
                 let (grads, loss) = batch_gradients(&student, &batch, Stage::Vision, settings);
-                student = optim.step(lr, student, grads);
+                // At the vision stage's final rate: the language stage's
+                // rate undoes what the ViT learnt.
+                student = optim.step(0.1 * settings.vision_lr, student, grads);
                 vision_window.add(batch[0].kind, &loss);
             }
             if (step + 1) % log_every == 0 || step + 1 == steps {

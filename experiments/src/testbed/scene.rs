@@ -1,12 +1,13 @@
 //! Seeded scenes for the testbed: a large image with a few coloured shapes,
-//! each carrying a white label with a short code of digits.
+//! each with a short code of digits written in black on it (on the object's
+//! own colour, so the patches that hold the code also show whose it is).
 //!
 //! A scene is geometry first (where each object, label and glyph is, in
 //! source pixels) and pixels second ([`Scene::render`]), so the same scene
 //! can be drawn with small glyphs (unreadable in the model's global view)
 //! and the ground truth is exact.
 
-use super::font::{code_size, draw_code};
+use super::font::{code_size, draw_code, GLYPHS};
 use image::{Rgb, RgbImage};
 use sdrpn_core::crop::PixelBox;
 use sdrpn_core::rng::SplitMix;
@@ -63,7 +64,7 @@ impl Shape {
     /// triangle a point low enough that a wide label fits.
     fn label_centre(self, side: f32) -> (f32, f32) {
         match self {
-            Shape::Triangle => (side / 2.0, side * 0.68),
+            Shape::Triangle => (side / 2.0, side * 0.8),
             _ => (side / 2.0, side / 2.0),
         }
     }
@@ -108,7 +109,8 @@ impl SceneObject {
     pub fn code_text(&self) -> String {
         self.code.iter().map(|d| char::from(b'0' + d)).collect()
     }
-    /// The white label's box when the code is drawn at `glyph_scale`.
+    /// The box of the code (with a margin of one font pixel) when it is
+    /// drawn at `glyph_scale`.
     pub fn label_box(&self, glyph_scale: u32) -> PixelBox {
         let (w, h) = code_size(self.code.len(), glyph_scale);
         let pad = glyph_scale;
@@ -148,8 +150,8 @@ impl Default for SceneConfig {
             side: 672,
             min_objects: 3,
             max_objects: 5,
-            min_object: 120,
-            max_object: 150,
+            min_object: 170,
+            max_object: 200,
             code_len: 2,
         }
     }
@@ -198,7 +200,7 @@ impl Scene {
             }
             let shape = Shape::ALL[(rng.next_u64() % 3) as usize];
             let code = (0..config.code_len)
-                .map(|_| (rng.next_u64() % 10) as u8)
+                .map(|_| (rng.next_u64() % GLYPHS as u64) as u8)
                 .collect();
             let (lx, ly) = shape.label_centre(side as f32);
             objects.push(SceneObject {
@@ -211,6 +213,47 @@ impl Scene {
         }
         Scene {
             side: config.side,
+            background: 95 + (rng.next_u64() % 60) as u8,
+            noise_seed: rng.next_u64(),
+            objects,
+        }
+    }
+
+    /// A glyph sheet for the vision tower's reading practice: a `side`-pixel
+    /// square packed with objects of sides in `object_sides` (colours may
+    /// repeat, `gap` pixels apart), each with a 2-digit code: many labelled
+    /// glyphs per image instead of the few of a scene's zoom.
+    pub fn sheet(side: u32, object_sides: (u32, u32), gap: u32, rng: &mut SplitMix) -> Scene {
+        let mut objects: Vec<SceneObject> = Vec::new();
+        for _ in 0..400 {
+            let o = object_sides.0
+                + (rng.next_u64() % (object_sides.1 - object_sides.0 + 1) as u64) as u32;
+            let span = side.saturating_sub(o + 2 * gap);
+            let x0 = gap + (rng.next_u64() % (span as u64 + 1)) as u32;
+            let y0 = gap + (rng.next_u64() % (span as u64 + 1)) as u32;
+            let bbox = PixelBox {
+                x0,
+                y0,
+                x1: x0 + o,
+                y1: y0 + o,
+            };
+            if objects.iter().any(|p| boxes_near(&p.bbox, &bbox, gap)) {
+                continue;
+            }
+            let shape = Shape::ALL[(rng.next_u64() % 3) as usize];
+            let (lx, ly) = shape.label_centre(o as f32);
+            objects.push(SceneObject {
+                shape,
+                colour: (rng.next_u64() % PALETTE.len() as u64) as usize,
+                code: (0..2)
+                    .map(|_| (rng.next_u64() % GLYPHS as u64) as u8)
+                    .collect(),
+                bbox,
+                label_centre: (x0 as f32 + lx, y0 as f32 + ly),
+            });
+        }
+        Scene {
+            side,
             background: 95 + (rng.next_u64() % 60) as u8,
             noise_seed: rng.next_u64(),
             objects,
@@ -245,11 +288,6 @@ impl Scene {
                 }
             }
             let label = o.label_box(glyph_scale);
-            for y in label.y0..label.y1 {
-                for x in label.x0..label.x1 {
-                    img.put_pixel(x, y, Rgb([250, 250, 250]));
-                }
-            }
             draw_code(
                 &mut img,
                 &o.code,
@@ -282,11 +320,25 @@ mod tests {
             assert_eq!(colours.len(), s.objects.len(), "colours are unique");
             for (i, o) in s.objects.iter().enumerate() {
                 assert!(o.bbox.x1 + MARGIN <= 672 && o.bbox.y1 + MARGIN <= 672);
-                for big in [2, 4] {
-                    assert!(
-                        box_contains(&o.bbox, &o.label_box(big)),
-                        "label inside at scale {big}"
-                    );
+                for scale in [3, 8] {
+                    let code = o.label_box(scale);
+                    assert!(box_contains(&o.bbox, &code), "code inside at scale {scale}");
+                    // No label behind the code: its ink must lie on the shape.
+                    let side = o.bbox.width() as f32;
+                    let (m, x0, y0) = (scale, o.bbox.x0, o.bbox.y0);
+                    for (x, y) in [
+                        (code.x0 + m, code.y0 + m),
+                        (code.x1 - m, code.y0 + m),
+                        (code.x0 + m, code.y1 - m),
+                        (code.x1 - m, code.y1 - m),
+                    ] {
+                        let (rx, ry) = ((x - x0) as f32, (y - y0) as f32);
+                        assert!(
+                            o.shape.contains(rx, ry, side),
+                            "seed {seed}: {:?} code corner off the shape at scale {scale}",
+                            o.shape
+                        );
+                    }
                 }
                 for p in &s.objects[i + 1..] {
                     assert!(
@@ -304,9 +356,9 @@ mod tests {
         let img = s.render(2);
         let o = &s.objects[0];
         let label = o.label_box(2);
-        // The label's padding ring is white, the object's colour shows at
-        // its box centre-left.
-        assert_eq!(img.get_pixel(label.x0, label.y0).0, [250, 250, 250]);
+        // The code's margin shows the object's colour (no white label), the
+        // object's colour shows at its box centre-left.
+        assert_eq!(img.get_pixel(label.x0, label.y0).0, PALETTE[o.colour].1);
         let inked = (label.y0..label.y1)
             .flat_map(|y| (label.x0..label.x1).map(move |x| (x, y)))
             .filter(|&(x, y)| img.get_pixel(x, y).0 == [10, 10, 10])

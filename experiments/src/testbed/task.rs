@@ -62,8 +62,8 @@ impl Default for TaskConfig {
     fn default() -> Self {
         Self {
             scene: SceneConfig::default(),
-            small_glyph: 2,
-            large_glyph: 6,
+            small_glyph: 3,
+            large_glyph: 8,
         }
     }
 }
@@ -228,7 +228,10 @@ mod tests {
                 .filter(|p| p.colour == o.colour)
                 .count();
             assert_eq!(same, 1);
-            let expected_scale = if s.family == Family::Reading { 2 } else { 6 };
+            let expected_scale = match s.family {
+                Family::Reading => config.small_glyph,
+                Family::Control => config.large_glyph,
+            };
             assert_eq!(s.glyph_scale, expected_scale);
         }
     }

@@ -15,6 +15,8 @@ use sdrpn_llava::preprocess::{clip_preprocess, crop_and_resize, preprocess, Imag
 pub const NO_CODE: i64 = 10;
 /// Colour class of the background.
 pub const NO_OBJECT: i64 = super::scene::PALETTE.len() as i64;
+/// Shape class of the background.
+pub const NO_SHAPE: i64 = super::scene::Shape::ALL.len() as i64;
 /// Target skipped by the loss.
 pub const IGNORE: i64 = -1;
 
@@ -22,12 +24,15 @@ pub const IGNORE: i64 = -1;
 /// to count as readable (and get per-patch digit targets).
 pub const READABLE_PIXELS_PER_FONT_PIXEL: f32 = 0.9;
 
+/// A patch holding at least this share of a glyph's box learns its digit.
+pub const GLYPH_SHARE: f32 = 0.25;
+
 /// The per-patch targets of a view, in [`View::targets`] order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// The first digit at the patch holding that glyph's centre.
+    /// The first digit at the patches holding that glyph.
     GlyphFirst,
-    /// The second digit at the patch holding that glyph's centre.
+    /// The second digit at the patches holding that glyph.
     GlyphSecond,
     /// The colour of the object under the patch centre.
     Colour,
@@ -35,21 +40,25 @@ pub enum Target {
     ObjectFirst,
     /// The second digit of the code of the object under the patch centre.
     ObjectSecond,
+    /// The shape of the object under the patch centre.
+    Shape,
 }
 
 impl Target {
     /// All, in [`View::targets`] order.
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::GlyphFirst,
         Target::GlyphSecond,
         Target::Colour,
         Target::ObjectFirst,
         Target::ObjectSecond,
+        Target::Shape,
     ];
     /// Classes of its head.
     pub fn classes(self) -> usize {
         match self {
             Target::Colour => NO_OBJECT as usize + 1,
+            Target::Shape => NO_SHAPE as usize + 1,
             _ => NO_CODE as usize + 1,
         }
     }
@@ -62,7 +71,7 @@ pub struct View {
     /// Preprocessed pixels `[3, S, S]`.
     pub pixels: Vec<f32>,
     /// Per-patch targets, each `[P]`, see [`Target`].
-    pub targets: [Vec<i64>; 5],
+    pub targets: [Vec<i64>; 6],
 }
 
 /// The global view: the whole image as `eval` and `label` preprocess it.
@@ -154,7 +163,8 @@ pub fn glyph_centre(object: &SceneObject, k: usize, glyph_scale: u32) -> (f32, f
 }
 
 /// Per-patch targets of `region` shown at `side` pixels ([`Target`]): each
-/// glyph at the patch holding its centre (reading), and for every patch the
+/// glyph's digit at every patch holding at least [`GLYPH_SHARE`] of it
+/// (slivers ignored; reading), and for every patch the
 /// colour and the code of the object under it (digits only when the view
 /// makes codes readable; [`NO_CODE`] where there is no glyph or object,
 /// [`IGNORE`] everywhere when codes are unreadable). Every patch of an
@@ -167,7 +177,7 @@ fn patch_targets(
     glyph_scale: u32,
     side: u32,
     patch: u32,
-) -> [Vec<i64>; 5] {
+) -> [Vec<i64>; 6] {
     let g = (side / patch) as usize;
     let (sx, sy) = (
         side as f32 / region.width() as f32,
@@ -186,14 +196,29 @@ fn patch_targets(
     };
     let (mut object_first, mut object_second) = (first.clone(), second.clone());
     if readable {
+        let (half_w, half_h) = (
+            (GLYPH_W * glyph_scale) as f32 / 2.0,
+            (GLYPH_H * glyph_scale) as f32 / 2.0,
+        );
         for o in &scene.objects {
             for (k, &digit) in o.code.iter().enumerate().take(2) {
+                // The glyph's box in model pixels.
                 let (gx, gy) = glyph_centre(o, k, glyph_scale);
-                let (mx, my) = ((gx - region.x0 as f32) * sx, (gy - region.y0 as f32) * sy);
-                if (0.0..side as f32).contains(&mx) && (0.0..side as f32).contains(&my) {
-                    let at = (my as u32 / patch) as usize * g + (mx as u32 / patch) as usize;
-                    let slot = if k == 0 { &mut first } else { &mut second };
-                    slot[at] = digit as i64;
+                let gx0 = (gx - half_w - region.x0 as f32) * sx;
+                let gx1 = (gx + half_w - region.x0 as f32) * sx;
+                let gy0 = (gy - half_h - region.y0 as f32) * sy;
+                let gy1 = (gy + half_h - region.y0 as f32) * sy;
+                let area = (gx1 - gx0) * (gy1 - gy0);
+                let slot = if k == 0 { &mut first } else { &mut second };
+                for (i, t) in slot.iter_mut().enumerate() {
+                    let (px, py) = ((i % g) as f32 * patch as f32, (i / g) as f32 * patch as f32);
+                    let w = (gx1.min(px + patch as f32) - gx0.max(px)).max(0.0);
+                    let h = (gy1.min(py + patch as f32) - gy0.max(py)).max(0.0);
+                    if w * h >= GLYPH_SHARE * area {
+                        *t = digit as i64;
+                    } else if w * h > 0.0 && *t == NO_CODE {
+                        *t = IGNORE;
+                    }
                 }
             }
         }
@@ -206,15 +231,17 @@ fn patch_targets(
             }
         }
     }
+    let under = |i: usize| {
+        let (x, y) = centre(i);
+        scene.object_at(x, y).map(|o| &scene.objects[o])
+    };
     let colour = (0..g * g)
-        .map(|i| {
-            let (x, y) = centre(i);
-            scene
-                .object_at(x, y)
-                .map_or(NO_OBJECT, |o| scene.objects[o].colour as i64)
-        })
+        .map(|i| under(i).map_or(NO_OBJECT, |o| o.colour as i64))
         .collect();
-    [first, second, colour, object_first, object_second]
+    let shape = (0..g * g)
+        .map(|i| under(i).map_or(NO_SHAPE, |o| o.shape as i64))
+        .collect();
+    [first, second, colour, object_first, object_second, shape]
 }
 
 #[cfg(test)]
@@ -243,12 +270,18 @@ mod tests {
         // Global view of small codes: 0.5 model pixels per font pixel.
         let global = global_view(&scene, &image, 2, 168, 14);
         assert!(global.targets[0].iter().all(|&t| t == IGNORE));
-        // A 168-pixel zoom around the object: 2 model pixels per font pixel.
+        // A zoom of the object's side and a margin (178-208 source pixels):
+        // 1.6-1.9 model pixels per font pixel.
         let region = zoom_around(o.bbox, 672, 168, 168, &mut SplitMix::new(9));
         let zoom = zoom_view(&scene, &image, region, 2, 168, 14);
+        let (sx, sy) = (
+            168.0 / region.width() as f32,
+            168.0 / region.height() as f32,
+        );
         let patch_of = |k: usize| {
             let (x, y) = glyph_centre(o, k, 2);
-            ((y - region.y0 as f32) as usize / 14) * 12 + (x - region.x0 as f32) as usize / 14
+            (((y - region.y0 as f32) * sy) as usize / 14) * 12
+                + ((x - region.x0 as f32) * sx) as usize / 14
         };
         assert_eq!(zoom.targets[0][patch_of(0)], o.code[0] as i64);
         assert_eq!(zoom.targets[1][patch_of(1)], o.code[1] as i64);
@@ -295,5 +328,33 @@ mod tests {
         for p in &scene.objects {
             assert!(global.targets[2].contains(&(p.colour as i64)));
         }
+    }
+
+    #[test]
+    fn glyph_targets_sit_on_ink_in_the_model_input() {
+        // Alignment in model space: every patch told "this glyph is here"
+        // shows dark ink in the preprocessed pixels the ViT gets.
+        let mut rng = SplitMix::new(11);
+        let mut checked = 0;
+        for _ in 0..20 {
+            let scene = Scene::generate(&SceneConfig::default(), &mut rng);
+            let image = scene.render(3);
+            let region = zoom_around(scene.objects[0].bbox, 672, 120, 240, &mut rng);
+            let view = zoom_view(&scene, &image, region, 3, 168, 14);
+            let plane = 168 * 168;
+            for (i, &t) in view.targets[0].iter().enumerate() {
+                if t == NO_CODE || t == IGNORE {
+                    continue;
+                }
+                let (px, py) = ((i % 12) * 14, (i / 12) * 14);
+                let dark = (py..py + 14)
+                    .flat_map(|y| (px..px + 14).map(move |x| y * 168 + x))
+                    .filter(|&j| (0..3).all(|c| view.pixels[c * plane + j] < -1.3))
+                    .count();
+                assert!(dark >= 3, "patch {i} of {region:?}: {dark} dark pixels");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "{checked} glyph patches checked");
     }
 }

@@ -53,6 +53,7 @@ fn corpus() -> Vec<String> {
         "USER: ASSISTANT:".to_string(),
         SHORT_ANSWER.to_string(),
         "What is written on the ?".to_string(),
+        super::pretrain::shape_question(""),
         "0 1 2 3 4 5 6 7 8 9".to_string(),
     ];
     texts.extend(PALETTE.iter().map(|(name, _)| name.to_string()));

@@ -120,7 +120,8 @@ pub struct PretrainArgs {
     few_objects: f64,
     /// Start from this model's weights (a folder an earlier `testbed
     /// pretrain` wrote) instead of random ones; with `--vision-steps 0` only
-    /// the language stage runs (to try a language recipe on a trained ViT)
+    /// the language stage runs, on a ViT left as it is (to try a language
+    /// recipe on a trained ViT)
     #[arg(long)]
     init: Option<PathBuf>,
     /// Log every N steps
@@ -288,6 +289,14 @@ impl BackendJob for PretrainJob {
                 .language_mix
                 .unwrap_or(PretrainSettings::default().language_mix),
             few_objects: args.few_objects,
+            // The ViT's per-patch heads are not saved with a model: from
+            // --init without a vision stage they would start random and
+            // their interleaved steps would undo what the ViT learnt.
+            vision_every: if args.init.is_some() && args.vision_steps == 0 {
+                0
+            } else {
+                PretrainSettings::default().vision_every
+            },
             ..PretrainSettings::default()
         };
         let task = TaskConfig::default();

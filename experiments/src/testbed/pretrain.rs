@@ -517,23 +517,20 @@ pub fn vision_loss<B: Backend>(
             }
         });
         loss = loss + l;
-        if matches!(target_kind, Target::GlyphFirst | Target::GlyphSecond) {
-            // Reading: digits at the glyphs' patches (the "no code" elsewhere
-            // dominates).
+        // Accuracy where there is a code (the "no code" elsewhere dominates):
+        // digits at the glyphs' patches (reading), or at the objects' patches.
+        let counter = match target_kind {
+            Target::GlyphFirst | Target::GlyphSecond => Some(&mut correct),
+            Target::ObjectFirst | Target::ObjectSecond => Some(&mut object_codes),
+            Target::Colour | Target::Shape => None,
+        };
+        if let Some(counter) = counter {
             let at_codes: Vec<i64> = target
                 .iter()
                 .map(|&t| if t == NO_CODE { IGNORE } else { t })
                 .collect();
             let (ok, n) = hits(&predicted, &at_codes);
-            correct = (correct.0 + ok, correct.1 + n);
-        }
-        if matches!(target_kind, Target::ObjectFirst | Target::ObjectSecond) {
-            let on_objects: Vec<i64> = target
-                .iter()
-                .map(|&t| if t == NO_CODE { IGNORE } else { t })
-                .collect();
-            let (ok, n) = hits(&predicted, &on_objects);
-            object_codes = (object_codes.0 + ok, object_codes.1 + n);
+            *counter = (counter.0 + ok, counter.1 + n);
         }
     }
     BatchLoss {

@@ -85,6 +85,21 @@ fn boxes_near(a: &PixelBox, b: &PixelBox, margin: u32) -> bool {
     a.x0 < b.x1 + margin && b.x0 < a.x1 + margin && a.y0 < b.y1 + margin && b.y0 < a.y1 + margin
 }
 
+/// A square of a side uniform in `sides` (inclusive) placed uniformly with
+/// at least `margin` pixels to the border of a `image_side` square.
+fn random_square(sides: (u32, u32), image_side: u32, margin: u32, rng: &mut SplitMix) -> PixelBox {
+    let side = sides.0 + (rng.next_u64() % (sides.1 - sides.0 + 1) as u64) as u32;
+    let span = image_side.saturating_sub(side + 2 * margin);
+    let x0 = margin + (rng.next_u64() % (span as u64 + 1)) as u32;
+    let y0 = margin + (rng.next_u64() % (span as u64 + 1)) as u32;
+    PixelBox {
+        x0,
+        y0,
+        x1: x0 + side,
+        y1: y0 + side,
+    }
+}
+
 /// One object of a scene.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SceneObject {
@@ -184,17 +199,13 @@ impl Scene {
         let mut attempts = 0;
         while objects.len() < count && attempts < 1000 {
             attempts += 1;
-            let side = config.min_object
-                + (rng.next_u64() % (config.max_object - config.min_object + 1) as u64) as u32;
-            let span = config.side - side - 2 * MARGIN;
-            let x0 = MARGIN + (rng.next_u64() % (span as u64 + 1)) as u32;
-            let y0 = MARGIN + (rng.next_u64() % (span as u64 + 1)) as u32;
-            let bbox = PixelBox {
-                x0,
-                y0,
-                x1: x0 + side,
-                y1: y0 + side,
-            };
+            let bbox = random_square(
+                (config.min_object, config.max_object),
+                config.side,
+                MARGIN,
+                rng,
+            );
+            let (side, x0, y0) = (bbox.width(), bbox.x0, bbox.y0);
             if objects.iter().any(|o| boxes_near(&o.bbox, &bbox, MARGIN)) {
                 continue;
             }
@@ -226,17 +237,8 @@ impl Scene {
     pub fn sheet(side: u32, object_sides: (u32, u32), gap: u32, rng: &mut SplitMix) -> Scene {
         let mut objects: Vec<SceneObject> = Vec::new();
         for _ in 0..400 {
-            let o = object_sides.0
-                + (rng.next_u64() % (object_sides.1 - object_sides.0 + 1) as u64) as u32;
-            let span = side.saturating_sub(o + 2 * gap);
-            let x0 = gap + (rng.next_u64() % (span as u64 + 1)) as u32;
-            let y0 = gap + (rng.next_u64() % (span as u64 + 1)) as u32;
-            let bbox = PixelBox {
-                x0,
-                y0,
-                x1: x0 + o,
-                y1: y0 + o,
-            };
+            let bbox = random_square(object_sides, side, gap, rng);
+            let (o, x0, y0) = (bbox.width(), bbox.x0, bbox.y0);
             if objects.iter().any(|p| boxes_near(&p.bbox, &bbox, gap)) {
                 continue;
             }

@@ -3,8 +3,9 @@
 //! then the projector and language model on top):
 //!
 //! 1. vision: the ViT alone, with per-patch heads on its selected features
-//!    (code digits where a view makes codes readable, object colour under
-//!    each patch). TESTBED.md: a ViT from scratch did not learn glyphs from
+//!    (code digits where a view makes codes readable; colour, shape and
+//!    whether it carries a code of the object under each patch, at every
+//!    scale; scenes with codes on a random subset of objects). TESTBED.md: a ViT from scratch did not learn glyphs from
 //!    the answer loss alone at this budget; the dense signal teaches them.
 //! 2. language: the ViT frozen; projector and LLaMA trained with next-token
 //!    cross-entropy on the answer tokens and EOS. A question head on the
@@ -12,7 +13,8 @@
 //!    predicts the colour the question names: it only reads the text, so it
 //!    says nothing about where to look, and it speeds up moving the question
 //!    to the answer position. Scenes start with one or two objects and grow
-//!    to the task's count (binding "the red triangle" is what takes longest).
+//!    to the task's count; only the target carries a code (the task's
+//!    default: [`TaskConfig::distractor_codes`]).
 //!
 //! Every sample is drawn on the fly from the seed and its index, shown in
 //! one of a few ways (its [`Kind`]).
@@ -119,9 +121,10 @@ pub struct PretrainSettings {
     pub question_weight: f32,
     /// Share of each kind in the vision stage, in [`Kind::ALL`] order.
     pub vision_mix: [f64; 6],
-    /// Train the vision stage's colour and shape heads too (not only the
-    /// glyph heads): without them the ViT's features need not keep what
-    /// the questions name the target by.
+    /// Train the vision stage's colour, shape and coded-object heads too
+    /// (not only the glyph heads): without them the ViT's features need not
+    /// keep what the questions name the target by, nor where a code is
+    /// when it is too small to read.
     pub object_heads: bool,
     /// Train the heads that predict, at every patch of an object, the
     /// object's code (where readable): the ViT carries the code from the
@@ -152,11 +155,11 @@ impl Default for PretrainSettings {
             lr: 2e-3,
             warmup: 50,
             question_weight: 0.5,
-            vision_mix: [0.3, 0.0, 0.0, 0.0, 0.0, 0.7],
+            vision_mix: [0.15, 0.0, 0.0, 0.15, 0.0, 0.7],
             object_heads: true,
             object_code_heads: true,
-            language_mix: [0.4, 0.1, 0.25, 0.0, 0.25, 0.0],
-            few_objects: 0.2,
+            language_mix: [0.4, 0.35, 0.25, 0.0, 0.0, 0.0],
+            few_objects: 0.1,
             vision_objects: (6, 8),
             vision_every: 4,
             seed: 1,
@@ -290,6 +293,7 @@ pub fn make_item(
         Stage::Vision => {
             let mut task = task.clone();
             (task.scene.min_objects, task.scene.max_objects) = settings.vision_objects;
+            task.distractor_codes = true;
             (&settings.vision_mix, task)
         }
         Stage::Language => (&settings.language_mix, task_at(task, settings, progress)),
@@ -304,6 +308,14 @@ pub fn make_item(
         Family::Reading
     };
     let mut sample = Sample::generate(format!("pretrain-{index}"), family, &task, &mut rng);
+    if stage == Stage::Vision {
+        // Codes on a random half of the other objects: the coded head
+        // learns where codes are, however many there are.
+        let keep: Vec<bool> = (0..sample.scene.objects.len())
+            .map(|i| i == sample.target || rng.next_u64() % 2 == 0)
+            .collect();
+        sample.scene.keep_codes(|i| keep[i]);
+    }
     if kind == Kind::ShapeGlobal {
         let object = &sample.scene.objects[sample.target];
         sample.question = shape_question(object.colour_name());
@@ -416,6 +428,9 @@ pub struct BatchLoss<B: Backend> {
     /// Object-code heads right and counted at the patches of objects whose
     /// code is readable (vision stage).
     pub object_codes: (usize, usize),
+    /// Patches of coded objects the coded head finds, and their count
+    /// (vision stage).
+    pub coded: (usize, usize),
 }
 
 /// Mean cross-entropy of `logits` `[M, C]` against `targets` (`IGNORE`
@@ -491,10 +506,12 @@ pub fn vision_loss<B: Backend>(
     let mut loss = Tensor::<B, 1>::zeros([1], &device);
     let mut correct = (0, 0);
     let mut object_codes = (0, 0);
+    let mut coded = (0, 0);
     let mut from = 0;
     for (k, target_kind) in Target::ALL.into_iter().enumerate() {
         let width = target_kind.classes();
         let digits = target_kind != Target::Colour;
+        let is_coded = target_kind == Target::Coded;
         let target: Vec<i64> = items
             .iter()
             .flat_map(|it| it.views.iter().flat_map(|v| v.targets[k].iter().copied()))
@@ -503,14 +520,14 @@ pub fn vision_loss<B: Backend>(
         from += width;
         let trained = match target_kind {
             Target::GlyphFirst | Target::GlyphSecond => true,
-            Target::Colour | Target::Shape => settings.object_heads,
+            Target::Colour | Target::Shape | Target::Coded => settings.object_heads,
             Target::ObjectFirst | Target::ObjectSecond => settings.object_code_heads,
         };
         if !trained {
             continue;
         }
         let (l, predicted) = weighted_cross_entropy(head, &target, |t| {
-            if digits && t == NO_CODE {
+            if (digits && t == NO_CODE) || (is_coded && t == 0) {
                 NO_CODE_WEIGHT
             } else {
                 1.0
@@ -518,16 +535,18 @@ pub fn vision_loss<B: Backend>(
         });
         loss = loss + l;
         // Accuracy where there is a code (the "no code" elsewhere dominates):
-        // digits at the glyphs' patches (reading), or at the objects' patches.
-        let counter = match target_kind {
-            Target::GlyphFirst | Target::GlyphSecond => Some(&mut correct),
-            Target::ObjectFirst | Target::ObjectSecond => Some(&mut object_codes),
-            Target::Colour | Target::Shape => None,
+        // digits at the glyphs' patches (reading), at the objects' patches,
+        // or the coded objects' patches found.
+        let (counter, none) = match target_kind {
+            Target::GlyphFirst | Target::GlyphSecond => (Some(&mut correct), NO_CODE),
+            Target::ObjectFirst | Target::ObjectSecond => (Some(&mut object_codes), NO_CODE),
+            Target::Coded => (Some(&mut coded), 0),
+            Target::Colour | Target::Shape => (None, NO_CODE),
         };
         if let Some(counter) = counter {
             let at_codes: Vec<i64> = target
                 .iter()
-                .map(|&t| if t == NO_CODE { IGNORE } else { t })
+                .map(|&t| if t == none { IGNORE } else { t })
                 .collect();
             let (ok, n) = hits(&predicted, &at_codes);
             *counter = (counter.0 + ok, counter.1 + n);
@@ -540,6 +559,7 @@ pub fn vision_loss<B: Backend>(
         correct,
         exact: (0, 0),
         object_codes,
+        coded,
     }
 }
 
@@ -625,6 +645,7 @@ pub fn language_loss<B: AutodiffBackend>(
         correct: hits(&predicted, &targets),
         exact,
         object_codes: (0, 0),
+        coded: (0, 0),
         total: answer_loss + question_loss * question_weight,
     }
 }
@@ -684,6 +705,7 @@ pub fn batch_gradients<B: AutodiffBackend>(
         correct: add(l1.correct, l2.correct),
         exact: add(l1.exact, l2.exact),
         object_codes: add(l1.object_codes, l2.object_codes),
+        coded: add(l1.coded, l2.coded),
     };
     (sum.grads(), loss)
 }
@@ -692,8 +714,9 @@ pub fn batch_gradients<B: AutodiffBackend>(
 #[derive(Default)]
 struct Window {
     /// main loss, question loss, batches, correct, counted, exact, samples,
-    /// object codes right, object codes counted
-    sums: std::collections::BTreeMap<Kind, [f64; 9]>,
+    /// object codes right, object codes counted, coded patches found,
+    /// coded patches
+    sums: std::collections::BTreeMap<Kind, [f64; 11]>,
 }
 
 impl Window {
@@ -709,6 +732,8 @@ impl Window {
             loss.exact.1 as f64,
             loss.object_codes.0 as f64,
             loss.object_codes.1 as f64,
+            loss.coded.0 as f64,
+            loss.coded.1 as f64,
         ];
         for (slot, v) in s.iter_mut().zip(values) {
             *slot += v;
@@ -728,9 +753,10 @@ impl Window {
                 ));
             } else {
                 line.push_str(&format!(
-                    " glyphs {:.0}% object codes {:.0}%",
+                    " glyphs {:.0}% object codes {:.0}% coded found {:.0}%",
                     100.0 * s[3] / s[4].max(1.0),
-                    100.0 * s[7] / s[8].max(1.0)
+                    100.0 * s[7] / s[8].max(1.0),
+                    100.0 * s[9] / s[10].max(1.0)
                 ));
             }
         }

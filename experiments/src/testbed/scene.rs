@@ -107,7 +107,7 @@ pub struct SceneObject {
     pub shape: Shape,
     /// Index into [`PALETTE`].
     pub colour: usize,
-    /// Its code, digits 0-9.
+    /// Its code, digits 0-9 (empty: the object carries no code).
     pub code: Vec<u8>,
     /// Bounding box of the shape.
     pub bbox: PixelBox,
@@ -270,6 +270,15 @@ impl Scene {
         })
     }
 
+    /// Removes the code of every object `i` for which `keep(i)` is false.
+    pub fn keep_codes(&mut self, keep: impl Fn(usize) -> bool) {
+        for (i, o) in self.objects.iter_mut().enumerate() {
+            if !keep(i) {
+                o.code.clear();
+            }
+        }
+    }
+
     /// Draws the scene with every code at `glyph_scale` pixels per font pixel.
     pub fn render(&self, glyph_scale: u32) -> RgbImage {
         let mut noise = SplitMix::new(self.noise_seed);
@@ -288,6 +297,9 @@ impl Scene {
                         img.put_pixel(x, y, Rgb(colour));
                     }
                 }
+            }
+            if o.code.is_empty() {
+                continue;
             }
             let label = o.label_box(glyph_scale);
             draw_code(

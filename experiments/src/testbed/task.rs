@@ -6,6 +6,12 @@
 //!   input, and readable only in a crop (like TextVQA / DocVQA).
 //! - `control`: the same question with every code drawn large enough to
 //!   read in the global view: SD-RPN has nothing to add there.
+//!
+//! Only the target carries a code unless [`TaskConfig::distractor_codes`]:
+//! with a code on every object the question must be bound to the object
+//! it names ("red" in the text to the red patches), which the 2.3M-parameter
+//! model did not learn within the pretraining budget (TESTBED.md, README of
+//! `experiments/testbed`); the question still names the target.
 
 use super::scene::{Scene, SceneConfig};
 use image::RgbImage;
@@ -56,6 +62,9 @@ pub struct TaskConfig {
     pub small_glyph: u32,
     /// Source pixels per font pixel of the large codes (`control`).
     pub large_glyph: u32,
+    /// Draw a code on every object, not only on the target.
+    #[serde(default)]
+    pub distractor_codes: bool,
 }
 
 impl Default for TaskConfig {
@@ -64,6 +73,7 @@ impl Default for TaskConfig {
             scene: SceneConfig::default(),
             small_glyph: 3,
             large_glyph: 8,
+            distractor_codes: false,
         }
     }
 }
@@ -100,8 +110,11 @@ pub struct Sample {
 impl Sample {
     /// A random sample of `family`.
     pub fn generate(id: String, family: Family, config: &TaskConfig, rng: &mut SplitMix) -> Self {
-        let scene = Scene::generate(&config.scene, rng);
+        let mut scene = Scene::generate(&config.scene, rng);
         let target = (rng.next_u64() % scene.objects.len() as u64) as usize;
+        if !config.distractor_codes {
+            scene.keep_codes(|i| i == target);
+        }
         let object = &scene.objects[target];
         let question = format!(
             "What is written on the {} {}?",
@@ -233,6 +246,17 @@ mod tests {
                 Family::Control => config.large_glyph,
             };
             assert_eq!(s.glyph_scale, expected_scale);
+            // Only the target carries a code.
+            for (i, p) in s.scene.objects.iter().enumerate() {
+                assert_eq!(p.code.is_empty(), i != s.target);
+            }
+        }
+        let every = TaskConfig {
+            distractor_codes: true,
+            ..config
+        };
+        for s in Split::Train.samples(3, &Family::ALL, 5, &every) {
+            assert!(s.scene.objects.iter().all(|o| o.code.len() == 2));
         }
     }
 }

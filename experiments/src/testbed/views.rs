@@ -42,23 +42,29 @@ pub enum Target {
     ObjectSecond,
     /// The shape of the object under the patch centre.
     Shape,
+    /// Whether the object under the patch centre carries a code (1) or
+    /// not (0, also the background), at every scale: where the text is,
+    /// even where it cannot be read.
+    Coded,
 }
 
 impl Target {
     /// All, in [`View::targets`] order.
-    pub const ALL: [Target; 6] = [
+    pub const ALL: [Target; 7] = [
         Target::GlyphFirst,
         Target::GlyphSecond,
         Target::Colour,
         Target::ObjectFirst,
         Target::ObjectSecond,
         Target::Shape,
+        Target::Coded,
     ];
     /// Classes of its head.
     pub fn classes(self) -> usize {
         match self {
             Target::Colour => NO_OBJECT as usize + 1,
             Target::Shape => NO_SHAPE as usize + 1,
+            Target::Coded => 2,
             _ => NO_CODE as usize + 1,
         }
     }
@@ -71,7 +77,7 @@ pub struct View {
     /// Preprocessed pixels `[3, S, S]`.
     pub pixels: Vec<f32>,
     /// Per-patch targets, each `[P]`, see [`Target`].
-    pub targets: [Vec<i64>; 6],
+    pub targets: [Vec<i64>; 7],
 }
 
 /// The global view: the whole image as `eval` and `label` preprocess it.
@@ -177,7 +183,7 @@ fn patch_targets(
     glyph_scale: u32,
     side: u32,
     patch: u32,
-) -> [Vec<i64>; 6] {
+) -> [Vec<i64>; 7] {
     let g = (side / patch) as usize;
     let (sx, sy) = (
         side as f32 / region.width() as f32,
@@ -226,8 +232,9 @@ fn patch_targets(
             let (x, y) = centre(i);
             if let Some(o) = scene.object_at(x, y) {
                 let code = &scene.objects[o].code;
-                object_first[i] = code[0] as i64;
-                object_second[i] = *code.get(1).unwrap_or(&(NO_CODE as u8)) as i64;
+                let digit = |k: usize| code.get(k).map_or(NO_CODE, |&d| d as i64);
+                object_first[i] = digit(0);
+                object_second[i] = digit(1);
             }
         }
     }
@@ -241,7 +248,18 @@ fn patch_targets(
     let shape = (0..g * g)
         .map(|i| under(i).map_or(NO_SHAPE, |o| o.shape as i64))
         .collect();
-    [first, second, colour, object_first, object_second, shape]
+    let coded = (0..g * g)
+        .map(|i| under(i).map_or(0, |o| i64::from(!o.code.is_empty())))
+        .collect();
+    [
+        first,
+        second,
+        colour,
+        object_first,
+        object_second,
+        shape,
+        coded,
+    ]
 }
 
 #[cfg(test)]
@@ -328,6 +346,40 @@ mod tests {
         for p in &scene.objects {
             assert!(global.targets[2].contains(&(p.colour as i64)));
         }
+    }
+
+    #[test]
+    fn coded_targets_mark_the_objects_with_a_code_at_every_scale() {
+        let mut scene = Scene::generate(&SceneConfig::default(), &mut SplitMix::new(4));
+        scene.keep_codes(|i| i == 1);
+        let image = scene.render(3);
+        let global = global_view(&scene, &image, 3, 168, 14);
+        let coded = &global.targets[6];
+        for (i, &t) in coded.iter().enumerate() {
+            let (x, y) = (
+                ((i % 12) as f32 + 0.5) * 672.0 / 12.0,
+                ((i / 12) as f32 + 0.5) * 672.0 / 12.0,
+            );
+            assert_eq!(t, i64::from(scene.object_at(x, y) == Some(1)), "patch {i}");
+        }
+        assert!(coded.iter().filter(|&&t| t == 1).count() >= 4);
+        // Readable zoom: the code-less objects have no object code.
+        let region = zoom_around(scene.objects[0].bbox, 672, 168, 168, &mut SplitMix::new(2));
+        let zoom = zoom_view(&scene, &image, region, 3, 168, 14);
+        for i in 0..144 {
+            if zoom.targets[2][i] == scene.objects[0].colour as i64 {
+                assert_eq!(zoom.targets[3][i], NO_CODE, "patch {i}");
+                assert_eq!(zoom.targets[6][i], 0, "patch {i}");
+            }
+        }
+        // No ink on the code-less objects: only object 1's label is drawn.
+        let o = &scene.objects[0];
+        let label = o.label_box(3);
+        let dark = (label.y0..label.y1)
+            .flat_map(|y| (label.x0..label.x1).map(move |x| (x, y)))
+            .filter(|&(x, y)| image.get_pixel(x, y).0.iter().all(|&c| c < 30))
+            .count();
+        assert_eq!(dark, 0);
     }
 
     #[test]

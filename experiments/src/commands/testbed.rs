@@ -50,6 +50,10 @@ pub struct HeadsArgs {
     /// Write the full ranking here (JSON)
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Draw a code on every object, not only on the target (the question
+    /// must then be bound to the object it names)
+    #[arg(long)]
+    distractor_codes: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -78,6 +82,10 @@ pub struct RunArgs {
     /// RPN training epochs
     #[arg(long)]
     epochs: Option<usize>,
+    /// Draw a code on every object, not only on the target (the question
+    /// must then be bound to the object it names)
+    #[arg(long)]
+    distractor_codes: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -124,6 +132,10 @@ pub struct PretrainArgs {
     /// recipe on a trained ViT)
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Draw a code on every object, not only on the target (the question
+    /// must then be bound to the object it names)
+    #[arg(long)]
+    distractor_codes: bool,
     /// Log every N steps
     #[arg(long, default_value_t = 20)]
     log_every: usize,
@@ -162,6 +174,7 @@ pub fn run(command: TestbedCommand) -> anyhow::Result<()> {
             settings.train_per_family = args.train.unwrap_or(settings.train_per_family);
             settings.test_per_family = args.test.unwrap_or(settings.test_per_family);
             settings.epochs = args.epochs.unwrap_or(settings.epochs);
+            settings.distractor_codes = args.distractor_codes;
             let out = args
                 .out
                 .clone()
@@ -196,7 +209,7 @@ impl BackendJob for HeadsJob {
             args.seed,
             &Family::ALL,
             args.samples,
-            &TaskConfig::default(),
+            &task_config(args.distractor_codes),
         );
         let probes: Vec<_> = validation.iter().map(probe_of).collect();
         let bar = crate::progress::bar(probes.len() as u64, "ranking heads");
@@ -299,7 +312,7 @@ impl BackendJob for PretrainJob {
             },
             ..PretrainSettings::default()
         };
-        let task = TaskConfig::default();
+        let task = task_config(args.distractor_codes);
         if args.time_only {
             profile::<B>(&config, &settings, &task, &tokenizer, &device);
             return Ok(());
@@ -413,6 +426,14 @@ fn profile<B: Backend>(
                 );
             }
         }
+    }
+}
+
+/// The task, with codes on every object when `distractor_codes`.
+fn task_config(distractor_codes: bool) -> TaskConfig {
+    TaskConfig {
+        distractor_codes,
+        ..TaskConfig::default()
     }
 }
 

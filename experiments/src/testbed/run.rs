@@ -57,6 +57,10 @@ pub struct RunSettings {
     pub epochs: usize,
     /// Test samples drawn in the figure.
     pub figure_samples: usize,
+    /// Draw a code on every object, not only on the target
+    /// ([`TaskConfig::distractor_codes`]).
+    #[serde(default)]
+    pub distractor_codes: bool,
 }
 
 impl Default for RunSettings {
@@ -69,6 +73,7 @@ impl Default for RunSettings {
             heads: 3,
             epochs: 4,
             figure_samples: 6,
+            distractor_codes: false,
         }
     }
 }
@@ -84,6 +89,7 @@ impl RunSettings {
             heads: 3,
             epochs: 1,
             figure_samples: 2,
+            distractor_codes: false,
         }
     }
 }
@@ -474,7 +480,10 @@ pub fn run_testbed<B: Backend>(
             serde_json::to_string_pretty(settings)?.as_bytes(),
         )?,
     }
-    let task = TaskConfig::default();
+    let task = TaskConfig {
+        distractor_codes: settings.distractor_codes,
+        ..TaskConfig::default()
+    };
     log(&format!(
         "writing the splits under {}",
         out.join("data").display()

@@ -312,7 +312,7 @@ pub fn make_item(
         // Codes on a random half of the other objects: the coded head
         // learns where codes are, however many there are.
         let keep: Vec<bool> = (0..sample.scene.objects.len())
-            .map(|i| i == sample.target || rng.next_u64() % 2 == 0)
+            .map(|i| i == sample.target || rng.next_u64().is_multiple_of(2))
             .collect();
         sample.scene.keep_codes(|i| keep[i]);
     }

@@ -50,12 +50,26 @@ pub struct HeadsArgs {
     /// Write the full ranking here (JSON)
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    task: TaskArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// The task options shared by `heads`, `run` and `pretrain`.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct TaskArgs {
     /// Draw a code on every object, not only on the target (the question
     /// must then be bound to the object it names)
     #[arg(long)]
     distractor_codes: bool,
-    #[command(flatten)]
-    device: DeviceArgs,
+}
+
+impl TaskArgs {
+    /// The task these options name.
+    fn config(self) -> TaskConfig {
+        TaskConfig::with_distractor_codes(self.distractor_codes)
+    }
 }
 
 /// Arguments of `sdrpn testbed run`.
@@ -82,10 +96,8 @@ pub struct RunArgs {
     /// RPN training epochs
     #[arg(long)]
     epochs: Option<usize>,
-    /// Draw a code on every object, not only on the target (the question
-    /// must then be bound to the object it names)
-    #[arg(long)]
-    distractor_codes: bool,
+    #[command(flatten)]
+    task: TaskArgs,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -132,10 +144,8 @@ pub struct PretrainArgs {
     /// recipe on a trained ViT)
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Draw a code on every object, not only on the target (the question
-    /// must then be bound to the object it names)
-    #[arg(long)]
-    distractor_codes: bool,
+    #[command(flatten)]
+    task: TaskArgs,
     /// Log every N steps
     #[arg(long, default_value_t = 20)]
     log_every: usize,
@@ -174,7 +184,7 @@ pub fn run(command: TestbedCommand) -> anyhow::Result<()> {
             settings.train_per_family = args.train.unwrap_or(settings.train_per_family);
             settings.test_per_family = args.test.unwrap_or(settings.test_per_family);
             settings.epochs = args.epochs.unwrap_or(settings.epochs);
-            settings.distractor_codes = args.distractor_codes;
+            settings.distractor_codes = args.task.distractor_codes;
             let out = args
                 .out
                 .clone()
@@ -205,12 +215,8 @@ impl BackendJob for HeadsJob {
             .with_context(|| {
                 format!("cannot load the testbed model in {}", args.model.display())
             })?;
-        let validation = Split::Validation.samples(
-            args.seed,
-            &Family::ALL,
-            args.samples,
-            &task_config(args.distractor_codes),
-        );
+        let validation =
+            Split::Validation.samples(args.seed, &Family::ALL, args.samples, &args.task.config());
         let probes: Vec<_> = validation.iter().map(probe_of).collect();
         let bar = crate::progress::bar(probes.len() as u64, "ranking heads");
         let ratio = testbed_method("0:0")?.labels.thresholds.fg_ratio;
@@ -312,7 +318,7 @@ impl BackendJob for PretrainJob {
             },
             ..PretrainSettings::default()
         };
-        let task = task_config(args.distractor_codes);
+        let task = args.task.config();
         if args.time_only {
             profile::<B>(&config, &settings, &task, &tokenizer, &device);
             return Ok(());
@@ -426,14 +432,6 @@ fn profile<B: Backend>(
                 );
             }
         }
-    }
-}
-
-/// The task, with codes on every object when `distractor_codes`.
-fn task_config(distractor_codes: bool) -> TaskConfig {
-    TaskConfig {
-        distractor_codes,
-        ..TaskConfig::default()
     }
 }
 

@@ -5,8 +5,9 @@
 //! 1. vision: the ViT alone, with per-patch heads on its selected features
 //!    (code digits where a view makes codes readable; colour, shape and
 //!    whether it carries a code of the object under each patch, at every
-//!    scale; scenes with codes on a random subset of objects). TESTBED.md: a ViT from scratch did not learn glyphs from
-//!    the answer loss alone at this budget; the dense signal teaches them.
+//!    scale; scenes with codes on a random subset of objects). TESTBED.md:
+//!    a ViT from scratch did not learn glyphs from the answer loss alone at
+//!    this budget; the dense signal teaches them.
 //! 2. language: the ViT frozen; projector and LLaMA trained with next-token
 //!    cross-entropy on the answer tokens and EOS. A question head on the
 //!    last prompt position (after the first [`QUESTION_LAYER`] layers)

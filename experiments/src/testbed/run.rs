@@ -480,10 +480,7 @@ pub fn run_testbed<B: Backend>(
             serde_json::to_string_pretty(settings)?.as_bytes(),
         )?,
     }
-    let task = TaskConfig {
-        distractor_codes: settings.distractor_codes,
-        ..TaskConfig::default()
-    };
+    let task = TaskConfig::with_distractor_codes(settings.distractor_codes);
     log(&format!(
         "writing the splits under {}",
         out.join("data").display()

@@ -79,6 +79,15 @@ impl Default for TaskConfig {
 }
 
 impl TaskConfig {
+    /// The default task, with a code on every object when
+    /// `distractor_codes` (only on the target otherwise).
+    pub fn with_distractor_codes(distractor_codes: bool) -> Self {
+        Self {
+            distractor_codes,
+            ..Self::default()
+        }
+    }
+
     /// Source pixels per font pixel for `family`.
     pub fn glyph_scale(&self, family: Family) -> u32 {
         match family {

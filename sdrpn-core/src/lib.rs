@@ -21,6 +21,7 @@ pub mod heads;
 pub mod host;
 pub mod labels;
 pub mod loss;
+pub mod positions;
 pub mod promote;
 pub mod readback;
 pub mod rng;
@@ -30,6 +31,7 @@ pub mod rpn;
 pub use error::{CoreError, Result};
 pub use grid::Grid;
 pub use heads::{HeadSelection, ResolvedHeads};
+pub use positions::Positions;
 
 #[cfg(test)]
 pub(crate) mod test_backend {

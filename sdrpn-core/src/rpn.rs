@@ -11,6 +11,7 @@
 //! ```
 
 use crate::error::CoreError;
+use crate::positions::Positions;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -21,8 +22,9 @@ use burn::tensor::{Int, Tensor};
 /// over the whole prompt with the host's own positional encoding.
 pub trait TwigLayer<B: Backend>: Module<B> {
     /// # Shapes
-    /// - `x`: `[N, T, D]` -> `[N, T, D]`; positions `0..T`, causal mask.
-    fn forward_twig(&self, x: Tensor<B, 3>) -> Tensor<B, 3>;
+    /// - `x`: `[N, T, D]` -> `[N, T, D]`; causal mask, rotary `positions`
+    ///   (`T` tokens, as the host gave them with the frozen prefix).
+    fn forward_twig(&self, x: Tensor<B, 3>, positions: &Positions) -> Tensor<B, 3>;
 }
 
 /// A normalisation layer of the host (RMSNorm for LLaMA).
@@ -121,12 +123,14 @@ impl<B: Backend, L: TwigLayer<B>, N: TwigNorm<B>> Rpn<B, L, N> {
     ///
     /// # Shapes
     /// - `hidden`: `[N, T, D]`, output of base layer K-1 (detach it when training)
+    /// - `positions`: the rotary positions of those `T` tokens
     /// - `query_index`: `[N]` position of each sample's query token
     /// - `visual_index`: `[N, P]` positions of each sample's visual tokens
     /// - returns logits `[N, P]`
     pub fn forward(
         &self,
         hidden: Tensor<B, 3>,
+        positions: &Positions,
         query_index: Tensor<B, 1, Int>,
         visual_index: Tensor<B, 2, Int>,
     ) -> Tensor<B, 2> {
@@ -135,7 +139,7 @@ impl<B: Backend, L: TwigLayer<B>, N: TwigNorm<B>> Rpn<B, L, N> {
         let g = self
             .twig_layers
             .iter()
-            .fold(hidden, |x, layer| layer.forward_twig(x));
+            .fold(hidden, |x, layer| layer.forward_twig(x, positions));
         let u = self.head_norm.forward_norm(self.twig_norm.forward_norm(g));
         let q_idx = query_index.reshape([n, 1, 1]).expand([n, 1, d]);
         let query = u.clone().gather(1, q_idx).reshape([n, d]);

@@ -85,6 +85,13 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     /// Whether lm_head shares the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Whether the q/k/v projections have biases (Qwen2: yes; LLaMA: no).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Qwen2.5-VL's multimodal RoPE sections (frequencies per position
+    /// axis, summing to `head_dim / 2`); `None`: 1-D RoPE.
+    #[serde(default)]
+    pub mrope_section: Option<Vec<usize>>,
 }
 
 /// The whole LLaVA-1.5 model.
@@ -143,6 +150,8 @@ impl LlavaConfig {
                 rope_theta: 10000.0,
                 max_position_embeddings: 4096,
                 tie_word_embeddings: false,
+                attention_bias: false,
+                mrope_section: None,
             },
             projector_act: Activation::Gelu,
             projector_bias: true,
@@ -202,6 +211,8 @@ impl LlavaConfig {
             rope_theta: t.rope_theta.unwrap_or(10000.0),
             max_position_embeddings: t.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: t.tie_word_embeddings.unwrap_or(false),
+            attention_bias: false,
+            mrope_section: None,
         };
         if t.hidden_act.as_deref().is_some_and(|a| a != "silu") {
             return Err(LlavaError::invalid(

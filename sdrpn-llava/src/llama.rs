@@ -11,6 +11,7 @@ use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use sdrpn_core::Positions;
 use std::ops::Range;
 
 /// Rotary position embedding for a run of positions, applied as HF's
@@ -22,9 +23,9 @@ use std::ops::Range;
 /// `[hd, hd]` matrix of 0 and +-1 entries, which is exact in any float type.
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
-    /// `[1, T*H*hd]`
+    /// `[1 or N, T*H*hd]`
     cos: Tensor<B, 2>,
-    /// `[1, T*H*hd]`
+    /// `[1 or N, T*H*hd]`
     sin: Tensor<B, 2>,
     /// `[hd, hd]`: `x.matmul(rotate)` is `rotate_half(x)` along the last axis.
     rotate: Tensor<B, 2>,
@@ -32,40 +33,62 @@ pub struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    /// Tables for positions `start..start + len` and `heads` heads, computed
-    /// in f32 the way HF does (`inv_freq = 1 / theta^(2i/d)`, `angle = pos * inv_freq`).
+    /// Tables for the tokens at `positions` and `heads` heads, computed in
+    /// f32 the way HF does (`inv_freq = 1 / theta^(2i/d)`, `angle = pos *
+    /// inv_freq`). With `sections` (Qwen2.5-VL's `mrope_section`), frequency
+    /// `i` takes its position from axis `a` where `i` falls in the `a`-th
+    /// run of `sections` (HF's `apply_multimodal_rotary_pos_emb`); without,
+    /// every frequency uses axis 0.
     pub fn new(
         head_dim: usize,
         heads: usize,
         theta: f64,
-        start: usize,
-        len: usize,
+        positions: &Positions,
+        sections: Option<&[usize]>,
         device: &B::Device,
     ) -> Self {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
             .collect();
+        let (axes, axis_of): (usize, Vec<usize>) = match sections {
+            None => (1, vec![0; half]),
+            Some(s) => (
+                s.len(),
+                s.iter()
+                    .enumerate()
+                    .flat_map(|(a, &n)| std::iter::repeat_n(a, n))
+                    .collect(),
+            ),
+        };
+        let samples = match positions {
+            Positions::Sequential { .. } => 1,
+            Positions::Axes(p) => p.len(),
+        };
+        let len = positions.len();
         let (mut cos, mut sin) = (
-            Vec::with_capacity(len * half),
-            Vec::with_capacity(len * half),
+            Vec::with_capacity(samples * len * half),
+            Vec::with_capacity(samples * len * half),
         );
-        for pos in start..start + len {
-            for f in &inv_freq {
-                let (s, c) = (pos as f32 * f).sin_cos();
-                cos.push(c);
-                sin.push(s);
+        for n in 0..samples {
+            for t in 0..len {
+                let pos = positions.at(n, t, axes);
+                for (f, &axis) in inv_freq.iter().zip(&axis_of) {
+                    let (s, c) = (pos[axis] as f32 * f).sin_cos();
+                    cos.push(c);
+                    sin.push(s);
+                }
             }
         }
-        // Built on the device from the `[T, hd/2]` table: the half-width
+        // Built on the device from the `[N, T, hd/2]` table: the half-width
         // table twice per head (rotate_half layout), repeated for every head,
-        // materialised once per pass (only `T*hd/2` values are uploaded).
+        // materialised once per pass (only `N*T*hd/2` values are uploaded).
         let size = len * heads * head_dim;
         let table = |v: Vec<f32>| {
-            Tensor::<B, 2>::from_data(TensorData::new(v, [len, half]), device)
-                .reshape([len, 1, 1, half])
-                .expand([len, heads, 2, half])
-                .reshape([1, size])
+            Tensor::<B, 3>::from_data(TensorData::new(v, [samples, len, half]), device)
+                .reshape([samples, len, 1, 1, half])
+                .expand([samples, len, heads, 2, half])
+                .reshape([samples, size])
         };
         let mut rotate = vec![0f32; head_dim * head_dim];
         for i in 0..half {
@@ -81,7 +104,8 @@ impl<B: Backend> Rope<B> {
         }
     }
 
-    /// Rotates `[N, T, H, hd]` (T and H those of the tables).
+    /// Rotates `[N, T, H, hd]` (T and H those of the tables; N theirs or any
+    /// when the tables are shared by every sample).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, t, h, d] = x.dims();
         debug_assert_eq!(h, self.heads);
@@ -109,6 +133,9 @@ pub struct LlamaAttention<B: Backend> {
     num_kv_heads: usize,
     head_dim: usize,
     rope_theta: f64,
+    /// Qwen2.5-VL's M-RoPE frequency sections (`None`: 1-D RoPE).
+    #[module(skip)]
+    mrope_section: Option<Vec<usize>>,
 }
 
 /// What every layer of one pass shares: RoPE tables of the pass's positions
@@ -128,15 +155,17 @@ pub struct PassContext<B: Backend> {
 }
 
 impl<B: Backend> PassContext<B> {
-    /// Context for `len` new positions from `start`, with `start` positions
-    /// cached before them, for `heads` query and `kv_heads` key heads.
+    /// Context for `positions.len()` new tokens after `start` cached ones,
+    /// for `heads` query and `kv_heads` key heads, with rotary `positions`
+    /// (and M-RoPE `sections`, see [`Rope::new`]).
     pub fn new(
         (heads, kv_heads, head_dim): (usize, usize, usize),
-        theta: f64,
+        (theta, sections): (f64, Option<&[usize]>),
         start: usize,
-        len: usize,
+        positions: &Positions,
         device: &B::Device,
     ) -> Self {
+        let len = positions.len();
         let causal_bias = (len > 1).then(|| {
             // Key j is visible to the query at position start+i when j <= start+i.
             let s = start + len;
@@ -148,11 +177,11 @@ impl<B: Backend> PassContext<B> {
                 .mask_fill(future, f32::NEG_INFINITY)
                 .reshape([1, len * s])
         });
+        let rope = |h| Rope::new(head_dim, h, theta, positions, sections, device);
         Self {
             start,
-            rope_q: Rope::new(head_dim, heads, theta, start, len, device),
-            rope_k: (kv_heads != heads)
-                .then(|| Rope::new(head_dim, kv_heads, theta, start, len, device)),
+            rope_q: rope(heads),
+            rope_k: (kv_heads != heads).then(|| rope(kv_heads)),
             causal_bias,
         }
     }
@@ -261,6 +290,9 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         let lin = |l: &mut TensorLoader<B>, name: &str, a: usize, b: usize| {
             l.linear(&format!("{prefix}.{name}"), a, b, false)
         };
+        let qkv = |l: &mut TensorLoader<B>, name: &str, b: usize| {
+            l.linear(&format!("{prefix}.{name}"), d, b, cfg.attention_bias)
+        };
         Self {
             input_layernorm: RmsNorm::load(
                 loader,
@@ -269,14 +301,15 @@ impl<B: Backend> LlamaDecoderLayer<B> {
                 cfg.rms_norm_eps,
             ),
             self_attn: LlamaAttention {
-                q_proj: lin(loader, "self_attn.q_proj", d, cfg.num_heads * hd),
-                k_proj: lin(loader, "self_attn.k_proj", d, cfg.num_kv_heads * hd),
-                v_proj: lin(loader, "self_attn.v_proj", d, cfg.num_kv_heads * hd),
+                q_proj: qkv(loader, "self_attn.q_proj", cfg.num_heads * hd),
+                k_proj: qkv(loader, "self_attn.k_proj", cfg.num_kv_heads * hd),
+                v_proj: qkv(loader, "self_attn.v_proj", cfg.num_kv_heads * hd),
                 o_proj: lin(loader, "self_attn.o_proj", cfg.num_heads * hd, d),
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: hd,
                 rope_theta: cfg.rope_theta,
+                mrope_section: cfg.mrope_section.clone(),
             },
             post_attention_layernorm: RmsNorm::load(
                 loader,
@@ -292,14 +325,20 @@ impl<B: Backend> LlamaDecoderLayer<B> {
         }
     }
 
-    /// A pass context for this layer's attention geometry.
-    pub fn pass_context(&self, start: usize, len: usize, device: &B::Device) -> PassContext<B> {
+    /// A pass context for this layer's attention geometry: the tokens at
+    /// rotary `positions` after `start` cached ones.
+    pub fn pass_context(
+        &self,
+        start: usize,
+        positions: &Positions,
+        device: &B::Device,
+    ) -> PassContext<B> {
         let attn = &self.self_attn;
         PassContext::new(
             (attn.num_heads, attn.num_kv_heads, attn.head_dim),
-            attn.rope_theta,
+            (attn.rope_theta, attn.mrope_section.as_deref()),
             start,
-            len,
+            positions,
             device,
         )
     }
@@ -322,9 +361,8 @@ impl<B: Backend> LlamaDecoderLayer<B> {
 }
 
 impl<B: Backend> sdrpn_core::rpn::TwigLayer<B> for LlamaDecoderLayer<B> {
-    fn forward_twig(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [_, t, _] = x.dims();
-        let pass = self.pass_context(0, t, &x.device());
+    fn forward_twig(&self, x: Tensor<B, 3>, positions: &Positions) -> Tensor<B, 3> {
+        let pass = self.pass_context(0, positions, &x.device());
         self.forward(x, &pass, None).0
     }
 }
@@ -341,10 +379,27 @@ pub struct LlamaModel<B: Backend> {
 }
 
 impl<B: Backend> LlamaModel<B> {
-    /// Loads `language_model.model.*` and `language_model.lm_head`.
+    /// Loads `language_model.model.*` and `language_model.lm_head` (llava-hf).
     pub fn load(loader: &mut TensorLoader<B>, cfg: &LlamaConfig) -> Self {
+        Self::load_at(
+            loader,
+            cfg,
+            "language_model.model",
+            "language_model.lm_head",
+        )
+    }
+
+    /// Loads the decoder stored under `prefix` (`{prefix}.embed_tokens`,
+    /// `{prefix}.layers.N`, `{prefix}.norm`) and its head under `head`
+    /// (absent when the embeddings are tied).
+    pub fn load_at(
+        loader: &mut TensorLoader<B>,
+        cfg: &LlamaConfig,
+        prefix: &str,
+        head: &str,
+    ) -> Self {
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
-        let embed = loader.param("language_model.model.embed_tokens.weight", [v, d]);
+        let embed = loader.param(&format!("{prefix}.embed_tokens.weight"), [v, d]);
         let lm_head = if cfg.tie_word_embeddings {
             // A copy: training would untie it, and exporting skips it.
             Linear {
@@ -352,20 +407,14 @@ impl<B: Backend> LlamaModel<B> {
                 bias: None,
             }
         } else {
-            loader.linear("language_model.lm_head", d, v, false)
+            loader.linear(head, d, v, false)
         };
         Self {
             embed_tokens: Embedding { weight: embed },
             layers: (0..cfg.num_layers)
-                .map(|i| {
-                    LlamaDecoderLayer::load(
-                        loader,
-                        &format!("language_model.model.layers.{i}"),
-                        cfg,
-                    )
-                })
+                .map(|i| LlamaDecoderLayer::load(loader, &format!("{prefix}.layers.{i}"), cfg))
                 .collect(),
-            norm: RmsNorm::load(loader, "language_model.model.norm", d, cfg.rms_norm_eps),
+            norm: RmsNorm::load(loader, &format!("{prefix}.norm"), d, cfg.rms_norm_eps),
             lm_head,
         }
     }
@@ -387,8 +436,29 @@ impl<B: Backend> LlamaModel<B> {
     /// - `h`: `[N, T, D]` -> `[N, T, D]`
     pub fn run_layers(
         &self,
+        h: Tensor<B, 3>,
+        start: usize,
+        layers: Range<usize>,
+        cache: Option<&mut KvCache<B>>,
+        taps: &Taps,
+        captured: &mut Captured<B>,
+    ) -> Tensor<B, 3> {
+        let [_, t, _] = h.dims();
+        let positions = Positions::Sequential { start, len: t };
+        self.run_layers_at(h, start, &positions, layers, cache, taps, captured)
+    }
+
+    /// [`LlamaModel::run_layers`] with rotary `positions` given by the host
+    /// (Qwen2.5-VL's M-RoPE), the new tokens still after `start` cached ones.
+    ///
+    /// # Shapes
+    /// - `h`: `[N, T, D]` -> `[N, T, D]`, `positions.len() == T`
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_layers_at(
+        &self,
         mut h: Tensor<B, 3>,
         start: usize,
+        positions: &Positions,
         layers: Range<usize>,
         mut cache: Option<&mut KvCache<B>>,
         taps: &Taps,
@@ -398,9 +468,8 @@ impl<B: Backend> LlamaModel<B> {
         if layers.start == 0 && taps.hidden.contains(&0) {
             captured.hidden.insert(0, h.clone());
         }
-        let [_, t, _] = h.dims();
         let pass = match self.layers.get(layers.start) {
-            Some(layer) => layer.pass_context(start, t, &h.device()),
+            Some(layer) => layer.pass_context(start, positions, &h.device()),
             None => return h,
         };
         for i in layers {
@@ -471,6 +540,7 @@ mod tests {
             num_kv_heads: kv_heads,
             head_dim: 4,
             rope_theta: 10000.0,
+            mrope_section: None,
         }
     }
 
@@ -502,22 +572,46 @@ mod tests {
             assert!(diff < 1e-5, "max difference {diff}");
         };
 
-        let whole = PassContext::new((4, 2, 4), 10000.0, 0, 7, &device);
+        let whole = PassContext::new(
+            (4, 2, 4),
+            (10000.0, None),
+            0,
+            &Positions::prefix(7),
+            &device,
+        );
         let (out_g, probs_g) = gqa.forward(x.clone(), &whole, None);
-        let whole_mha = PassContext::new((4, 4, 4), 10000.0, 0, 7, &device);
+        let whole_mha = PassContext::new(
+            (4, 4, 4),
+            (10000.0, None),
+            0,
+            &Positions::prefix(7),
+            &device,
+        );
         let (out_m, probs_m) = mha.forward(x.clone(), &whole_mha, None);
         close(probs_g, probs_m);
         close(out_g.clone().unsqueeze(), out_m.unsqueeze());
 
         // The same sequence in two passes through the cache: 5 tokens, then 2.
         let mut cache = KvCache::new(1);
-        let first = PassContext::new((4, 2, 4), 10000.0, 0, 5, &device);
+        let first = PassContext::new(
+            (4, 2, 4),
+            (10000.0, None),
+            0,
+            &Positions::prefix(5),
+            &device,
+        );
         gqa.forward(
             x.clone().slice([0..1, 0..5, 0..16]),
             &first,
             Some((&mut cache, 0)),
         );
-        let second = PassContext::new((4, 2, 4), 10000.0, 5, 2, &device);
+        let second = PassContext::new(
+            (4, 2, 4),
+            (10000.0, None),
+            5,
+            &Positions::Sequential { start: 5, len: 2 },
+            &device,
+        );
         let (tail, _) = gqa.forward(x.slice([0..1, 5..7, 0..16]), &second, Some((&mut cache, 0)));
         close(
             tail.unsqueeze(),

@@ -189,7 +189,8 @@ impl<B: Backend> LlavaSession<B> {
         let p = visual.len();
         let visual =
             Tensor::<B, 1, Int>::from_data(TensorData::new(visual, [p]), &device).reshape([1, p]);
-        let logits = rpn.forward(h.clone(), query, visual);
+        let positions = sdrpn_core::Positions::prefix(prepared.ids.len());
+        let logits = rpn.forward(h.clone(), &positions, query, visual);
         Ok((floats(sigmoid(logits))?, h))
     }
 

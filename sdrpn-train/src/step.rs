@@ -210,7 +210,9 @@ pub fn run_step<B: Backend>(
     let clean = denoised(&inputs, &settings.sink);
     let labels = build_labels(clean.clone(), grid, &settings.labels)
         .expect("label maps are checked before training");
-    let logits = rpn.forward(inputs.hidden, inputs.query, inputs.visual);
+    let [_, t, _] = inputs.hidden.dims();
+    let positions = sdrpn_core::Positions::prefix(t);
+    let logits = rpn.forward(inputs.hidden, &positions, inputs.query, inputs.visual);
     let loss = match settings.loss {
         LossKind::Mse => {
             // Target: the denoised map normalised by its maximum; every token

@@ -62,6 +62,8 @@ pub fn demo_config() -> LlavaConfig {
             rope_theta: 10000.0,
             max_position_embeddings: 1024,
             tie_word_embeddings: false,
+            attention_bias: false,
+            mrope_section: None,
         },
         projector_act: Activation::Gelu,
         projector_bias: true,

@@ -36,6 +36,8 @@ pub fn micro_llava() -> LlavaConfig {
             rope_theta: 10000.0,
             max_position_embeddings: 512,
             tie_word_embeddings: false,
+            attention_bias: false,
+            mrope_section: None,
         },
         projector_act: Activation::Gelu,
         projector_bias: true,

@@ -111,43 +111,76 @@ impl<B: Backend> Llava<B> {
         cache: &mut KvCache<B>,
         rule: &StopRule,
         step_taps: &Taps,
-        mut on_step: impl FnMut(usize, Captured<B>) -> Result<()>,
+        on_step: impl FnMut(usize, Captured<B>) -> Result<()>,
     ) -> Result<Vec<u32>> {
-        if rule.max_new_tokens == 0 {
-            return Err(LlavaError::invalid("max_new_tokens", "must be at least 1"));
-        }
-        let prompt_len = cache.len();
         let context = self.config().text.max_position_embeddings;
-        if prompt_len + rule.max_new_tokens > context {
-            return Err(LlavaError::invalid(
-                "max_new_tokens",
-                format!(
-                    "the prompt ({prompt_len} tokens) plus {} new tokens exceed the model's context of {context} positions; lower --max-new-tokens",
-                    rule.max_new_tokens
-                ),
-            ));
-        }
-        let mut tokens = vec![checked_argmax(first_logits, 0)?];
         let device = self.language.device();
-        loop {
-            let last = *tokens.last().expect("at least one token");
-            let done = tokens.len() >= rule.max_new_tokens
-                || rule.eos.contains(&last)
-                || rule.stop.is_some_and(|stop| stop(&tokens));
-            if done {
-                break;
-            }
-            let position = prompt_len + tokens.len() - 1;
-            let ids =
-                Tensor::<B, 1, Int>::from_data(TensorData::new(vec![last as i64], [1]), &device)
-                    .reshape([1, 1]);
-            let step = self.forward(self.language.embed(ids), position, Some(cache), step_taps);
-            let logits = self.last_logits(step.hidden)?;
-            on_step(tokens.len() - 1, step.captured)?;
-            tokens.push(checked_argmax(&logits, tokens.len())?);
-        }
-        Ok(tokens)
+        greedy_decode(
+            first_logits,
+            cache,
+            context,
+            rule,
+            on_step,
+            |token, cache| {
+                let position = cache.len();
+                let ids = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(vec![token as i64], [1]),
+                    &device,
+                )
+                .reshape([1, 1]);
+                let step = self.forward(self.language.embed(ids), position, Some(cache), step_taps);
+                Ok((self.last_logits(step.hidden)?, step.captured))
+            },
+        )
     }
+}
+
+/// The greedy loop shared by every host: from the prompt's last logits,
+/// feeds each new token back through `step(token, cache)` (which runs the
+/// model on it at the next position, extending `cache`, and returns its
+/// logits and captures) until `rule` stops it. `on_step(j, captured)`
+/// receives the captures of the j-th generated token as it is fed back; the
+/// last generated token is never fed back. `context` is the model's longest
+/// sequence.
+pub fn greedy_decode<B: Backend, E>(
+    first_logits: &[f32],
+    cache: &mut KvCache<B>,
+    context: usize,
+    rule: &StopRule,
+    mut on_step: impl FnMut(usize, Captured<B>) -> std::result::Result<(), E>,
+    mut step: impl FnMut(u32, &mut KvCache<B>) -> std::result::Result<(Vec<f32>, Captured<B>), E>,
+) -> std::result::Result<Vec<u32>, E>
+where
+    E: From<LlavaError>,
+{
+    if rule.max_new_tokens == 0 {
+        return Err(LlavaError::invalid("max_new_tokens", "must be at least 1").into());
+    }
+    let prompt_len = cache.len();
+    if prompt_len + rule.max_new_tokens > context {
+        return Err(LlavaError::invalid(
+            "max_new_tokens",
+            format!(
+                "the prompt ({prompt_len} tokens) plus {} new tokens exceed the model's context of {context} positions; lower --max-new-tokens",
+                rule.max_new_tokens
+            ),
+        )
+        .into());
+    }
+    let mut tokens = vec![checked_argmax(first_logits, 0)?];
+    loop {
+        let last = *tokens.last().expect("at least one token");
+        let done = tokens.len() >= rule.max_new_tokens
+            || rule.eos.contains(&last)
+            || rule.stop.is_some_and(|stop| stop(&tokens));
+        if done {
+            break;
+        }
+        let (logits, captured) = step(last, cache)?;
+        on_step(tokens.len() - 1, captured)?;
+        tokens.push(checked_argmax(&logits, tokens.len())?);
+    }
+    Ok(tokens)
 }
 
 #[cfg(test)]

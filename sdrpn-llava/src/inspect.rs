@@ -31,14 +31,20 @@ pub struct Inspection {
 }
 
 impl Inspection {
-    fn push_f32<B: Backend, const D: usize>(&mut self, name: &str, t: Tensor<B, D>) -> Result<()> {
+    /// Appends a tensor read back as f32.
+    pub fn push_f32<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        t: Tensor<B, D>,
+    ) -> Result<()> {
         let shape = t.dims().to_vec();
         self.tensors
             .push((name.into(), shape, HostValues::F32(floats(t)?)));
         Ok(())
     }
 
-    fn push_ids(&mut self, name: &str, ids: &[u32]) {
+    /// Appends token ids as i64.
+    pub fn push_ids(&mut self, name: &str, ids: &[u32]) {
         self.tensors.push((
             name.into(),
             vec![ids.len()],

@@ -243,30 +243,12 @@ impl<B: Backend> Llava<B> {
         if slots == 0 {
             return Ok(text);
         }
-        let d = self.config.text.hidden_size;
-        let features = Tensor::cat(images.to_vec(), 0);
-        // Alternate runs of text and image positions.
-        let mut pieces = Vec::new();
-        let (mut i, mut used) = (0, 0);
-        while i < t {
-            let is_image = ids[i] == image_id;
-            let run = ids[i..]
-                .iter()
-                .take_while(|&&x| (x == image_id) == is_image)
-                .count();
-            pieces.push(if is_image {
-                let p = features
-                    .clone()
-                    .slice([used..used + run, 0..d])
-                    .unsqueeze::<3>();
-                used += run;
-                p
-            } else {
-                text.clone().slice([0..1, i..i + run, 0..d])
-            });
-            i += run;
-        }
-        Ok(Tensor::cat(pieces, 1))
+        Ok(merge_features(
+            text,
+            ids,
+            image_id,
+            Tensor::cat(images.to_vec(), 0),
+        ))
     }
 
     /// Runs all decoder layers and the final norm over `embeds` at positions
@@ -292,4 +274,40 @@ impl<B: Backend> Llava<B> {
         }
         LmOutput { hidden, captured }
     }
+}
+
+/// Puts `features` (in order) at the positions of `ids` that hold
+/// `image_id`, the text embeddings everywhere else.
+///
+/// # Shapes
+/// - `text`: `[1, T, D]`, `features`: `[P, D]` with `P` the image positions -> `[1, T, D]`
+pub fn merge_features<B: Backend>(
+    text: Tensor<B, 3>,
+    ids: &[u32],
+    image_id: u32,
+    features: Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    let [_, t, d] = text.dims();
+    // Alternate runs of text and image positions.
+    let mut pieces = Vec::new();
+    let (mut i, mut used) = (0, 0);
+    while i < t {
+        let is_image = ids[i] == image_id;
+        let run = ids[i..]
+            .iter()
+            .take_while(|&&x| (x == image_id) == is_image)
+            .count();
+        pieces.push(if is_image {
+            let p = features
+                .clone()
+                .slice([used..used + run, 0..d])
+                .unsqueeze::<3>();
+            used += run;
+            p
+        } else {
+            text.clone().slice([0..1, i..i + run, 0..d])
+        });
+        i += run;
+    }
+    Tensor::cat(pieces, 1)
 }

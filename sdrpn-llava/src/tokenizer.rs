@@ -46,7 +46,7 @@ impl std::str::FromStr for Tokenization {
 /// Reads a `tokenizer.json`, telling a file that is not JSON from JSON of
 /// another shape (a config, a vocabulary list) from a tokenizer the
 /// `tokenizers` library cannot build.
-fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
+pub fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
     let fail = |why: String| LlavaError::Tokenizer(format!("{}: {why}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
     let json: serde_json::Value =

@@ -88,8 +88,15 @@ fn is_ignorable_buffer(name: &str) -> bool {
 }
 
 impl Checkpoint {
-    /// Opens the checkpoint in `dir`.
+    /// Opens the checkpoint in `dir`, keys in LLaVA's canonical layout
+    /// ([`canonical_name`]).
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_renamed(dir, canonical_name)
+    }
+
+    /// Opens the checkpoint in `dir`, renaming every stored key with
+    /// `canonical` (one layout for every key layout a host's checkpoints use).
+    pub fn open_renamed(dir: &Path, canonical: fn(&str) -> String) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let shard_names: Vec<String> = if index.exists() {
@@ -136,7 +143,7 @@ impl Checkpoint {
                 })?;
             let start = 8 + header;
             for (key, info) in meta.tensors() {
-                let canonical = canonical_name(&key);
+                let canonical = canonical(&key);
                 let entry = Entry {
                     file: files.len(),
                     original: key.clone(),

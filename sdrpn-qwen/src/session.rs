@@ -1,0 +1,232 @@
+//! A loaded Qwen2.5-VL with its tokenizer, chat template and image
+//! processor: turns an image and a user message into model inputs (ids,
+//! patches, M-RoPE positions, merged embeddings) and answers greedily.
+
+use crate::chat::QwenTokenizer;
+use crate::error::{QwenError, Result};
+use crate::model::QwenVl;
+use crate::preprocess::{ImageProcessor, Patches};
+use crate::rope_index::{rope_index, PromptPositions};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use image::RgbImage;
+use sdrpn_core::{Grid, Positions};
+use sdrpn_llava::cache::KvCache;
+use sdrpn_llava::fingerprint::{model_fingerprint, ModelFingerprint};
+use sdrpn_llava::generate::{greedy_decode, StopRule};
+use sdrpn_llava::session::AnswerOptions;
+use sdrpn_llava::taps::{Captured, Taps};
+use std::ops::Range;
+use std::path::Path;
+
+/// An image and a message turned into model inputs.
+#[derive(Debug, Clone)]
+pub struct QwenPrepared<B: Backend> {
+    /// The rendered prompt text (one image placeholder).
+    pub prompt: String,
+    /// The full token sequence (image tokens expanded).
+    pub ids: Vec<u32>,
+    /// The processor's flattened patches, `[rows*cols, 3*2*p*p]`.
+    pub patches: Tensor<B, 2>,
+    /// The patch grid (`rows`, `cols`) before merging.
+    pub patch_grid: (usize, usize),
+    /// The image after `smart_resize`.
+    pub resized: RgbImage,
+    /// Merged image tokens, `[P, D]`.
+    pub features: Tensor<B, 2>,
+    /// Prompt embeddings with the image merged, `[1, T, D]`.
+    pub embeds: Tensor<B, 3>,
+    /// M-RoPE positions and the offset of generated tokens.
+    pub positions: PromptPositions,
+    /// Positions of the image's tokens.
+    pub visual: Range<usize>,
+    /// The merged-token grid of the image.
+    pub grid: Grid,
+}
+
+impl<B: Backend> QwenPrepared<B> {
+    /// Position of the query token: the last prompt token.
+    pub fn query(&self) -> usize {
+        self.ids.len() - 1
+    }
+}
+
+/// A loaded Qwen2.5-VL model, tokenizer and image processor.
+pub struct QwenSession<B: Backend> {
+    /// The model.
+    pub model: QwenVl<B>,
+    /// Its tokenizer and chat template.
+    pub tokenizer: QwenTokenizer,
+    /// Its image processor settings.
+    pub processor: ImageProcessor,
+    /// What the checkpoint is (recorded by every output made with it).
+    pub fingerprint: ModelFingerprint,
+}
+
+impl<B: Backend> QwenSession<B> {
+    /// Loads model, tokenizer, chat template and processor from a
+    /// Qwen2.5-VL folder.
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        let model = QwenVl::load(dir, device)?;
+        let tokenizer = QwenTokenizer::from_dir(dir, model.config().image_token_id)?;
+        let processor = ImageProcessor::from_dir(dir)?;
+        let v = &model.config().vision;
+        if (processor.patch_size, processor.merge_size, processor.temporal_patch_size)
+            != (v.patch_size, v.spatial_merge_size, v.temporal_patch_size)
+        {
+            return Err(QwenError::invalid(
+                "preprocessor_config.json",
+                format!(
+                    "patch {} / merge {} / temporal {} differ from config.json's {} / {} / {}",
+                    processor.patch_size,
+                    processor.merge_size,
+                    processor.temporal_patch_size,
+                    v.patch_size,
+                    v.spatial_merge_size,
+                    v.temporal_patch_size
+                ),
+            ));
+        }
+        let fingerprint = model_fingerprint(dir, "per-image")?;
+        Ok(Self {
+            model,
+            tokenizer,
+            processor,
+            fingerprint,
+        })
+    }
+
+    /// The model's device.
+    pub fn device(&self) -> B::Device {
+        self.model.language.device()
+    }
+
+    /// Preprocesses an image into patches on the device.
+    pub fn patches(&self, image: &RgbImage) -> Result<(Patches, Tensor<B, 2>)> {
+        let p = self.processor.patches(image)?;
+        let per = self.model.config().vision.patch_values();
+        let n = p.rows * p.cols;
+        let t = Tensor::from_data(TensorData::new(p.values.clone(), [n, per]), &self.device());
+        Ok((p, t))
+    }
+
+    /// Renders `message` with the chat template, tokenises it, encodes the
+    /// image and merges it into the prompt embeddings.
+    pub fn prepare(&self, image: &RgbImage, message: &str) -> Result<QwenPrepared<B>> {
+        let prompt = self.tokenizer.render(message)?;
+        let (p, patches) = self.patches(image)?;
+        let m = self.model.config().vision.spatial_merge_size;
+        let grid = Grid::new(p.rows / m, p.cols / m)?;
+        let ids = self.tokenizer.encode_prompt(&prompt, grid.len())?;
+        let context = self.model.config().text.max_position_embeddings;
+        if ids.len() > context {
+            return Err(QwenError::invalid(
+                "prompt",
+                format!("{} tokens exceed the model's {context} positions", ids.len()),
+            ));
+        }
+        let image_id = self.tokenizer.image_token();
+        let start = ids
+            .iter()
+            .position(|&t| t == image_id)
+            .expect("encode_prompt checked the image tokens");
+        let positions = rope_index(&ids, image_id, &[(grid.rows, grid.cols)])?;
+        let features = self.model.image_features(patches.clone(), p.rows, p.cols)?;
+        let embeds = self.model.embed_prompt(&ids, features.clone())?;
+        Ok(QwenPrepared {
+            prompt,
+            ids,
+            patches,
+            patch_grid: (p.rows, p.cols),
+            resized: p.resized,
+            features,
+            embeds,
+            positions,
+            visual: start..start + grid.len(),
+            grid,
+        })
+    }
+
+    /// Greedy generation from a prepared prompt, with `prefill_taps`
+    /// captured in the prompt pass (returned) and `step_taps` during each
+    /// decode step, handed to `on_step(j, captured)` for the j-th generated
+    /// token as it is fed back. `cache` receives every processed position.
+    pub fn generate(
+        &self,
+        prepared: &QwenPrepared<B>,
+        cache: &mut KvCache<B>,
+        options: &AnswerOptions,
+        taps: (&Taps, &Taps),
+        on_step: impl FnMut(usize, Captured<B>) -> Result<()>,
+    ) -> Result<(Vec<u32>, Captured<B>)> {
+        let (prefill_taps, step_taps) = taps;
+        if !cache.is_empty() {
+            return Err(QwenError::invalid(
+                "KV cache",
+                "generation starts from an empty cache",
+            ));
+        }
+        let prefill = self.model.forward(
+            prepared.embeds.clone(),
+            0,
+            &prepared.positions.positions,
+            Some(cache),
+            prefill_taps,
+        );
+        let first = self.model.last_logits(prefill.hidden)?;
+        let device = self.device();
+        let delta = prepared.positions.delta;
+        let context = self.model.config().text.max_position_embeddings;
+        let stop = |tokens: &[u32]| {
+            !options.stop_strings.is_empty()
+                && self.tokenizer.decode(tokens).is_ok_and(|text| {
+                    options.stop_strings.iter().any(|s| text.contains(s.as_str()))
+                })
+        };
+        let rule = StopRule {
+            max_new_tokens: options.max_new_tokens,
+            eos: self.tokenizer.eos().to_vec(),
+            stop: Some(&stop),
+        };
+        let tokens = greedy_decode(&first, cache, context, &rule, on_step, |token, cache| {
+            // Text after the prompt: every axis at `cache index + delta`.
+            let start = cache.len();
+            let position = start as i64 + delta;
+            let positions = Positions::Sequential {
+                start: usize::try_from(position).map_err(|_| {
+                    QwenError::invalid("positions", format!("negative position {position}"))
+                })?,
+                len: 1,
+            };
+            let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![token as i64], [1]), &device)
+                .reshape([1, 1]);
+            let embeds = self.model.language.embed(ids);
+            let out = self
+                .model
+                .forward(embeds, start, &positions, Some(cache), step_taps);
+            Ok((self.model.last_logits(out.hidden)?, out.captured))
+        })?;
+        Ok((tokens, prefill.captured))
+    }
+
+    /// The answer text of generated tokens: decoded without special tokens,
+    /// cut at the first stop string, stripped.
+    pub fn answer_text(&self, tokens: &[u32], options: &AnswerOptions) -> Result<String> {
+        let mut text = self.tokenizer.decode(tokens)?;
+        for s in &options.stop_strings {
+            if let Some(at) = text.find(s.as_str()) {
+                text.truncate(at);
+            }
+        }
+        Ok(text.trim().to_string())
+    }
+
+    /// Greedy answer to `message` about `image`.
+    pub fn answer(&self, image: &RgbImage, message: &str, options: &AnswerOptions) -> Result<String> {
+        let prepared = self.prepare(image, message)?;
+        let mut cache = KvCache::new(self.model.language.num_layers());
+        let none = Taps::none();
+        let (tokens, _) = self.generate(&prepared, &mut cache, options, (&none, &none), |_, _| Ok(()))?;
+        self.answer_text(&tokens, options)
+    }
+}

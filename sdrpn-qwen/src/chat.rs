@@ -79,9 +79,9 @@ impl QwenTokenizer {
                 return Err(QwenError::invalid(
                     "image_token_id",
                     format!(
-                        "config.json says {image_token}, which {} names {other:?}, not {IMAGE_PAD:?}",
-                        path.display()
-                    ),
+                    "config.json says {image_token}, which {} names {other:?}, not {IMAGE_PAD:?}",
+                    path.display()
+                ),
                 ))
             }
         }
@@ -106,7 +106,11 @@ impl QwenTokenizer {
                 serde_json::from_str(&text).map_err(|e| QwenError::json(&path, e.to_string()))?;
             let ids: Vec<u32> = match json.get("eos_token_id") {
                 Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|x| x as u32).collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|x| x as u32)
+                    .collect(),
                 _ => Vec::new(),
             };
             if !ids.is_empty() {
@@ -155,12 +159,17 @@ impl QwenTokenizer {
         }]);
         let text = env
             .get_template("chat")
-            .and_then(|t| t.render(context! { messages => messages, add_generation_prompt => true }))
+            .and_then(|t| {
+                t.render(context! { messages => messages, add_generation_prompt => true })
+            })
             .map_err(fail)?;
         if text.matches(IMAGE_PAD).count() != 1 {
             return Err(QwenError::Template {
                 path: self.template_path.clone(),
-                reason: format!("the rendered prompt holds {} image placeholders, not one: {text:?}", text.matches(IMAGE_PAD).count()),
+                reason: format!(
+                    "the rendered prompt holds {} image placeholders, not one: {text:?}",
+                    text.matches(IMAGE_PAD).count()
+                ),
             });
         }
         Ok(text)

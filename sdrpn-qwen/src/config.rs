@@ -124,7 +124,10 @@ impl Section<'_> {
                 .iter()
                 .map(|v| {
                     v.as_u64().map(|x| x as usize).ok_or_else(|| {
-                        QwenError::invalid(self.key(k), format!("{v} is not a non-negative integer"))
+                        QwenError::invalid(
+                            self.key(k),
+                            format!("{v} is not a non-negative integer"),
+                        )
                     })
                 })
                 .collect(),
@@ -143,7 +146,9 @@ impl QwenConfig {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| QwenError::Host(sdrpn_llava::LlavaError::io(&path, e)))?;
         Self::from_hf_json(&text).map_err(|e| match e {
-            QwenError::Invalid { name, reason } => QwenError::json(&path, format!("{name}: {reason}")),
+            QwenError::Invalid { name, reason } => {
+                QwenError::json(&path, format!("{name}: {reason}"))
+            }
             other => other,
         })
     }

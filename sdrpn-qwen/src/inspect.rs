@@ -21,7 +21,12 @@ use std::collections::BTreeMap;
 impl<B: Backend> QwenSession<B> {
     /// Runs the prompt once with every tap on, then generates greedily
     /// (`max_new_tokens`), recording the attention rows of each fed-back token.
-    pub fn inspect(&self, image: &RgbImage, message: &str, max_new_tokens: usize) -> Result<Inspection> {
+    pub fn inspect(
+        &self,
+        image: &RgbImage,
+        message: &str,
+        max_new_tokens: usize,
+    ) -> Result<Inspection> {
         let prepared = self.prepare(image, message)?;
         let layers = self.model.language.num_layers();
         let mut out = Inspection::default();
@@ -36,30 +41,36 @@ impl<B: Backend> QwenSession<B> {
         let t = prepared.ids.len();
         let positions: Vec<i64> = match &prepared.positions.positions {
             Positions::Axes(samples) => samples[0].concat(),
-            Positions::Sequential { start, len } => {
-                (0..3).flat_map(|_| (*start..start + len).map(|p| p as i64)).collect()
-            }
+            Positions::Sequential { start, len } => (0..3)
+                .flat_map(|_| (*start..start + len).map(|p| p as i64))
+                .collect(),
         };
-        out.tensors
-            .push(("position_ids".into(), vec![3, t], HostValues::I64(positions)));
+        out.tensors.push((
+            "position_ids".into(),
+            vec![3, t],
+            HostValues::I64(positions),
+        ));
         out.push_f32("image_features_projected", prepared.features.clone())?;
 
         let taps = Taps {
             hidden: (0..=layers).collect(),
             ..Taps::attention_of(0..layers)
         };
-        let full = self
-            .model
-            .forward(prepared.embeds.clone(), 0, &prepared.positions.positions, None, &taps);
-        let stack3 = |m: &BTreeMap<usize, Tensor<B, 3>>| Tensor::cat(m.values().cloned().collect(), 0);
+        let full = self.model.forward(
+            prepared.embeds.clone(),
+            0,
+            &prepared.positions.positions,
+            None,
+            &taps,
+        );
+        let stack3 =
+            |m: &BTreeMap<usize, Tensor<B, 3>>| Tensor::cat(m.values().cloned().collect(), 0);
         out.push_f32("lm_hidden_states", stack3(&full.captured.hidden))?;
         let attn: Vec<Tensor<B, 4>> = full.captured.attention.values().cloned().collect();
         out.push_f32("lm_attentions", Tensor::cat(attn, 0))?;
-        let [_, _, d] = full.hidden.dims();
         let logits = self.model.language.logits(full.hidden);
         let v = logits.dims()[2];
         out.push_f32("logits", logits.reshape([t, v]))?;
-        let _ = d;
 
         let mut rows_seen: Vec<Tensor<B, 4>> = Vec::new();
         let mut cache = KvCache::new(layers);

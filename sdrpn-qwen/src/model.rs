@@ -83,7 +83,12 @@ impl<B: Backend> QwenVl<B> {
     ///
     /// # Shapes
     /// - `patches`: `[rows*cols, 3*2*p*p]` -> `[rows*cols/4, D]`
-    pub fn image_features(&self, patches: Tensor<B, 2>, rows: usize, cols: usize) -> Result<Tensor<B, 2>> {
+    pub fn image_features(
+        &self,
+        patches: Tensor<B, 2>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor<B, 2>> {
         self.vision.forward(patches, rows, cols)
     }
 
@@ -106,7 +111,9 @@ impl<B: Backend> QwenVl<B> {
         if slots != given {
             return Err(QwenError::invalid(
                 "prompt",
-                format!("it has {slots} image-token positions but the image gives {given} features"),
+                format!(
+                    "it has {slots} image-token positions but the image gives {given} features"
+                ),
             ));
         }
         let t = ids.len();
@@ -139,9 +146,15 @@ impl<B: Backend> QwenVl<B> {
     ) -> LmOutput<B> {
         let mut captured = Captured::default();
         let layers = self.language.num_layers();
-        let h = self
-            .language
-            .run_layers_at(embeds, start, positions, 0..layers, cache, taps, &mut captured);
+        let h = self.language.run_layers_at(
+            embeds,
+            start,
+            positions,
+            0..layers,
+            cache,
+            taps,
+            &mut captured,
+        );
         let hidden = self.language.final_norm(h);
         if taps.hidden.contains(&layers) {
             captured.hidden.insert(layers, hidden.clone());
@@ -172,7 +185,13 @@ mod tests {
             "visual.blocks.0.attn.qkv.weight"
         );
         assert_eq!(canonical_name("lm_head.weight"), "lm_head.weight");
-        assert_eq!(canonical_name("model.embed_tokens.weight"), "model.embed_tokens.weight");
-        assert_eq!(canonical_name("visual.merger.mlp.0.bias"), "visual.merger.mlp.0.bias");
+        assert_eq!(
+            canonical_name("model.embed_tokens.weight"),
+            "model.embed_tokens.weight"
+        );
+        assert_eq!(
+            canonical_name("visual.merger.mlp.0.bias"),
+            "visual.merger.mlp.0.bias"
+        );
     }
 }

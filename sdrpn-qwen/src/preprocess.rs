@@ -135,8 +135,16 @@ impl ImageProcessor {
                 Some(v) => Err(QwenError::invalid(k, format!("{v} is not three numbers"))),
             }
         };
-        for (k, want) in [("do_resize", true), ("do_rescale", true), ("do_normalize", true)] {
-            if raw.get(k).and_then(Value::as_bool).is_some_and(|b| b != want) {
+        for (k, want) in [
+            ("do_resize", true),
+            ("do_rescale", true),
+            ("do_normalize", true),
+        ] {
+            if raw
+                .get(k)
+                .and_then(Value::as_bool)
+                .is_some_and(|b| b != want)
+            {
                 return Err(QwenError::invalid(k, format!("only {want} is supported")));
             }
         }
@@ -207,7 +215,8 @@ impl ImageProcessor {
         let per_patch = 3 * tp * p * p;
         let mut values = Vec::with_capacity(rows * cols * per_patch);
         // numpy: (u8 as float64 * (1/255)) -> float32, then (v - mean) / std in float32.
-        let norm = |v: u8, c: usize| ((v as f64 * (1.0 / 255.0)) as f32 - self.mean[c]) / self.std[c];
+        let norm =
+            |v: u8, c: usize| ((v as f64 * (1.0 / 255.0)) as f32 - self.mean[c]) / self.std[c];
         for br in 0..rows / m {
             for bc in 0..cols / m {
                 for i in 0..m {
@@ -217,7 +226,8 @@ impl ImageProcessor {
                             for _frame in 0..tp {
                                 for y in 0..p {
                                     for x in 0..p {
-                                        let px = resized.get_pixel((x0 + x) as u32, (y0 + y) as u32);
+                                        let px =
+                                            resized.get_pixel((x0 + x) as u32, (y0 + y) as u32);
                                         values.push(norm(px[c], c));
                                     }
                                 }
@@ -243,11 +253,17 @@ mod tests {
     #[test]
     fn smart_resize_matches_hf_on_hand_computed_cases() {
         // 150x90 (w x h): round(90/28)=3 -> 84, round(150/28)=5 -> 140.
-        assert_eq!(smart_resize(90, 150, 28, 3136, 1_003_520).unwrap(), (84, 140));
+        assert_eq!(
+            smart_resize(90, 150, 28, 3136, 1_003_520).unwrap(),
+            (84, 140)
+        );
         // Python rounds half to even: 42/28 = 1.5 -> 2, 70/28 = 2.5 -> 2.
         assert_eq!(smart_resize(42, 70, 28, 0, 1_000_000).unwrap(), (56, 56));
         // Too many pixels: beta = sqrt(1000*1000/(28*28*4)) = 17.857; floor(1000/17.857/28)*28 = 56.
-        assert_eq!(smart_resize(1000, 1000, 28, 0, 28 * 28 * 4).unwrap(), (56, 56));
+        assert_eq!(
+            smart_resize(1000, 1000, 28, 0, 28 * 28 * 4).unwrap(),
+            (56, 56)
+        );
         // Too few: beta = sqrt(3136/100) = 5.6; ceil(10*5.6/28)*28 = 56.
         assert_eq!(smart_resize(10, 10, 28, 3136, 1_003_520).unwrap(), (56, 56));
         assert!(smart_resize(1, 300, 28, 3136, 1_003_520).is_err());

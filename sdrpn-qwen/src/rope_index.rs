@@ -19,7 +19,11 @@ pub struct PromptPositions {
 
 /// Positions of `ids`, whose runs of `image_token` are the images of
 /// `grids` (merged `rows x cols` each), in order.
-pub fn rope_index(ids: &[u32], image_token: u32, grids: &[(usize, usize)]) -> Result<PromptPositions> {
+pub fn rope_index(
+    ids: &[u32],
+    image_token: u32,
+    grids: &[(usize, usize)],
+) -> Result<PromptPositions> {
     let mut axes = [
         Vec::with_capacity(ids.len()),
         Vec::with_capacity(ids.len()),
@@ -40,14 +44,19 @@ pub fn rope_index(ids: &[u32], image_token: u32, grids: &[(usize, usize)]) -> Re
         let &(rows, cols) = images.next().ok_or_else(|| {
             QwenError::invalid(
                 "prompt",
-                format!("more image-token runs than the {} image(s) given", grids.len()),
+                format!(
+                    "more image-token runs than the {} image(s) given",
+                    grids.len()
+                ),
             )
         })?;
         let run = rows * cols;
         if i + run > ids.len() || ids[i..i + run].iter().any(|&t| t != image_token) {
             return Err(QwenError::invalid(
                 "prompt",
-                format!("the image at token {i} needs {run} consecutive image tokens ({rows}x{cols})"),
+                format!(
+                    "the image at token {i} needs {run} consecutive image tokens ({rows}x{cols})"
+                ),
             ));
         }
         for r in 0..rows {
@@ -63,7 +72,10 @@ pub fn rope_index(ids: &[u32], image_token: u32, grids: &[(usize, usize)]) -> Re
     if images.next().is_some() {
         return Err(QwenError::invalid(
             "prompt",
-            format!("fewer image-token runs than the {} image(s) given", grids.len()),
+            format!(
+                "fewer image-token runs than the {} image(s) given",
+                grids.len()
+            ),
         ));
     }
     let delta = next - ids.len() as i64;

@@ -71,8 +71,11 @@ impl<B: Backend> QwenSession<B> {
         let tokenizer = QwenTokenizer::from_dir(dir, model.config().image_token_id)?;
         let processor = ImageProcessor::from_dir(dir)?;
         let v = &model.config().vision;
-        if (processor.patch_size, processor.merge_size, processor.temporal_patch_size)
-            != (v.patch_size, v.spatial_merge_size, v.temporal_patch_size)
+        if (
+            processor.patch_size,
+            processor.merge_size,
+            processor.temporal_patch_size,
+        ) != (v.patch_size, v.spatial_merge_size, v.temporal_patch_size)
         {
             return Err(QwenError::invalid(
                 "preprocessor_config.json",
@@ -122,7 +125,10 @@ impl<B: Backend> QwenSession<B> {
         if ids.len() > context {
             return Err(QwenError::invalid(
                 "prompt",
-                format!("{} tokens exceed the model's {context} positions", ids.len()),
+                format!(
+                    "{} tokens exceed the model's {context} positions",
+                    ids.len()
+                ),
             ));
         }
         let image_id = self.tokenizer.image_token();
@@ -180,7 +186,10 @@ impl<B: Backend> QwenSession<B> {
         let stop = |tokens: &[u32]| {
             !options.stop_strings.is_empty()
                 && self.tokenizer.decode(tokens).is_ok_and(|text| {
-                    options.stop_strings.iter().any(|s| text.contains(s.as_str()))
+                    options
+                        .stop_strings
+                        .iter()
+                        .any(|s| text.contains(s.as_str()))
                 })
         };
         let rule = StopRule {
@@ -198,8 +207,9 @@ impl<B: Backend> QwenSession<B> {
                 })?,
                 len: 1,
             };
-            let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![token as i64], [1]), &device)
-                .reshape([1, 1]);
+            let ids =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(vec![token as i64], [1]), &device)
+                    .reshape([1, 1]);
             let embeds = self.model.language.embed(ids);
             let out = self
                 .model
@@ -222,11 +232,22 @@ impl<B: Backend> QwenSession<B> {
     }
 
     /// Greedy answer to `message` about `image`.
-    pub fn answer(&self, image: &RgbImage, message: &str, options: &AnswerOptions) -> Result<String> {
+    pub fn answer(
+        &self,
+        image: &RgbImage,
+        message: &str,
+        options: &AnswerOptions,
+    ) -> Result<String> {
         let prepared = self.prepare(image, message)?;
         let mut cache = KvCache::new(self.model.language.num_layers());
         let none = Taps::none();
-        let (tokens, _) = self.generate(&prepared, &mut cache, options, (&none, &none), |_, _| Ok(()))?;
+        let (tokens, _) = self.generate(
+            &prepared,
+            &mut cache,
+            options,
+            (&none, &none),
+            |_, _| Ok(()),
+        )?;
         self.answer_text(&tokens, options)
     }
 }

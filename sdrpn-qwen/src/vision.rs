@@ -67,18 +67,16 @@ impl<B: Backend> AttentionPlan<B> {
             windows,
             slots,
             gather: ints(gather),
-            mask: padded.then(|| {
-                Tensor::from_data(TensorData::new(mask, [windows, 1, 1, slots]), device)
-            }),
+            mask: padded
+                .then(|| Tensor::from_data(TensorData::new(mask, [windows, 1, 1, slots]), device)),
             scatter: ints(scatter),
         }
     }
 
     /// `[S, C]` -> `[W, L, C]` (padding rows zero).
     fn to_windows(&self, x: Tensor<B, 2>) -> Tensor<B, 3> {
-        let [s, c] = x.dims();
+        let [_, c] = x.dims();
         let padded = Tensor::cat(vec![x.clone(), Tensor::zeros([1, c], &x.device())], 0);
-        let _ = s;
         padded
             .select(0, self.gather.clone())
             .reshape([self.windows, self.slots, c])

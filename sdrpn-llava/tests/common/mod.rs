@@ -35,7 +35,12 @@ pub struct Reference {
 
 impl Reference {
     pub fn open(name: &str) -> Self {
-        let path = fixtures()
+        Self::open_at(&fixtures(), name)
+    }
+
+    /// Reference `name` of the fixtures folder `fixtures`.
+    pub fn open_at(fixtures: &std::path::Path, name: &str) -> Self {
+        let path = fixtures
             .join("reference")
             .join(format!("{name}.safetensors"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -55,6 +60,10 @@ impl Reference {
                     Dtype::I64 => data
                         .chunks_exact(8)
                         .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                        .collect(),
+                    Dtype::I32 => data
+                        .chunks_exact(4)
+                        .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64)
                         .collect(),
                     Dtype::U8 => data.iter().map(|&b| b as f64).collect(),
                     other => panic!("unexpected dtype {other:?}"),

@@ -1,6 +1,9 @@
-//! `sdrpn generate`: answer a question about an image with LLaVA (the plain baseline).
+//! `sdrpn generate`: answer a question about an image (the plain baseline),
+//! with the host the checkpoint's `config.json` names (LLaVA-1.5 or
+//! Qwen2.5-VL).
 
 use super::common::DeviceArgs;
+use super::host::HostKind;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
@@ -9,18 +12,21 @@ use sdrpn_llava::preprocess::{load_rgb, ImageMode};
 use sdrpn_llava::prompt::Template;
 use sdrpn_llava::session::{AnswerOptions, LlavaSession, PromptOptions};
 use sdrpn_llava::tokenizer::Tokenization;
+use sdrpn_qwen::QwenSession;
 use std::path::PathBuf;
 
 /// Arguments of `sdrpn generate`.
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
-    /// llava-hf checkpoint folder (config.json, safetensors, tokenizer.json)
+    /// Checkpoint folder (config.json, safetensors, tokenizer.json): llava-hf
+    /// LLaVA-1.5 or HF Qwen2.5-VL, told apart by config.json's model_type
     #[arg(long)]
     pub model: PathBuf,
     /// Image file (png, jpeg, webp, ...)
     #[arg(long)]
     pub image: PathBuf,
-    /// The question
+    /// The question (for Qwen2.5-VL the user message, put through the
+    /// checkpoint's chat template)
     #[arg(long)]
     pub question: String,
     /// Most new tokens
@@ -32,7 +38,8 @@ pub struct GenerateArgs {
     pub device: DeviceArgs,
 }
 
-/// Prompt construction flags.
+/// Prompt construction flags (LLaVA only, except `--stop`: Qwen2.5-VL
+/// prompts follow the checkpoint's chat template and image processor).
 #[derive(Debug, Clone, Args)]
 pub struct PromptArgs {
     /// Conversation template: vicuna_v1 or raw
@@ -64,13 +71,22 @@ impl BackendJob for GenerateArgs {
     type Output = anyhow::Result<String>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let image = load_rgb(&self.image)?;
-        let session = LlavaSession::<B>::load(&self.model, &device, self.prompt.options())
-            .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
         let options = AnswerOptions {
             max_new_tokens: self.max_new_tokens,
             stop_strings: self.prompt.stop_strings.clone(),
         };
-        Ok(session.answer(&image, &self.question, &options)?)
+        let context = || format!("cannot load the model in {}", self.model.display());
+        match HostKind::of(&self.model)? {
+            HostKind::Llava => {
+                let session = LlavaSession::<B>::load(&self.model, &device, self.prompt.options())
+                    .with_context(context)?;
+                Ok(session.answer(&image, &self.question, &options)?)
+            }
+            HostKind::Qwen => {
+                let session = QwenSession::<B>::load(&self.model, &device).with_context(context)?;
+                Ok(session.answer(&image, &self.question, &options)?)
+            }
+        }
     }
 }
 

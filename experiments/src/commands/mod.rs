@@ -8,6 +8,7 @@ mod devices;
 mod eval;
 mod experiment;
 mod generate;
+mod host;
 mod infer;
 mod inspect;
 mod label;

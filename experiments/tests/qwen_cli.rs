@@ -1,0 +1,114 @@
+//! `sdrpn generate` and `sdrpn inspect` on a Qwen2.5-VL checkpoint pick the
+//! host from `config.json` with no flag, and give HF's greedy answer and
+//! tensors (the fixture of `sdrpn-qwen/tests`).
+
+use safetensors::SafeTensors;
+use sdrpn_qwen::chat::QwenTokenizer;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sdrpn-qwen/tests/fixtures")
+}
+
+/// `name` of a safetensors file as i64 values (i64 or i32 stored).
+fn ints(bytes: &[u8], name: &str) -> Vec<i64> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let view = st.tensor(name).unwrap_or_else(|_| panic!("no {name}"));
+    match view.dtype() {
+        safetensors::Dtype::I64 => view
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        safetensors::Dtype::I32 => view
+            .data()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64)
+            .collect(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[test]
+fn generate_and_inspect_run_qwen_checkpoints_with_no_host_flag() {
+    let model = fixtures().join("tiny-qwen");
+    let image = fixtures().join("images/wide.png");
+    let reference = std::fs::read(fixtures().join("reference/a_wide.safetensors")).unwrap();
+    let gen_ids: Vec<u32> = ints(&reference, "gen_ids")
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let tokenizer = QwenTokenizer::from_dir(&model, 468).unwrap();
+    let expected = tokenizer.decode(&gen_ids).unwrap().trim().to_string();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .args([
+            "generate",
+            "--max-new-tokens",
+            "8",
+            "--question",
+            "What is in the picture?",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .arg("--image")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
+
+    let dir = std::env::temp_dir().join(format!("sdrpn-qwen-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("inspect.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .args(["inspect", "--prompt", "What is in the picture?"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--image")
+        .arg(&image)
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = std::fs::read(&file).unwrap();
+    for name in ["input_ids", "image_grid_thw", "position_ids", "gen_ids"] {
+        assert_eq!(ints(&ours, name), ints(&reference, name), "{name}");
+    }
+    let (_, meta) = SafeTensors::read_metadata(&ours).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert!(meta["rendered_prompt"].starts_with("<|im_start|>system\nYou are a helpful assistant."));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unknown_model_type_is_refused_by_name() {
+    let dir = std::env::temp_dir().join(format!("sdrpn-unknown-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "idefics3"}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .args(["generate", "--question", "q"])
+        .arg("--model")
+        .arg(&dir)
+        .arg("--image")
+        .arg(fixtures().join("images/wide.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("idefics3") && err.contains("qwen2_5_vl"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,9 +4,7 @@
 //! states, attention, logits, greedy tokens and the attention rows of every
 //! fed-back token.
 
-mod qwen;
-
-use qwen::check_case;
+use crate::support::check_case;
 
 #[test]
 fn wide_image_resized_by_smart_resize_matches_hf() {

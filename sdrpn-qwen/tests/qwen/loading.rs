@@ -3,9 +3,7 @@
 //! model is refused with every missing, unexpected and misshaped tensor
 //! named, as are configs this model cannot run.
 
-mod qwen;
-
-use qwen::{fixtures, floats, ints, B};
+use crate::support::{fixtures, floats, ints, B};
 use sdrpn_llava::preprocess::load_rgb;
 use sdrpn_llava::weights::{write_safetensors, Checkpoint};
 use sdrpn_qwen::QwenSession;

@@ -106,7 +106,13 @@ pub struct SdrpnConfig {
 }
 
 /// Names of the built-in presets.
-pub const PRESETS: [&str; 3] = ["llava-1.5-7b", "llava-1.5-13b", "tiny"];
+pub const PRESETS: [&str; 5] = [
+    "llava-1.5-7b",
+    "llava-1.5-13b",
+    "qwen2.5-vl-7b",
+    "qwen2.5-vl-3b",
+    "tiny",
+];
 
 impl SdrpnConfig {
     /// The paper's settings for LLaVA-1.5-7B.
@@ -122,6 +128,54 @@ impl SdrpnConfig {
             "16:17,22",
             vec![2100, 4743],
         )
+    }
+
+    /// The reference code's settings for Qwen2.5-VL-7B (YuHengsss/SD-RPN at
+    /// commit 00876ac, paths under `Qwen2.5-VL/`):
+    /// - K = 16, T = 3: `qwen-vl-finetune/scripts/A6000/finetune_roi_fix_res_7b.sh:18-19`
+    ///   (the released RPN `qwen2_5vl-7b-roi-K16T3-...`, `README.md:39`);
+    /// - grounding heads `16:1,7,17;19:17,20` and sink heads `9:4,22`: the
+    ///   "natural" (GQA) set, `make_pseudo_label_natural.py:97-99`. OCR-VQA
+    ///   questions were labelled with the "textual" set `22:1,4;23:6,11` and
+    ///   no sink heads (`make_pseudo_label_textual.py:94-96`): pass those
+    ///   with `--grounding-heads`/`--sink-heads` to label text-heavy data;
+    /// - sink threshold 1e-2 (LLaVA's is 1e-3): `qwen-vl-finetune/qwenvl/data/data_qwen.py:721-730`;
+    ///   foreground 0.2, background 0.1 and the 0.5 area rejection as for
+    ///   LLaVA (`qwen_src/mm_utils.py:330-455`);
+    /// - lr 1e-4, 16 per device x 2 accumulation x 4 GPUs = 128 per step,
+    ///   1 epoch, warmup 3%, no weight decay, gradient clip 1:
+    ///   `finetune_roi_fix_res_7b.sh:31-75`;
+    /// - RoI threshold 0.1 (its DocVQA, ChartQA, InfoVQA and POPE value;
+    ///   TextVQA and V* use 0.075, OCRBench 0.05): `lmms-eval/examples/A6000/Qwen2_5vl-7b.sh`.
+    ///
+    /// Not reproduced (Qwen-only rules of the reference): the foreground
+    /// box is taken after a 3x3 blur of the foreground mask, and a sample
+    /// whose largest attention is below 5e-3 is rejected
+    /// (`qwen_src/mm_utils.py:391-394, 448-455`).
+    pub fn qwen2_5_vl_7b() -> Self {
+        Self::qwen("qwen2.5-vl-7b", 16, "16:1,7,17;19:17,20", "9:4,22")
+    }
+
+    /// The reference code's settings for Qwen2.5-VL-3B, as
+    /// [`SdrpnConfig::qwen2_5_vl_7b`] with K = 21
+    /// (`qwen-vl-finetune/scripts/A6000/finetune_roi_fix_res.sh:18-19`) and
+    /// the 3B "natural" heads `21:9,11;22:0,7`, sink heads `8:1,13`
+    /// (`make_pseudo_label_natural.py:93-96`; the textual set is
+    /// `20:1,4;22:14`, `make_pseudo_label_textual.py:91-93`).
+    pub fn qwen2_5_vl_3b() -> Self {
+        Self::qwen("qwen2.5-vl-3b", 21, "21:9,11;22:0,7", "8:1,13")
+    }
+
+    fn qwen(name: &str, branch: usize, grounding: &str, sink: &str) -> Self {
+        let mut c = Self::paper(name, grounding, sink, Vec::new());
+        c.rpn.branch_layer = branch;
+        c.labels.sink = SinkRule::AttentionProxy { tau: 1e-2 };
+        c.train.lr = 1e-4;
+        c.train.batch_size = 16;
+        c.train.grad_accumulation = 8;
+        c.train.weight_decay = 0.0;
+        c.inference.roi.threshold = 0.1;
+        c
     }
 
     /// Settings for the 4-layer test models (K = 2, T = 2) and the demo.
@@ -204,6 +258,8 @@ impl SdrpnConfig {
         match name {
             "llava-1.5-7b" => Ok(Self::llava_1_5_7b()),
             "llava-1.5-13b" => Ok(Self::llava_1_5_13b()),
+            "qwen2.5-vl-7b" => Ok(Self::qwen2_5_vl_7b()),
+            "qwen2.5-vl-3b" => Ok(Self::qwen2_5_vl_3b()),
             "tiny" => Ok(Self::tiny()),
             other => Err(TrainError::config(
                 "preset",
@@ -335,6 +391,16 @@ mod tests {
             7
         );
         c13.validate(40, 40, Grid::llava_1_5()).unwrap();
+        // Qwen2.5-VL: 7B has 28 layers of 28 query heads, 3B 36 of 16.
+        let q7 = SdrpnConfig::preset("qwen2.5-vl-7b").unwrap();
+        assert_eq!((q7.rpn.branch_layer, q7.rpn.twig_layers), (16, 3));
+        assert_eq!(q7.labels.grounding_heads.to_string(), "16:1,7,17;19:17,20");
+        assert_eq!(q7.labels.sink, SinkRule::AttentionProxy { tau: 1e-2 });
+        assert_eq!(q7.train.batch_size * q7.train.grad_accumulation, 128);
+        q7.validate(28, 28, Grid::new(24, 24).unwrap()).unwrap();
+        let q3 = SdrpnConfig::preset("qwen2.5-vl-3b").unwrap();
+        assert_eq!(q3.rpn.branch_layer, 21);
+        q3.validate(36, 16, Grid::new(24, 24).unwrap()).unwrap();
     }
 
     #[test]

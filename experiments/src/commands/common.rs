@@ -30,7 +30,7 @@ impl DeviceArgs {
 /// Which method settings to use: a preset or a TOML file, plus overrides.
 #[derive(Debug, Clone, Default, Args)]
 pub struct MethodArgs {
-    /// Preset: llava-1.5-7b, llava-1.5-13b or tiny (default: chosen from the model's size)
+    /// Preset: llava-1.5-7b, llava-1.5-13b, qwen2.5-vl-7b, qwen2.5-vl-3b or tiny (default: chosen from the model's host and size)
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
     /// Method config file (TOML; see `sdrpn config --preset NAME` for a template)
@@ -80,14 +80,27 @@ impl MethodArgs {
     }
 }
 
-/// The preset that fits a model folder's size (32 layers: 7B, 40: 13B, up to 8: tiny).
+/// The preset that fits a model folder's host and size (LLaVA: 32 layers
+/// 7B, 40 13B; Qwen2.5-VL: 28 layers 7B, 36 3B; up to 8: tiny).
 pub fn preset_for_model(model: &std::path::Path) -> anyhow::Result<sdrpn_train::SdrpnConfig> {
-    let cfg = sdrpn_llava::LlavaConfig::from_dir(model)?;
-    let name = match cfg.text.num_layers {
-        32 => "llava-1.5-7b",
-        40 => "llava-1.5-13b",
-        n if n <= 8 => "tiny",
-        n => anyhow::bail!(
+    use super::host::HostKind;
+    let (host, layers) = match HostKind::of(model)? {
+        HostKind::Llava => (
+            HostKind::Llava,
+            sdrpn_llava::LlavaConfig::from_dir(model)?.text.num_layers,
+        ),
+        HostKind::Qwen => (
+            HostKind::Qwen,
+            sdrpn_qwen::QwenConfig::from_dir(model)?.text.num_layers,
+        ),
+    };
+    let name = match (host, layers) {
+        (HostKind::Llava, 32) => "llava-1.5-7b",
+        (HostKind::Llava, 40) => "llava-1.5-13b",
+        (HostKind::Qwen, 28) => "qwen2.5-vl-7b",
+        (HostKind::Qwen, 36) => "qwen2.5-vl-3b",
+        (_, n) if n <= 8 => "tiny",
+        (_, n) => anyhow::bail!(
             "no preset fits a {n}-layer model: pass --config FILE (or --preset with overrides)"
         ),
     };

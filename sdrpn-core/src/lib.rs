@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod backend;
 pub mod blur;
+pub mod cache;
 pub mod components;
 pub mod crop;
 pub mod denoise;
@@ -26,6 +27,7 @@ pub mod promote;
 pub mod readback;
 pub mod rng;
 pub mod roi;
+pub mod rope;
 pub mod rpn;
 
 pub use error::{CoreError, Result};

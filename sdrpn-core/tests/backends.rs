@@ -95,14 +95,16 @@ impl BackendJob for Suite {
                 .with_bias(false)
                 .init::<B>(&device),
             num_heads: h,
+            num_kv_heads: h,
             head_dim: hd,
+            rotary: None,
         };
         head.q_proj.weight = Param::from_tensor(t2(seeded(3, d * h * hd), [d, h * hd]) - 0.5);
         head.k_proj.weight = Param::from_tensor(t2(seeded(4, d * h * hd), [d, h * hd]) - 0.5);
         let states =
             Tensor::<B, 3>::from_data(TensorData::new(seeded(5, 3 * p * d), [3, p, d]), &device);
         let query = Tensor::<B, 2>::from_data(TensorData::new(seeded(6, 3 * d), [3, d]), &device);
-        let logits = head.forward(query, states);
+        let logits = head.forward(query, states, None);
         results.push(("RPN logits", out(logits.clone())));
 
         // Losses.

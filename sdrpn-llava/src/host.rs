@@ -70,13 +70,15 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
         let (num_heads, head_dim) = last.self_attn.heads();
         Ok(Rpn {
             twig_layers: layers[branch..branch + twig - 1].to_vec(),
-            twig_norm: self.model.language.norm.clone(),
+            twig_norm: Some(self.model.language.norm.clone()),
             head_norm: last.input_layernorm.clone(),
             head: RpnHead {
                 q_proj: last.self_attn.q_proj().clone(),
                 k_proj: last.self_attn.k_proj.clone(),
                 num_heads,
+                num_kv_heads: num_heads,
                 head_dim,
+                rotary: None,
             },
         })
     }

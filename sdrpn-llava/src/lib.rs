@@ -7,7 +7,10 @@
 //! attention rows and hidden states. Numerically checked against HF
 //! transformers (see `tests/`).
 
-pub mod cache;
+/// The key/value cache (in `sdrpn-core`, shared by every host).
+pub mod cache {
+    pub use sdrpn_core::cache::{KvCache, LayerKv};
+}
 pub mod clip;
 pub mod config;
 pub mod error;

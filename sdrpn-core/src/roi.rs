@@ -151,6 +151,12 @@ impl RoiConfig {
 /// bilinear interpolation (align_corners false, as `torch.nn.functional.
 /// interpolate`) and thresholded at `> 0.5`.
 pub fn resize_mask_to_grid(mask: &[bool], grid: Grid, region: TokenBox) -> Vec<bool> {
+    resize_mask_to(mask, grid, region, grid)
+}
+
+/// [`resize_mask_to_grid`] onto another grid, `target` (the crop's own
+/// grid on hosts whose crops are encoded at their own size).
+pub fn resize_mask_to(mask: &[bool], grid: Grid, region: TokenBox, target: Grid) -> Vec<bool> {
     let (in_h, in_w) = (region.height(), region.width());
     let value = |r: usize, c: usize| -> f32 {
         if mask[grid.index(region.y0 + r, region.x0 + c)] {
@@ -159,13 +165,13 @@ pub fn resize_mask_to_grid(mask: &[bool], grid: Grid, region: TokenBox) -> Vec<b
             0.0
         }
     };
-    let ys: Vec<_> = (0..grid.rows)
-        .map(|o| bilinear_source(o, in_h, grid.rows))
+    let ys: Vec<_> = (0..target.rows)
+        .map(|o| bilinear_source(o, in_h, target.rows))
         .collect();
-    let xs: Vec<_> = (0..grid.cols)
-        .map(|o| bilinear_source(o, in_w, grid.cols))
+    let xs: Vec<_> = (0..target.cols)
+        .map(|o| bilinear_source(o, in_w, target.cols))
         .collect();
-    let mut out = Vec::with_capacity(grid.len());
+    let mut out = Vec::with_capacity(target.len());
     for &(y0, y1, ly) in &ys {
         for &(x0, x1, lx) in &xs {
             let top = (1.0 - lx) * value(y0, x0) + lx * value(y0, x1);

@@ -367,7 +367,11 @@ mod tests {
         let mut vals = |n: usize| (0..n).map(|_| rng.next_f32()).collect::<Vec<f32>>();
         let q = Tensor::<B, 2>::from_data(TensorData::new(vals(2 * d), [2, d]), &dev());
         let v = Tensor::<B, 3>::from_data(TensorData::new(vals(2 * 5 * d), [2, 5, d]), &dev());
-        let a: Vec<f32> = gqa.forward(q.clone(), v.clone(), None).into_data().to_vec().unwrap();
+        let a: Vec<f32> = gqa
+            .forward(q.clone(), v.clone(), None)
+            .into_data()
+            .to_vec()
+            .unwrap();
         let b: Vec<f32> = mha.forward(q, v, None).into_data().to_vec().unwrap();
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");

@@ -1,36 +1,136 @@
-//! LLaVA-1.5 as an SD-RPN host ([`sdrpn_core::host::RpnHost`]).
+//! LLaVA-1.5 as an SD-RPN host ([`sdrpn_core::host::RpnHost`]): 1-D
+//! positions, one fixed square grid, the RoI crop resized to the tower's
+//! input and its tokens put right after the image's.
 
 use crate::cache::KvCache;
 use crate::error::{LlavaError, Result};
 use crate::llama::LlamaDecoderLayer;
 use crate::nn::RmsNorm;
+use crate::preprocess::{clip_preprocess, crop_and_resize};
 use crate::session::{AnswerOptions, LlavaSession, Prepared};
 use crate::taps::{Captured, Taps};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
+use image::RgbImage;
 use sdrpn_core::attention::AttentionAccumulator;
-use sdrpn_core::host::{PrefixStates, RpnHost, TappedAnswer};
+use sdrpn_core::components::TokenBox;
+use sdrpn_core::crop::{token_box_to_pixels, PixelBox};
+use sdrpn_core::host::{HostPrompt, RoiInsert, RpnHost, TappedAnswer};
 use sdrpn_core::rpn::{check_branch, Rpn, RpnHead};
-use sdrpn_core::Grid;
+use sdrpn_core::{Grid, Positions};
+use std::ops::Range;
 
 /// The RPN of a LLaVA host.
 pub type LlavaRpn<B> = Rpn<B, LlamaDecoderLayer<B>, RmsNorm<B>>;
 
-impl<B: Backend> LlavaSession<B> {
-    /// Feeds the rows of `captured` (one decode step, `[1, H, 1, S]` per
-    /// layer) to every accumulator that wants them.
-    fn feed(maps: &mut [AttentionAccumulator<B>], captured: &Captured<B>) -> Result<()> {
-        for acc in maps.iter_mut() {
-            let wanted: Vec<usize> = acc.layers().collect();
-            for layer in wanted {
-                let rows = captured.attention.get(&layer).ok_or_else(|| {
-                    LlavaError::invalid("attention taps", format!("layer {layer} was not captured"))
-                })?;
-                let [n, h, q, s] = rows.dims();
-                acc.add(layer, rows.clone().reshape([n * q, h, s]))?;
-            }
+/// Feeds the rows of `captured` (one decode step, `[1, H, 1, S]` per layer)
+/// to every accumulator that wants them.
+pub fn feed_maps<B: Backend>(
+    maps: &mut [AttentionAccumulator<B>],
+    captured: &Captured<B>,
+) -> Result<()> {
+    for acc in maps.iter_mut() {
+        let wanted: Vec<usize> = acc.layers().collect();
+        for layer in wanted {
+            let rows = captured.attention.get(&layer).ok_or_else(|| {
+                LlavaError::invalid("attention taps", format!("layer {layer} was not captured"))
+            })?;
+            let [n, h, q, s] = rows.dims();
+            acc.add(layer, rows.clone().reshape([n * q, h, s]))?;
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+/// The attention taps every accumulator asks for.
+pub fn taps_of_maps<B: Backend>(maps: &[AttentionAccumulator<B>]) -> Taps {
+    let layers: std::collections::BTreeSet<usize> = maps
+        .iter()
+        .flat_map(|m| m.layers().collect::<Vec<_>>())
+        .collect();
+    Taps::attention_of(layers)
+}
+
+impl<B: Backend> HostPrompt<B> for Prepared<B> {
+    fn embeds(&self) -> Tensor<B, 3> {
+        self.embeds.clone()
+    }
+
+    fn positions(&self) -> Positions {
+        Positions::prefix(self.ids.len())
+    }
+
+    fn decode_offset(&self) -> i64 {
+        0
+    }
+
+    fn visual(&self) -> Range<usize> {
+        self.visual.clone()
+    }
+
+    fn grid(&self) -> Grid {
+        let side = (self.visual.len() as f64).sqrt() as usize;
+        Grid {
+            rows: side,
+            cols: side,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn text(&self) -> String {
+        self.prompt.clone()
+    }
+}
+
+impl<B: Backend> LlavaSession<B> {
+    /// The visual grid of every LLaVA prompt (the tower's fixed input).
+    pub fn grid(&self) -> Grid {
+        let side = self.model.config().vision.grid_side();
+        Grid {
+            rows: side,
+            cols: side,
+        }
+    }
+
+    /// Encodes the RoI crop: the source rectangle resized to the tower's
+    /// input (Pillow bilinear), CLIP-normalised, encoded and projected;
+    /// only the tokens under `keep` (raster order) when given.
+    ///
+    /// # Shapes
+    /// - returns `[1, P', D]`
+    pub fn roi_tokens(
+        &self,
+        image: &RgbImage,
+        region: PixelBox,
+        keep: Option<&[bool]>,
+    ) -> Result<Tensor<B, 3>> {
+        let s = self.model.config().vision.image_size;
+        let crop = crop_and_resize(image, region, s as u32, s as u32)?;
+        let pixels = Tensor::from_data(
+            TensorData::new(clip_preprocess(&crop, s as u32), [1, 3, s, s]),
+            &self.device(),
+        );
+        let projected = self.model.image_features(pixels)?.projected;
+        let Some(keep) = keep else {
+            return Ok(projected);
+        };
+        let idx: Vec<i64> = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, &k)| k)
+            .map(|(i, _)| i as i64)
+            .collect();
+        if idx.is_empty() {
+            return Err(LlavaError::invalid("RoI mask", "keeps no token"));
+        }
+        let n = idx.len();
+        Ok(projected.select(
+            1,
+            Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &self.device()),
+        ))
     }
 }
 
@@ -48,23 +148,16 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
         self.model.config().text.num_heads
     }
 
-    fn grid(&self) -> Grid {
-        let side = self.model.config().vision.grid_side();
-        Grid {
-            rows: side,
-            cols: side,
-        }
+    fn device(&self) -> B::Device {
+        self.model.language.device()
+    }
+
+    fn prepare(&self, image: &RgbImage, question: &str) -> Result<Prepared<B>> {
+        LlavaSession::prepare(self, image, question)
     }
 
     fn init_rpn(&self, branch: usize, twig: usize) -> Result<LlavaRpn<B>> {
         check_branch(branch, twig, self.num_layers())?;
-        let text = &self.model.config().text;
-        if text.num_kv_heads != text.num_heads {
-            return Err(LlavaError::invalid(
-                "RPN head",
-                "grouped-query attention (fewer key/value heads than query heads) is not supported",
-            ));
-        }
         let layers = &self.model.language.layers;
         let last = &layers[branch + twig - 1];
         let (num_heads, head_dim) = last.self_attn.heads();
@@ -76,28 +169,96 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
                 q_proj: last.self_attn.q_proj().clone(),
                 k_proj: last.self_attn.k_proj.clone(),
                 num_heads,
-                num_kv_heads: num_heads,
+                num_kv_heads: self.model.config().text.num_kv_heads,
                 head_dim,
                 rotary: None,
             },
         })
     }
 
-    fn frozen_prefix(&self, prompt: &Prepared<B>, branch: usize) -> Result<PrefixStates<B>> {
-        check_branch(branch, 1, self.num_layers())?;
+    fn run_layers(
+        &self,
+        h: Tensor<B, 3>,
+        start: usize,
+        positions: &Positions,
+        layers: Range<usize>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let mut captured = Captured::default();
-        let hidden = self.model.language.run_layers(
-            prompt.embeds.clone(),
-            0,
-            0..branch,
-            None,
+        self.model.language.run_layers_at(
+            h,
+            start,
+            positions,
+            layers,
+            cache,
             &Taps::none(),
             &mut captured,
-        );
-        Ok(PrefixStates {
-            hidden,
-            query: prompt.query(),
-            visual: prompt.visual.clone(),
+        )
+    }
+
+    fn last_logits(&self, h: Tensor<B, 3>) -> Result<Vec<f32>> {
+        self.model.last_logits(self.model.language.final_norm(h))
+    }
+
+    fn decode(
+        &self,
+        first_logits: &[f32],
+        cache: &mut KvCache<B>,
+        decode_offset: i64,
+        options: &AnswerOptions,
+    ) -> Result<Vec<u32>> {
+        if decode_offset != 0 {
+            return Err(LlavaError::invalid(
+                "decode offset",
+                "LLaVA's positions are the cache indices (offset 0)",
+            ));
+        }
+        self.with_stop_rule(options, |rule| {
+            self.model
+                .decode(first_logits, cache, rule, &Taps::none(), |_, _| Ok(()))
+        })
+    }
+
+    fn answer_text(&self, tokens: &[u32], options: &AnswerOptions) -> Result<String> {
+        LlavaSession::answer_text(self, tokens, options)
+    }
+
+    fn token_box_pixels(
+        &self,
+        prompt: &Prepared<B>,
+        token_box: TokenBox,
+        width: u32,
+        height: u32,
+    ) -> Result<Option<PixelBox>> {
+        let patch = self.model.config().vision.patch_size;
+        Ok(token_box_to_pixels(
+            token_box,
+            HostPrompt::grid(prompt),
+            patch,
+            width,
+            height,
+        )?)
+    }
+
+    fn crop_grid(&self, _region: PixelBox) -> Result<Grid> {
+        Ok(self.grid())
+    }
+
+    fn roi_insert(
+        &self,
+        prompt: &Prepared<B>,
+        image: &RgbImage,
+        region: PixelBox,
+        keep: Option<&[bool]>,
+    ) -> Result<RoiInsert<B>> {
+        let embeds = self.roi_tokens(image, region, keep)?;
+        let count = embeds.dims()[1];
+        Ok(RoiInsert {
+            embeds,
+            at: prompt.visual.end,
+            positions: Positions::prefix(prompt.ids.len() + count),
+            decode_offset: 0,
+            roi_tokens: count,
         })
     }
 
@@ -107,11 +268,7 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
         maps: &mut [AttentionAccumulator<B>],
         max_new_tokens: usize,
     ) -> Result<TappedAnswer> {
-        let layers: std::collections::BTreeSet<usize> = maps
-            .iter()
-            .flat_map(|m| m.layers().collect::<Vec<_>>())
-            .collect();
-        let taps = Taps::attention_of(layers);
+        let taps = taps_of_maps(maps);
         let mut cache = KvCache::new(self.num_layers());
         let options = AnswerOptions {
             max_new_tokens,
@@ -125,40 +282,9 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
             &taps,
             |_, captured| {
                 fed_back += 1;
-                Self::feed(maps, &captured)
+                feed_maps(maps, &captured)
             },
         )?;
         Ok(TappedAnswer { tokens, fed_back })
     }
-}
-
-/// Hidden states of the prompt at the visual tokens, for the
-/// massive-activation sink rule: HF hidden state `index` (0 = embeddings,
-/// i = output of decoder layer i-1), `index < L`.
-///
-/// # Shapes
-/// - returns `[1, P, D]`
-pub fn visual_hidden_state<B: Backend>(
-    session: &LlavaSession<B>,
-    prompt: &Prepared<B>,
-    index: usize,
-) -> Result<Tensor<B, 3>> {
-    let layers = session.model.language.num_layers();
-    if index >= layers {
-        return Err(LlavaError::invalid(
-            "hidden state index",
-            format!("{index} must be below the model's {layers} layers"),
-        ));
-    }
-    let mut captured = Captured::default();
-    let h = session.model.language.run_layers(
-        prompt.embeds.clone(),
-        0,
-        0..index,
-        None,
-        &Taps::none(),
-        &mut captured,
-    );
-    let [n, _, d] = h.dims();
-    Ok(h.slice([0..n, prompt.visual.clone(), 0..d]))
 }

@@ -29,7 +29,6 @@ pub mod resample;
 pub mod session;
 pub mod taps;
 pub mod tokenizer;
-pub mod two_pass;
 pub mod weights;
 
 pub use config::LlavaConfig;

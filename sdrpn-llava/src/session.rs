@@ -31,6 +31,8 @@ pub struct PromptOptions {
 /// An image and a question turned into model inputs.
 #[derive(Debug, Clone)]
 pub struct Prepared<B: Backend> {
+    /// The prompt text (template applied, `<image>` unexpanded).
+    pub prompt: String,
     /// The full token sequence (image tokens expanded).
     pub ids: Vec<u32>,
     /// Preprocessed image, `[1, 3, S, S]`.
@@ -50,23 +52,8 @@ impl<B: Backend> Prepared<B> {
     }
 }
 
-/// Generation settings of a session.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AnswerOptions {
-    /// Most new tokens.
-    pub max_new_tokens: usize,
-    /// Strings that end the answer (cut from it).
-    pub stop_strings: Vec<String>,
-}
-
-impl Default for AnswerOptions {
-    fn default() -> Self {
-        Self {
-            max_new_tokens: 128,
-            stop_strings: Vec::new(),
-        }
-    }
-}
+/// Generation settings (the method's, shared by every host).
+pub use sdrpn_core::host::AnswerOptions;
 
 /// A loaded LLaVA model, tokenizer and prompt settings.
 pub struct LlavaSession<B: Backend> {
@@ -144,6 +131,7 @@ impl<B: Backend> LlavaSession<B> {
             .model
             .embed_prompt(&ids, &[features.projected.clone().reshape([p, d])])?;
         Ok(Prepared {
+            prompt,
             ids,
             pixels,
             features,

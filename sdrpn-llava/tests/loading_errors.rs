@@ -176,7 +176,7 @@ fn bad_images_and_prompts_are_clear_errors() {
     assert!(e.contains("exactly one <image>"), "{e}");
     // An answer that cannot fit the model's context is refused up front.
     let e = session
-        .answer_baseline(
+        .answer(
             &image,
             "<image> What?",
             &sdrpn_llava::session::AnswerOptions {

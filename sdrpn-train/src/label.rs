@@ -14,7 +14,6 @@ use burn::tensor::{DType, Int, Tensor};
 use sdrpn_core::attention::AttentionAccumulator;
 use sdrpn_core::host::RpnHost;
 use sdrpn_core::readback::floats;
-use sdrpn_llava::host::visual_hidden_state;
 use sdrpn_llava::preprocess::load_rgb;
 use sdrpn_llava::session::{AnswerOptions, LlavaSession};
 use std::path::{Path, PathBuf};
@@ -135,8 +134,9 @@ fn label_one<B: Backend>(
         SinkRule::MassiveActivation {
             dims, hidden_state, ..
         } => {
-            let h =
-                visual_hidden_state(session, &prepared, *hidden_state).map_err(|e| describe(&e))?;
+            let h = session
+                .visual_hidden_state(&prepared, *hidden_state)
+                .map_err(|e| describe(&e))?;
             Some(massive_map(h, dims).map_err(|e| describe(&e))?)
         }
         _ => None,

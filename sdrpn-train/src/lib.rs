@@ -3,8 +3,10 @@
 //! Stage A ([`label`]): pseudo-label maps from the frozen model's own
 //! attention, stored in resumable shards ([`label_store`]). Stage B
 //! ([`trainer`]): the RPN trained with burn-train on labels built on the fly
-//! from those maps. The method's settings, presets and overrides live in
-//! [`config`].
+//! from those maps. Two-pass inference ([`two_pass`]) answers with the
+//! trained RPN. All three are written once over the host trait
+//! ([`sdrpn_core::host::RpnHost`]). The method's settings, presets and
+//! overrides live in [`config`].
 
 pub mod config;
 pub mod error;
@@ -20,6 +22,7 @@ pub use error::{Result, TrainError};
 pub mod dataset;
 pub mod step;
 pub mod trainer;
+pub mod two_pass;
 
 #[cfg(test)]
 pub(crate) mod test_backend {

@@ -6,11 +6,11 @@ use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
 use sdrpn_core::backend::BackendJob;
-use sdrpn_core::host::RpnHost;
 use sdrpn_llava::preprocess::load_rgb;
 use sdrpn_llava::session::{AnswerOptions, LlavaSession};
-use sdrpn_llava::two_pass::{TwoPassOptions, TwoPassOutput};
 use sdrpn_train::trainer::load_rpn;
+use sdrpn_train::two_pass::TwoPass;
+use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput};
 use std::path::PathBuf;
 
 /// Arguments of `sdrpn infer`.

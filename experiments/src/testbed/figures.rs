@@ -20,6 +20,7 @@ use sdrpn_llava::session::LlavaSession;
 use sdrpn_train::label::{run_labelling, LabelJob};
 use sdrpn_train::label_store::read_labels;
 use sdrpn_train::questions::{read_questions, ShardSpec};
+use sdrpn_train::two_pass::TwoPass;
 use sdrpn_train::SdrpnConfig;
 use std::path::Path;
 
@@ -92,7 +93,7 @@ pub fn write_figures<B: burn::tensor::backend::Backend>(
     } else {
         Vec::new()
     };
-    let grid = sdrpn_core::host::RpnHost::grid(session);
+    let grid = session.grid();
     let labels = sdrpn_train::step::record_labels::<B>(&records, method, grid, &session.device())?;
     let rpn = sdrpn_train::trainer::load_rpn(session, &out.join("rpn"), false)?.1;
     let rows: Vec<usize> = (0..count.min(test.len())).collect();

@@ -19,8 +19,9 @@ pub fn device() -> burn::tensor::Device<B> {
     Default::default()
 }
 
+/// `sdrpn-llava/tests/fixtures`, from any crate that includes this module.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sdrpn-llava/tests/fixtures")
 }
 
 pub fn model_dir(name: &str) -> PathBuf {

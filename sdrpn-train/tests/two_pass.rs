@@ -2,6 +2,7 @@
 //! geometry in pixels, prefix-cache reuse against full recomputation, and
 //! the no-RoI path against plain generation.
 
+#[path = "../../sdrpn-llava/tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -10,7 +11,7 @@ use sdrpn_core::crop::PixelBox;
 use sdrpn_core::roi::{RoiConfig, RoiMode};
 use sdrpn_llava::preprocess::load_rgb;
 use sdrpn_llava::session::{AnswerOptions, LlavaSession, PromptOptions};
-use sdrpn_llava::two_pass::{TwoPassOptions, TwoPassOutput};
+use sdrpn_train::two_pass::{TwoPass, TwoPassOptions, TwoPassOutput};
 
 const QUESTION: &str = "What is in the picture?";
 

@@ -12,6 +12,7 @@
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod host;
 pub mod inspect;
 pub mod model;
 pub mod preprocess;

@@ -10,11 +10,11 @@ use crate::rope_index::{rope_index, PromptPositions};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use image::RgbImage;
+use sdrpn_core::host::AnswerOptions;
 use sdrpn_core::{Grid, Positions};
 use sdrpn_llava::cache::KvCache;
 use sdrpn_llava::fingerprint::{model_fingerprint, ModelFingerprint};
 use sdrpn_llava::generate::{greedy_decode, StopRule};
-use sdrpn_llava::session::AnswerOptions;
 use sdrpn_llava::taps::{Captured, Taps};
 use std::ops::Range;
 use std::path::Path;
@@ -180,8 +180,32 @@ impl<B: Backend> QwenSession<B> {
             prefill_taps,
         );
         let first = self.model.last_logits(prefill.hidden)?;
+        let tokens = self.decode_tokens(
+            &first,
+            cache,
+            prepared.positions.delta,
+            options,
+            step_taps,
+            on_step,
+        )?;
+        Ok((tokens, prefill.captured))
+    }
+
+    /// Greedy decoding after a prefill: `first` are the last prompt
+    /// position's logits, `cache` holds the prompt, generated tokens sit at
+    /// rotary position `cache index + delta` on every axis (text after the
+    /// prompt). `step_taps` are captured at each fed-back token and handed
+    /// to `on_step`.
+    pub fn decode_tokens(
+        &self,
+        first: &[f32],
+        cache: &mut KvCache<B>,
+        delta: i64,
+        options: &AnswerOptions,
+        step_taps: &Taps,
+        on_step: impl FnMut(usize, Captured<B>) -> Result<()>,
+    ) -> Result<Vec<u32>> {
         let device = self.device();
-        let delta = prepared.positions.delta;
         let context = self.model.config().text.max_position_embeddings;
         let stop = |tokens: &[u32]| {
             !options.stop_strings.is_empty()
@@ -197,8 +221,7 @@ impl<B: Backend> QwenSession<B> {
             eos: self.tokenizer.eos().to_vec(),
             stop: Some(&stop),
         };
-        let tokens = greedy_decode(&first, cache, context, &rule, on_step, |token, cache| {
-            // Text after the prompt: every axis at `cache index + delta`.
+        greedy_decode(first, cache, context, &rule, on_step, |token, cache| {
             let start = cache.len();
             let position = start as i64 + delta;
             let positions = Positions::Sequential {
@@ -215,8 +238,7 @@ impl<B: Backend> QwenSession<B> {
                 .model
                 .forward(embeds, start, &positions, Some(cache), step_taps);
             Ok((self.model.last_logits(out.hidden)?, out.captured))
-        })?;
-        Ok((tokens, prefill.captured))
+        })
     }
 
     /// The answer text of generated tokens: decoded without special tokens,

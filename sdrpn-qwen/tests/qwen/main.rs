@@ -5,4 +5,5 @@
 mod loading;
 mod parity;
 mod support;
+mod two_pass;
 mod wgpu;

@@ -1,0 +1,170 @@
+//! SD-RPN's two passes on the tiny Qwen2.5-VL: no RoI answers as plain
+//! generation; one box appends the crop (encoded on its own grid) between
+//! `<|vision_start|>`/`<|vision_end|>` after the image; two boxes keep only
+//! the crop tokens under the union mask; reusing pass 1's prefix cache
+//! gives the answer of full recomputation (the reference's way); and the
+//! RPN built from the model (GQA head with M-RoPE) drives a whole run.
+
+use crate::support::{fixtures, B};
+use sdrpn_core::host::{AnswerOptions, HostPrompt, RpnHost};
+use sdrpn_core::roi::{RoiConfig, RoiMode};
+use sdrpn_llava::preprocess::load_rgb;
+use sdrpn_qwen::QwenSession;
+use sdrpn_train::two_pass::{TwoPass, TwoPassOptions, TwoPassOutput};
+
+const QUESTION: &str = "What is in the picture?";
+
+fn session() -> QwenSession<B> {
+    QwenSession::<B>::load(&fixtures().join("tiny-qwen"), &Default::default()).unwrap()
+}
+
+fn image() -> image::RgbImage {
+    // 320x180: a 5x9 grid of merged tokens.
+    load_rgb(&fixtures().join("images/big.png")).unwrap()
+}
+
+fn options(reuse: bool) -> TwoPassOptions {
+    TwoPassOptions {
+        branch: 2,
+        roi: RoiConfig::default(),
+        answer: AnswerOptions {
+            max_new_tokens: 6,
+            stop_strings: Vec::new(),
+        },
+        reuse_prefix_cache: reuse,
+    }
+}
+
+/// A 5x9 map with 1.0 on the given cells.
+fn map(hot: &[(usize, usize)]) -> Vec<f32> {
+    let mut m = vec![0.0f32; 45];
+    for &(r, c) in hot {
+        m[r * 9 + c] = 1.0;
+    }
+    m
+}
+
+fn run(s: &QwenSession<B>, map: &[f32], reuse: bool) -> TwoPassOutput {
+    s.answer_with_map(&image(), QUESTION, map, &options(reuse))
+        .unwrap()
+}
+
+fn assert_same_answer(a: &TwoPassOutput, b: &TwoPassOutput, what: &str) {
+    assert_eq!(a.tokens, b.tokens, "{what}: tokens");
+    let worst = a
+        .first_logits
+        .iter()
+        .zip(&b.first_logits)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("{what}: max logit difference {worst:e}");
+    assert!(
+        worst <= 1e-4,
+        "{what}: first-token logits differ by {worst:e}"
+    );
+}
+
+#[test]
+fn qwen_two_pass_covers_every_crop_mode() {
+    let s = session();
+    let img = image();
+    let answer = AnswerOptions {
+        max_new_tokens: 6,
+        stop_strings: Vec::new(),
+    };
+    assert_eq!(
+        RpnHost::<B>::prepare(&s, &img, QUESTION)
+            .unwrap()
+            .grid()
+            .to_string(),
+        "5x9"
+    );
+
+    // No RoI: the baseline's tokens, which are plain generation's.
+    let plain = s.answer(&img, QUESTION, &answer).unwrap();
+    let baseline = s.answer_baseline(&img, QUESTION, &answer).unwrap();
+    assert_eq!(baseline.answer, plain);
+    let none = run(&s, &map(&[]), true);
+    assert_eq!(
+        (none.mode, none.crop, none.roi_tokens),
+        (RoiMode::None, None, 0)
+    );
+    assert_same_answer(&none, &baseline, "none vs baseline");
+
+    // One block: its box in source pixels, every crop token appended.
+    let block = map(&[(2, 3), (2, 4), (3, 3), (3, 4)]);
+    let one = run(&s, &block, true);
+    assert_eq!(one.mode, RoiMode::Bbox);
+    let b = one.boxes[0];
+    let crop = one.crop.expect("a crop");
+    // 320x180 on a 5x9 grid: x = token * 28 * 320 / 252, y = token * 28 * 180 / 140.
+    let px = |t: usize, size: f32, cells: f32| (t as f32 * 28.0 * (size / (cells * 28.0))) as u32;
+    assert_eq!(
+        (crop.x0, crop.y0, crop.x1, crop.y1),
+        (
+            px(b.x0, 320.0, 9.0),
+            px(b.y0, 180.0, 5.0),
+            px(b.x1, 320.0, 9.0),
+            px(b.y1, 180.0, 5.0)
+        )
+    );
+    let crop_grid = s.image_grid(crop.width(), crop.height()).unwrap();
+    assert_eq!(
+        one.roi_tokens,
+        crop_grid.len(),
+        "bbox mode appends every crop token"
+    );
+    assert_same_answer(
+        &one,
+        &run(&s, &block, false),
+        "bbox: reused prefix vs recomputed",
+    );
+
+    // Two blocks far apart: the union box, only the tokens under its mask.
+    let two = map(&[
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+        (3, 7),
+        (3, 8),
+        (4, 7),
+        (4, 8),
+    ]);
+    let masked = run(&s, &two, true);
+    assert_eq!(masked.mode, RoiMode::Mask);
+    let crop = masked.crop.expect("a crop");
+    let crop_grid = s.image_grid(crop.width(), crop.height()).unwrap();
+    assert_eq!(masked.roi_tokens, masked.kept.len());
+    assert!(
+        masked.roi_tokens > 0 && masked.roi_tokens < crop_grid.len(),
+        "{} of {} crop tokens kept",
+        masked.roi_tokens,
+        crop_grid.len()
+    );
+    assert_same_answer(
+        &masked,
+        &run(&s, &two, false),
+        "mask: reused prefix vs recomputed",
+    );
+}
+
+#[test]
+fn the_rpn_built_from_qwen_scores_every_token_of_the_grid() {
+    let s = session();
+    let rpn = s.init_rpn(2, 2).unwrap();
+    assert!(
+        rpn.twig_norm.is_none(),
+        "the reference head skips the twig norm"
+    );
+    assert_eq!((rpn.head.num_heads, rpn.head.num_kv_heads), (4, 2));
+    let out = s
+        .answer_with_roi(&rpn, &image(), QUESTION, &options(true))
+        .unwrap();
+    assert_eq!(out.roi_map.len(), 45);
+    assert!(out
+        .roi_map
+        .iter()
+        .all(|p| (0.0..=1.0).contains(p) && p.is_finite()));
+    assert!(!out.tokens.is_empty());
+}

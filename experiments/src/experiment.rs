@@ -379,7 +379,7 @@ pub fn run_experiment<B: Backend>(
                 shard_size: 64,
                 force: true,
             };
-            let p = run_labelling(&session, &method, &job, |_, _| {})?;
+            let p = run_labelling(session.as_ref(), &method, &job, |_, _| {})?;
             log(&format!(
                 "labels: {} new, {} skipped, {} done before",
                 p.labelled, p.skipped, p.resumed
@@ -421,7 +421,7 @@ pub fn run_experiment<B: Backend>(
         }
         let rpn = match &rpn_dir {
             Some(dir) => {
-                let (mut cfg, rpn) = load_rpn(&session, dir, false)?;
+                let (mut cfg, rpn) = load_rpn(session.as_ref(), dir, false)?;
                 if let Some(m) = run.multi_box_mask {
                     cfg.inference.roi.multi_box_mask = m;
                 }

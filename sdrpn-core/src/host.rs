@@ -18,7 +18,37 @@ use crate::rpn::Rpn;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use image::RgbImage;
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
+
+/// What a checkpoint folder is: recorded by every output made with it, so
+/// outputs of different models are never mixed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFingerprint {
+    /// Hash of `config.json`.
+    pub config: String,
+    /// Hash of the safetensors headers and sampled data.
+    pub weights: String,
+    /// The visual token grid, `rows x cols`.
+    pub grid: String,
+}
+
+impl ModelFingerprint {
+    /// What differs from `other`, in words (empty when equal).
+    pub fn differences(&self, other: &ModelFingerprint) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.grid != other.grid {
+            out.push(format!("visual grid {} vs {}", self.grid, other.grid));
+        }
+        if self.config != other.config {
+            out.push("config.json differs".into());
+        }
+        if self.weights != other.weights {
+            out.push("the weights differ".into());
+        }
+        out
+    }
+}
 
 /// Hidden states after the frozen prefix, and where the tokens of interest are.
 #[derive(Debug, Clone)]
@@ -124,6 +154,12 @@ pub trait RpnHost<B: Backend> {
     fn num_heads(&self) -> usize;
     /// The device the model lives on.
     fn device(&self) -> B::Device;
+    /// What the checkpoint is.
+    fn fingerprint(&self) -> &ModelFingerprint;
+    /// The grid every labelled prompt is made on (labels of one folder
+    /// share it); an error when the host's prompts have no fixed grid in
+    /// its current settings.
+    fn label_grid(&self) -> Result<Grid, Self::Error>;
 
     /// Preprocesses `image`, builds the host's prompt for `question`, and
     /// embeds both.

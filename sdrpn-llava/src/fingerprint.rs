@@ -10,7 +10,6 @@
 //! platforms and program versions.
 
 use crate::error::{LlavaError, Result};
-use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -38,33 +37,7 @@ impl Fnv64 {
     }
 }
 
-/// The fingerprint of a llava-hf checkpoint folder.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelFingerprint {
-    /// Hash of `config.json`.
-    pub config: String,
-    /// Hash of the safetensors headers and sampled data.
-    pub weights: String,
-    /// The visual token grid, `rows x cols`.
-    pub grid: String,
-}
-
-impl ModelFingerprint {
-    /// What differs from `other`, in words (empty when equal).
-    pub fn differences(&self, other: &ModelFingerprint) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.grid != other.grid {
-            out.push(format!("visual grid {} vs {}", self.grid, other.grid));
-        }
-        if self.config != other.config {
-            out.push("config.json differs".into());
-        }
-        if self.weights != other.weights {
-            out.push("the weights differ".into());
-        }
-        out
-    }
-}
+pub use sdrpn_core::host::ModelFingerprint;
 
 fn io(path: &Path, e: std::io::Error) -> LlavaError {
     LlavaError::Io {

@@ -20,8 +20,12 @@ use sdrpn_core::rpn::{check_branch, Rpn, RpnHead};
 use sdrpn_core::{Grid, Positions};
 use std::ops::Range;
 
+/// The RPN of a host with a LLaMA-family decoder (LLaVA's Vicuna,
+/// Qwen2.5-VL's Qwen2): its twig layers are [`LlamaDecoderLayer`]s.
+pub type LlamaRpn<B> = Rpn<B, LlamaDecoderLayer<B>, RmsNorm<B>>;
+
 /// The RPN of a LLaVA host.
-pub type LlavaRpn<B> = Rpn<B, LlamaDecoderLayer<B>, RmsNorm<B>>;
+pub type LlavaRpn<B> = LlamaRpn<B>;
 
 /// Feeds the rows of `captured` (one decode step, `[1, H, 1, S]` per layer)
 /// to every accumulator that wants them.
@@ -150,6 +154,14 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
 
     fn device(&self) -> B::Device {
         self.model.language.device()
+    }
+
+    fn fingerprint(&self) -> &sdrpn_core::host::ModelFingerprint {
+        &self.fingerprint
+    }
+
+    fn label_grid(&self) -> Result<Grid> {
+        Ok(self.grid())
     }
 
     fn prepare(&self, image: &RgbImage, question: &str) -> Result<Prepared<B>> {

@@ -38,7 +38,7 @@ use sdrpn_llava::taps::{Captured, Taps};
 use std::ops::Range;
 
 /// The RPN of a Qwen2.5-VL host.
-pub type QwenRpn<B> = Rpn<B, LlamaDecoderLayer<B>, RmsNorm<B>>;
+pub type QwenRpn<B> = sdrpn_llava::host::LlamaRpn<B>;
 
 impl<B: Backend> HostPrompt<B> for QwenPrepared<B> {
     fn embeds(&self) -> Tensor<B, 3> {
@@ -95,6 +95,20 @@ impl<B: Backend> RpnHost<B> for QwenSession<B> {
 
     fn device(&self) -> B::Device {
         QwenSession::device(self)
+    }
+
+    fn fingerprint(&self) -> &sdrpn_core::host::ModelFingerprint {
+        &self.fingerprint
+    }
+
+    fn label_grid(&self) -> Result<Grid> {
+        let side = self.square.ok_or_else(|| {
+            QwenError::invalid(
+                "label grid",
+                "Qwen2.5-VL's grid follows each image's size: label and train with a square resolution (QwenSession::with_square, 672 px in the reference)",
+            )
+        })?;
+        self.image_grid(side, side)
     }
 
     fn prepare(&self, image: &RgbImage, question: &str) -> Result<QwenPrepared<B>> {
@@ -178,6 +192,14 @@ impl<B: Backend> RpnHost<B> for QwenSession<B> {
         height: u32,
     ) -> Result<Option<PixelBox>> {
         let grid = prompt.grid;
+        if let Some(side) = self.square {
+            // The grid covers the image padded to a square.
+            let f = self.processor.factor();
+            debug_assert_eq!(grid.cols * f, side as usize);
+            return Ok(sdrpn_core::crop::token_box_to_pixels(
+                token_box, grid, f, width, height,
+            )?);
+        }
         if token_box.x1 > grid.cols
             || token_box.y1 > grid.rows
             || token_box.x0 >= token_box.x1

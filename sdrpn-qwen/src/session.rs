@@ -15,6 +15,7 @@ use sdrpn_core::{Grid, Positions};
 use sdrpn_llava::cache::KvCache;
 use sdrpn_llava::fingerprint::{model_fingerprint, ModelFingerprint};
 use sdrpn_llava::generate::{greedy_decode, StopRule};
+use sdrpn_llava::preprocess::expand_to_square;
 use sdrpn_llava::taps::{Captured, Taps};
 use std::ops::Range;
 use std::path::Path;
@@ -61,6 +62,12 @@ pub struct QwenSession<B: Backend> {
     pub processor: ImageProcessor,
     /// What the checkpoint is (recorded by every output made with it).
     pub fingerprint: ModelFingerprint,
+    /// Side in pixels of the square every prompt image is padded (centred,
+    /// grey 127) and resized to, as the reference labels and trains
+    /// (`make_pseudo_label_natural.py:58-71`: 672 px, 24x24 tokens); `None`
+    /// (the default): the processor's `smart_resize`, as the reference
+    /// evaluates. RoI crops always use the processor.
+    pub square: Option<u32>,
 }
 
 impl<B: Backend> QwenSession<B> {
@@ -96,7 +103,40 @@ impl<B: Backend> QwenSession<B> {
             tokenizer,
             processor,
             fingerprint,
+            square: None,
         })
+    }
+
+    /// The session with prompt images padded to a square of `side` pixels
+    /// (a multiple of 28), see [`QwenSession::square`].
+    pub fn with_square(mut self, side: u32) -> Result<Self> {
+        let f = self.processor.factor() as u32;
+        if side == 0 || side % f != 0 {
+            return Err(QwenError::invalid(
+                "square side",
+                format!("{side} px is not a positive multiple of {f}"),
+            ));
+        }
+        self.square = Some(side);
+        Ok(self)
+    }
+
+    /// The image a prompt is made of: as given, or padded to the square
+    /// setting's side, with the processor that sizes it.
+    fn prompt_image(&self, image: &RgbImage) -> (RgbImage, ImageProcessor) {
+        match self.square {
+            None => (image.clone(), self.processor.clone()),
+            Some(side) => {
+                let pixels = (side * side) as usize;
+                let padded = expand_to_square(image, image::Rgb([127, 127, 127]));
+                let processor = ImageProcessor {
+                    min_pixels: pixels,
+                    max_pixels: pixels,
+                    ..self.processor.clone()
+                };
+                (padded, processor)
+            }
+        }
     }
 
     /// The model's device.
@@ -106,7 +146,15 @@ impl<B: Backend> QwenSession<B> {
 
     /// Preprocesses an image into patches on the device.
     pub fn patches(&self, image: &RgbImage) -> Result<(Patches, Tensor<B, 2>)> {
-        let p = self.processor.patches(image)?;
+        self.patches_with(&self.processor, image)
+    }
+
+    fn patches_with(
+        &self,
+        processor: &ImageProcessor,
+        image: &RgbImage,
+    ) -> Result<(Patches, Tensor<B, 2>)> {
+        let p = processor.patches(image)?;
         let per = self.model.config().vision.patch_values();
         let n = p.rows * p.cols;
         let t = Tensor::from_data(TensorData::new(p.values.clone(), [n, per]), &self.device());
@@ -117,7 +165,8 @@ impl<B: Backend> QwenSession<B> {
     /// image and merges it into the prompt embeddings.
     pub fn prepare(&self, image: &RgbImage, message: &str) -> Result<QwenPrepared<B>> {
         let prompt = self.tokenizer.render(message)?;
-        let (p, patches) = self.patches(image)?;
+        let (image, processor) = self.prompt_image(image);
+        let (p, patches) = self.patches_with(&processor, &image)?;
         let m = self.model.config().vision.spatial_merge_size;
         let grid = Grid::new(p.rows / m, p.cols / m)?;
         let ids = self.tokenizer.encode_prompt(&prompt, grid.len())?;

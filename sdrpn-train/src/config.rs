@@ -307,6 +307,19 @@ impl SdrpnConfig {
     /// Checks the config against a host with `layers` decoder layers of
     /// `heads` heads and a visual grid `grid`.
     pub fn validate(&self, layers: usize, heads: usize, grid: Grid) -> Result<()> {
+        self.validate_for_model(layers, heads)?;
+        if grid.rows < 2 || grid.cols < 2 {
+            return Err(TrainError::config(
+                "grid",
+                format!("{grid} is too small for RoI blurring"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`SdrpnConfig::validate`] for a host whose grid follows each image
+    /// (checked per prompt where it is used).
+    pub fn validate_for_model(&self, layers: usize, heads: usize) -> Result<()> {
         sdrpn_core::rpn::check_branch(self.rpn.branch_layer, self.rpn.twig_layers, layers)?;
         self.labels.grounding_heads.resolve(layers, heads)?;
         self.labels.sink_heads.resolve(layers, heads)?;
@@ -338,12 +351,6 @@ impl SdrpnConfig {
             if !ok {
                 return Err(TrainError::config(name, "is out of range"));
             }
-        }
-        if grid.rows < 2 || grid.cols < 2 {
-            return Err(TrainError::config(
-                "grid",
-                format!("{grid} is too small for RoI blurring"),
-            ));
         }
         Ok(())
     }

@@ -33,9 +33,12 @@ pub enum TrainError {
         /// Why.
         reason: String,
     },
-    /// An error of the host model.
+    /// An error of the LLaVA host or the loaders it shares.
     #[error(transparent)]
     Llava(#[from] LlavaError),
+    /// An error of any host model, described with its causes.
+    #[error("{0}")]
+    Host(String),
     /// An error of the method core.
     #[error(transparent)]
     Core(#[from] CoreError),
@@ -45,6 +48,11 @@ pub enum TrainError {
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 impl TrainError {
+    /// A host model's error (any host's error type), with its causes.
+    pub fn host(error: &dyn std::error::Error) -> Self {
+        TrainError::Host(describe(error))
+    }
+
     /// Shorthand for [`TrainError::Io`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TrainError::Io {

@@ -12,10 +12,10 @@ use crate::questions::{Question, ShardSpec};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor};
 use sdrpn_core::attention::AttentionAccumulator;
-use sdrpn_core::host::RpnHost;
+use sdrpn_core::host::AnswerOptions;
+use sdrpn_core::host::{HostPrompt, RpnHost};
 use sdrpn_core::readback::floats;
 use sdrpn_llava::preprocess::load_rgb;
-use sdrpn_llava::session::{AnswerOptions, LlavaSession};
 use std::path::{Path, PathBuf};
 
 /// What to label and where.
@@ -73,8 +73,8 @@ fn massive_map<B: Backend>(hidden: Tensor<B, 3>, dims: &[usize]) -> Result<Vec<f
 
 /// Labels one prepared question: `(A, S, massive, answer tokens, fed back)`,
 /// or the reason it cannot be labelled.
-fn label_one<B: Backend>(
-    session: &LlavaSession<B>,
+fn label_one<B: Backend, H: RpnHost<B>>(
+    session: &H,
     config: &SdrpnConfig,
     image: &Path,
     question: &Question,
@@ -86,21 +86,26 @@ fn label_one<B: Backend>(
     let prepared = session
         .prepare(&img, &question.text)
         .map_err(|e| describe(&e))?;
-    let (layers, heads, grid) = (session.num_layers(), session.num_heads(), session.grid());
+    let (layers, heads, grid) = (session.num_layers(), session.num_heads(), prepared.grid());
+    if Ok(grid) != session.label_grid().map_err(|e| describe(&e)) {
+        return Err(format!(
+            "the prompt's visual grid {grid} is not the labels' grid"
+        ));
+    }
     let device = session.device();
     let resolve =
         |h: &sdrpn_core::HeadSelection| h.resolve(layers, heads).map_err(|e| describe(&e));
     let mut maps = vec![
         AttentionAccumulator::new(
             resolve(&config.labels.grounding_heads)?,
-            prepared.visual.clone(),
+            prepared.visual(),
             grid,
             &device,
         )
         .map_err(|e| describe(&e))?,
         AttentionAccumulator::new(
             resolve(&config.labels.sink_heads)?,
-            prepared.visual.clone(),
+            prepared.visual(),
             grid,
             &device,
         )
@@ -148,7 +153,7 @@ fn label_one<B: Backend>(
         question_id: question.question_id.clone(),
         image: question.image.clone(),
         question: question.text.clone(),
-        prompt: session.options.template.render(&question.text),
+        prompt: prepared.text(),
         answer,
         answer_tokens: tapped.tokens.len(),
         fed_back: tapped.fed_back,
@@ -160,22 +165,25 @@ fn label_one<B: Backend>(
 
 /// Runs stage A for this worker's share of `job`, resuming where an earlier
 /// run stopped. `on_progress` is called after every sample.
-pub fn run_labelling<B: Backend>(
-    session: &LlavaSession<B>,
+pub fn run_labelling<B: Backend, H: RpnHost<B>>(
+    session: &H,
     config: &SdrpnConfig,
     job: &LabelJob,
     mut on_progress: impl FnMut(&LabelProgress, Option<(&str, &str)>),
 ) -> Result<LabelProgress> {
-    config.validate(session.num_layers(), session.num_heads(), session.grid())?;
+    let grid = session
+        .label_grid()
+        .map_err(|e| crate::error::TrainError::host(&e))?;
+    config.validate(session.num_layers(), session.num_heads(), grid)?;
     let _lock = crate::lock::FolderLock::acquire(&job.out, Some(&job.shard.tag()), "sdrpn label")?;
     job.shard.refuse_force(job.force)?;
     crate::provenance::check_label_folder(
         &job.out,
-        &crate::provenance::LabelProvenance::new(&session.fingerprint, config),
+        &crate::provenance::LabelProvenance::new(session.fingerprint(), config),
         job.force,
     )?;
     config.save(&job.out.join("config.toml"))?;
-    let mut writer = ShardWriter::open(&job.out, &job.shard.tag(), session.grid())?;
+    let mut writer = ShardWriter::open(&job.out, &job.shard.tag(), grid)?;
     let limit = job.limit.unwrap_or(usize::MAX);
     let mine: Vec<&Question> = job
         .questions

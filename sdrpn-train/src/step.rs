@@ -9,19 +9,21 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use sdrpn_core::denoise::{denoise, sinks_from_attention};
+use sdrpn_core::host::PrefixStates;
 use sdrpn_core::labels::{build_labels, LabelBatch, LabelConfig};
 use sdrpn_core::loss::LossKind;
 use sdrpn_core::Grid;
-use sdrpn_llava::host::LlavaRpn;
+use sdrpn_core::Positions;
+use sdrpn_llava::host::LlamaRpn;
 use std::fmt::Debug;
-use std::ops::Range;
 
 /// The frozen part of the host: prompt -> output of base layer K-1.
 pub trait PrefixSource<B: Backend>: Clone + Debug + Send + Sync + 'static {
-    /// Frozen-prefix states of one labelled sample: `[1, T, D]`, the query
-    /// position and the visual positions. Panics with the sample id when
-    /// its image can no longer be read (images are checked before training).
-    fn prefix(&self, record: &LabelRecord) -> (Tensor<B, 3>, usize, Range<usize>);
+    /// Frozen-prefix states of one labelled sample (`[1, T, D]`, rotary
+    /// positions, the query position and the visual positions). Panics with
+    /// the sample id when its image can no longer be read (images are
+    /// checked before training).
+    fn prefix(&self, record: &LabelRecord) -> PrefixStates<B>;
     /// The visual grid.
     fn grid(&self) -> Grid;
 }
@@ -61,6 +63,8 @@ impl StepSettings {
 pub struct BatchInputs<B: Backend> {
     /// Frozen-prefix states, right-padded, `[N, T, D]`.
     pub hidden: Tensor<B, 3>,
+    /// Their rotary positions (padding continues each sample's).
+    pub positions: Positions,
     /// Query positions `[N]`.
     pub query: Tensor<B, 1, Int>,
     /// Visual positions `[N, P]`.
@@ -97,12 +101,13 @@ pub fn batch_inputs<C: Backend, B: Backend>(
     let prefixes: Vec<_> = batch.records.iter().map(|r| source.prefix(r)).collect();
     let t_max = prefixes
         .iter()
-        .map(|(h, _, _)| h.dims()[1])
+        .map(|s| s.hidden.dims()[1])
         .max()
         .unwrap_or(0);
     let padded: Vec<Tensor<C, 3>> = prefixes
         .iter()
-        .map(|(h, _, _)| {
+        .map(|s| {
+            let h = &s.hidden;
             let [n, t, d] = h.dims();
             if t == t_max {
                 h.clone()
@@ -115,15 +120,22 @@ pub fn batch_inputs<C: Backend, B: Backend>(
         })
         .collect();
     let n = prefixes.len();
-    let query: Vec<i64> = prefixes.iter().map(|(_, q, _)| *q as i64).collect();
-    let p = prefixes[0].2.len();
+    let query: Vec<i64> = prefixes.iter().map(|s| s.query as i64).collect();
+    let p = prefixes[0].visual.len();
     let visual: Vec<i64> = prefixes
         .iter()
-        .flat_map(|(_, _, v)| v.clone().map(|i| i as i64))
+        .flat_map(|s| s.visual.clone().map(|i| i as i64))
         .collect();
+    let axes = match &prefixes[0].positions {
+        Positions::Axes(samples) => samples[0].len(),
+        Positions::Sequential { .. } => 1,
+    };
+    let per_sample: Vec<Positions> = prefixes.iter().map(|s| s.positions.clone()).collect();
+    let positions = Positions::batch(&per_sample, t_max, axes);
     let records = &batch.records;
     BatchInputs {
         hidden: lift(Tensor::cat(padded, 0)),
+        positions,
         query: Tensor::from_data(TensorData::new(query, [n]), device),
         visual: Tensor::from_data(TensorData::new(visual, [n, p]), device),
         grounding: rows(records, |r| &r.grounding, device),
@@ -202,7 +214,7 @@ pub struct StepResult<B: Backend> {
 
 /// Runs the RPN on a batch and scores it.
 pub fn run_step<B: Backend>(
-    rpn: &LlavaRpn<B>,
+    rpn: &LlamaRpn<B>,
     settings: &StepSettings,
     grid: Grid,
     inputs: BatchInputs<B>,
@@ -210,9 +222,12 @@ pub fn run_step<B: Backend>(
     let clean = denoised(&inputs, &settings.sink);
     let labels = build_labels(clean.clone(), grid, &settings.labels)
         .expect("label maps are checked before training");
-    let [_, t, _] = inputs.hidden.dims();
-    let positions = sdrpn_core::Positions::prefix(t);
-    let logits = rpn.forward(inputs.hidden, &positions, inputs.query, inputs.visual);
+    let logits = rpn.forward(
+        inputs.hidden,
+        &inputs.positions,
+        inputs.query,
+        inputs.visual,
+    );
     let loss = match settings.loss {
         LossKind::Mse => {
             // Target: the denoised map normalised by its maximum; every token

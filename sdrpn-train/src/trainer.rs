@@ -10,7 +10,7 @@
 
 use crate::config::{SdrpnConfig, SinkRule};
 use crate::dataset::{split_records, EpochLoader, RecordBatch};
-use crate::error::{write_atomic, Result, TrainError};
+use crate::error::{describe, write_atomic, Result, TrainError};
 use crate::label_store::LabelRecord;
 use crate::provenance::RunProvenance;
 use crate::step::{batch_inputs, confusion, run_step, PrefixSource, StepSettings};
@@ -36,60 +36,96 @@ use burn::train::renderer::{
 use burn::train::{
     InferenceStep, Interrupter, Learner, LearnerSummary, SupervisedTraining, TrainOutput, TrainStep,
 };
+use sdrpn_core::host::PrefixStates;
 use sdrpn_core::host::RpnHost;
 use sdrpn_core::Grid;
-use sdrpn_llava::host::LlavaRpn;
+use sdrpn_llava::host::LlamaRpn;
+use sdrpn_llava::llama::LlamaDecoderLayer;
+use sdrpn_llava::nn::RmsNorm;
 use sdrpn_llava::preprocess::load_rgb;
-use sdrpn_llava::session::LlavaSession;
 use serde::Serialize;
 use std::fmt::Debug;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The frozen LLaVA prefix of labelled samples (images under `images`).
-#[derive(Clone)]
-pub struct LlavaPrefix<B: Backend> {
-    session: Arc<LlavaSession<B>>,
-    images: PathBuf,
-    branch: usize,
+/// A host the trainer can train an RPN for: the method's trait with a
+/// LLaMA-family decoder (the twig layers are trained on the autodiff
+/// backend, which needs their concrete type; LLaVA and Qwen2.5-VL both
+/// qualify), shared with the data loader's threads.
+pub trait TrainHost<B: Backend>:
+    RpnHost<B, Layer = LlamaDecoderLayer<B>, Norm = RmsNorm<B>> + Send + Sync + 'static
+{
 }
 
-impl<B: Backend> Debug for LlavaPrefix<B> {
+impl<B: Backend, H> TrainHost<B> for H where
+    H: RpnHost<B, Layer = LlamaDecoderLayer<B>, Norm = RmsNorm<B>> + Send + Sync + 'static
+{
+}
+
+/// The frozen prefix of labelled samples (images under `images`) on a host.
+pub struct HostPrefix<B: Backend, H> {
+    session: Arc<H>,
+    images: PathBuf,
+    branch: usize,
+    grid: Grid,
+    backend: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<B: Backend, H> Clone for HostPrefix<B, H> {
+    fn clone(&self) -> Self {
+        Self {
+            session: self.session.clone(),
+            images: self.images.clone(),
+            branch: self.branch,
+            grid: self.grid,
+            backend: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<B: Backend, H> Debug for HostPrefix<B, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "LlavaPrefix(K={}, images={})",
+            "HostPrefix(K={}, grid={}, images={})",
             self.branch,
+            self.grid,
             self.images.display()
         )
     }
 }
 
-impl<B: Backend> LlavaPrefix<B> {
-    /// The frozen prefix to layer `branch` of `session`.
-    pub fn new(session: Arc<LlavaSession<B>>, images: PathBuf, branch: usize) -> Self {
-        Self {
+impl<B: Backend, H: TrainHost<B>> HostPrefix<B, H> {
+    /// The frozen prefix to layer `branch` of `session`, on its label grid.
+    pub fn new(session: Arc<H>, images: PathBuf, branch: usize) -> Result<Self> {
+        let grid = session.label_grid().map_err(|e| TrainError::host(&e))?;
+        Ok(Self {
             session,
             images,
             branch,
-        }
+            grid,
+            backend: std::marker::PhantomData,
+        })
     }
 }
 
-impl<B: Backend> PrefixSource<B> for LlavaPrefix<B> {
-    fn prefix(&self, record: &LabelRecord) -> (Tensor<B, 3>, usize, Range<usize>) {
-        let run = || -> sdrpn_llava::Result<_> {
-            let image = load_rgb(&self.images.join(&record.image))?;
-            let prepared = self.session.prepare(&image, &record.question)?;
-            let p = self.session.frozen_prefix(&prepared, self.branch)?;
-            Ok((p.hidden, p.query, p.visual))
+impl<B: Backend, H: TrainHost<B>> PrefixSource<B> for HostPrefix<B, H> {
+    fn prefix(&self, record: &LabelRecord) -> PrefixStates<B> {
+        let run = || -> std::result::Result<PrefixStates<B>, String> {
+            let image = load_rgb(&self.images.join(&record.image)).map_err(|e| describe(&e))?;
+            let prepared = self
+                .session
+                .prepare(&image, &record.question)
+                .map_err(|e| describe(&e))?;
+            self.session
+                .frozen_prefix(&prepared, self.branch)
+                .map_err(|e| describe(&e))
         };
         run().unwrap_or_else(|e| panic!("sample {}: {e}", record.question_id))
     }
 
     fn grid(&self) -> Grid {
-        self.session.grid()
+        self.grid
     }
 }
 
@@ -97,7 +133,7 @@ impl<B: Backend> PrefixSource<B> for LlavaPrefix<B> {
 #[derive(Module, Debug)]
 pub struct RpnLearner<B: Backend, H: Clone + Debug + Send + Sync + 'static> {
     /// The RPN being trained.
-    pub rpn: LlavaRpn<B>,
+    pub rpn: LlamaRpn<B>,
     #[module(skip)]
     source: H,
     #[module(skip)]
@@ -604,9 +640,9 @@ pub fn check_records(
 }
 
 /// A training run to do.
-pub struct TrainRequest<'a, B: Backend> {
+pub struct TrainRequest<'a, H> {
     /// The host model (frozen).
-    pub session: Arc<LlavaSession<B>>,
+    pub session: Arc<H>,
     /// Labelled samples.
     pub records: Vec<LabelRecord>,
     /// Folder the records' image paths are relative to.
@@ -681,8 +717,8 @@ impl<R: MetricsRenderer> MetricsRenderer for StopAfter<R> {
 ///
 /// With `resume`, the run continues from its last checkpoint and ends where
 /// an uninterrupted run would (same data order, optimiser and schedule state).
-pub fn train_rpn<B: Backend>(
-    request: TrainRequest<B>,
+pub fn train_rpn<B: Backend, H: TrainHost<B>>(
+    request: TrainRequest<H>,
     renderer: impl MetricsRenderer + 'static,
 ) -> Result<TrainReport> {
     let TrainRequest {
@@ -698,7 +734,7 @@ pub fn train_rpn<B: Backend>(
         dir: run_dir.to_path_buf(),
     };
     let _lock = crate::lock::FolderLock::acquire(run_dir, None, "sdrpn train")?;
-    let grid = session.grid();
+    let grid = session.label_grid().map_err(|e| TrainError::host(&e))?;
     config.validate(session.num_layers(), session.num_heads(), grid)?;
     check_records(&records, grid, config, images)?;
     if resume {
@@ -733,7 +769,7 @@ pub fn train_rpn<B: Backend>(
     };
     let made_from = RunProvenance {
         program: crate::provenance::program(),
-        model: session.fingerprint.clone(),
+        model: session.fingerprint().clone(),
         labels: records_hash(&records),
     };
     if resume {
@@ -772,10 +808,12 @@ pub fn train_rpn<B: Backend>(
     let warmup = (train.warmup_ratio * total as f64).ceil() as usize;
 
     type AB<B> = burn::backend::Autodiff<B>;
-    let rpn = session.init_rpn(config.rpn.branch_layer, config.rpn.twig_layers)?;
+    let rpn = session
+        .init_rpn(config.rpn.branch_layer, config.rpn.twig_layers)
+        .map_err(|e| TrainError::host(&e))?;
     let parameters = rpn.num_params();
-    let source = LlavaPrefix::new(session, images.to_path_buf(), config.rpn.branch_layer);
-    let model = RpnLearner::<AB<B>, LlavaPrefix<B>> {
+    let source = HostPrefix::new(session, images.to_path_buf(), config.rpn.branch_layer)?;
+    let model = RpnLearner::<AB<B>, HostPrefix<B, H>> {
         rpn: rpn.train::<AB<B>>().map(&mut Trainable),
         source,
         settings: StepSettings::of(config),
@@ -785,7 +823,7 @@ pub fn train_rpn<B: Backend>(
         .with_beta_2(train.beta2 as f32)
         .with_epsilon(train.epsilon as f32)
         .with_weight_decay(train.weight_decay as f32)
-        .init::<AB<B>, RpnLearner<AB<B>, LlavaPrefix<B>>>();
+        .init::<AB<B>, RpnLearner<AB<B>, HostPrefix<B, H>>>();
     let scheduler = WarmupCosine::new(train.lr, warmup, total);
     let loader_train = Arc::new(EpochLoader::<AB<B>>::new(
         train_set,
@@ -921,7 +959,7 @@ fn read_metrics(artifacts: &Path, epochs: usize) -> Vec<EpochMetrics> {
 }
 
 /// Saves an RPN's parameters (all of them trainable) to safetensors.
-pub fn save_rpn<B: Backend>(rpn: &LlavaRpn<B>, path: &Path) -> Result<()> {
+pub fn save_rpn<B: Backend>(rpn: &LlamaRpn<B>, path: &Path) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
     rpn.save_into(&mut store)
@@ -954,18 +992,20 @@ pub fn rpn_fingerprint(run_dir: &Path) -> Result<String> {
 /// geometry (the RPN is built from the host, then overwritten). An RPN
 /// trained on another model is refused, or with `force` used with a warning
 /// (never one trained for another visual grid).
-pub fn load_rpn<B: Backend>(
-    session: &LlavaSession<B>,
+pub fn load_rpn<B: Backend, H: TrainHost<B>>(
+    session: &H,
     run_dir: &Path,
     force: bool,
-) -> Result<(SdrpnConfig, LlavaRpn<B>)> {
+) -> Result<(SdrpnConfig, LlamaRpn<B>)> {
     let paths = RunPaths {
         dir: run_dir.to_path_buf(),
     };
-    crate::provenance::check_rpn_model(run_dir, &session.fingerprint, force)?;
+    crate::provenance::check_rpn_model(run_dir, session.fingerprint(), force)?;
     let config = SdrpnConfig::load(&paths.config())?;
-    config.validate(session.num_layers(), session.num_heads(), session.grid())?;
-    let mut rpn = session.init_rpn(config.rpn.branch_layer, config.rpn.twig_layers)?;
+    config.validate_for_model(session.num_layers(), session.num_heads())?;
+    let mut rpn = session
+        .init_rpn(config.rpn.branch_layer, config.rpn.twig_layers)
+        .map_err(|e| TrainError::host(&e))?;
     let file = paths.rpn();
     if !file.is_file() {
         return Err(TrainError::format(

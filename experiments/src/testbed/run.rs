@@ -333,7 +333,7 @@ fn label_and_train<B: Backend>(
         shard_size: 64,
         force: true,
     };
-    run_labelling(session, method, &job, |_, _| {})?;
+    run_labelling(session.as_ref(), method, &job, |_, _| {})?;
     let rpn_dir = out.join("rpn");
     crate::experiment::train_or_reuse(
         session,
@@ -498,7 +498,7 @@ pub fn run_testbed<B: Backend>(
     method.save(&out.join("method.toml"))?;
     let rpn_dir = label_and_train(&session, &method, &splits.train.1, out, log)?;
     let (precision, recall, rejected) = label_quality(&session, &method, &splits.train.0, out)?;
-    let (config, rpn) = load_rpn(&session, &rpn_dir, false)?;
+    let (config, rpn) = load_rpn(session.as_ref(), &rpn_dir, false)?;
 
     let loaded = load_samples(
         Benchmark::TextVqa,

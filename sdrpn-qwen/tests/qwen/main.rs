@@ -4,6 +4,7 @@
 
 mod loading;
 mod parity;
+mod pipeline;
 mod support;
 mod two_pass;
 mod wgpu;

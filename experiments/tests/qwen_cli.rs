@@ -112,3 +112,97 @@ fn an_unknown_model_type_is_refused_by_name() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn label_train_and_infer_run_on_a_qwen_checkpoint() {
+    let model = fixtures().join("tiny-qwen");
+    let images = fixtures().join("images");
+    let dir = std::env::temp_dir().join(format!("sdrpn-qwen-pipeline-cli-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let names = ["wide.png", "tall.png", "big.png"];
+    let lines: String = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"question_id\": {i}, \"image\": \"{}\", \"text\": \"What is in the picture?\"}}\n",
+                names[i % 3]
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("questions.jsonl"), lines).unwrap();
+    let sdrpn = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sdrpn {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (m, labels, run) = (
+        path(&model),
+        path(&dir.join("labels")),
+        path(&dir.join("run")),
+    );
+    let printed = sdrpn(&[
+        "label",
+        "--model",
+        &m,
+        "--questions",
+        &path(&dir.join("questions.jsonl")),
+        "--images",
+        &path(&images),
+        "--out",
+        &labels,
+        "--preset",
+        "tiny",
+        "--qwen-square",
+        "168",
+    ]);
+    assert!(printed.contains("6 labelled and 0 skipped"), "{printed}");
+    let printed = sdrpn(&[
+        "train",
+        "--model",
+        &m,
+        "--labels",
+        &labels,
+        "--out",
+        &run,
+        "--epochs",
+        "2",
+        "--holdout",
+        "2",
+        "--batch",
+        "2",
+        "--qwen-square",
+        "168",
+    ]);
+    assert!(printed.contains("epoch 2"), "{printed}");
+    let printed = sdrpn(&[
+        "infer",
+        "--model",
+        &m,
+        "--rpn",
+        &run,
+        "--image",
+        &path(&images.join("big.png")),
+        "--question",
+        "What is in the picture?",
+        "--json",
+        "--max-new-tokens",
+        "3",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let map = json["roi_map"].as_array().unwrap();
+    assert_eq!(
+        (map.len(), map[0].as_array().unwrap().len()),
+        (5, 9),
+        "the image's own grid"
+    );
+    assert!(json["answer"].is_string());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -146,7 +146,7 @@ pub trait RpnHost<B: Backend> {
     /// A prepared prompt: tokens plus image features, ready for a forward pass.
     type Prompt: HostPrompt<B>;
     /// The host's error type; method errors convert into it.
-    type Error: std::error::Error + From<CoreError>;
+    type Error: std::error::Error + From<CoreError> + Send + Sync + 'static;
 
     /// Number of decoder layers of the language model.
     fn num_layers(&self) -> usize;

@@ -110,6 +110,7 @@ impl BackendJob for DemoArgs {
             max_new_tokens: None,
             shard_size: 16,
             force: false,
+            qwen_square: super::host::QWEN_LABEL_SIDE,
             method: method.clone(),
             device: self.device.clone(),
         }
@@ -139,6 +140,7 @@ impl BackendJob for DemoArgs {
             stop_after_epoch: None,
             // A rerun of the demo trains again from the start.
             force: true,
+            qwen_square: super::host::QWEN_LABEL_SIDE,
             method: MethodArgs::default(),
             device: self.device.clone(),
         }
@@ -158,7 +160,7 @@ impl BackendJob for DemoArgs {
         let image = out.join("test.png");
         img.save(&image)?;
         let heatmap = out.join("heatmap.png");
-        let (answer, _, _) = InferArgs {
+        let (answer, _) = InferArgs {
             model,
             rpn: run,
             image: image.clone(),

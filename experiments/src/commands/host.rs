@@ -61,3 +61,47 @@ mod tests {
         assert!(e.contains("config.json"), "{e}");
     }
 }
+
+/// Work to do with a loaded host, whichever kind it is.
+pub trait HostJob<B: burn::tensor::backend::Backend> {
+    /// What the job returns.
+    type Output;
+    /// Runs the job on `host`.
+    fn run<H: sdrpn_train::trainer::TrainHost<B>>(self, host: H) -> anyhow::Result<Self::Output>;
+}
+
+/// How Qwen2.5-VL prompts are sized: at each image's own resolution
+/// (evaluation, inference), or padded to a square of this side (labelling
+/// and training, as the reference does; LLaVA ignores it).
+pub type QwenSquare = Option<u32>;
+
+/// The side of the square the reference labels and trains Qwen2.5-VL on
+/// (576 tokens: `make_pseudo_label_natural.py:58-71`).
+pub const QWEN_LABEL_SIDE: u32 = 672;
+
+/// Loads the host of the checkpoint in `model` (LLaVA with `prompt`,
+/// Qwen2.5-VL with `qwen_square`) and runs `job` on it.
+pub fn with_host<B: burn::tensor::backend::Backend, J: HostJob<B>>(
+    model: &Path,
+    device: &B::Device,
+    prompt: sdrpn_llava::session::PromptOptions,
+    qwen_square: QwenSquare,
+    job: J,
+) -> anyhow::Result<J::Output> {
+    let context = || format!("cannot load the model in {}", model.display());
+    match HostKind::of(model)? {
+        HostKind::Llava => {
+            let session = sdrpn_llava::session::LlavaSession::<B>::load(model, device, prompt)
+                .with_context(context)?;
+            job.run(session)
+        }
+        HostKind::Qwen => {
+            let mut session =
+                sdrpn_qwen::QwenSession::<B>::load(model, device).with_context(context)?;
+            if let Some(side) = qwen_square {
+                session = session.with_square(side)?;
+            }
+            job.run(session)
+        }
+    }
+}

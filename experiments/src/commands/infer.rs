@@ -1,13 +1,14 @@
 //! `sdrpn infer`: stage C, two-pass answering with the trained RPN.
 
 use super::common::DeviceArgs;
+use super::host::{with_host, HostJob, HostKind};
 use crate::heatmap;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
 use sdrpn_core::backend::BackendJob;
+use sdrpn_core::host::{AnswerOptions, HostPrompt};
 use sdrpn_llava::preprocess::load_rgb;
-use sdrpn_llava::session::{AnswerOptions, LlavaSession};
 use sdrpn_train::trainer::load_rpn;
 use sdrpn_train::two_pass::TwoPass;
 use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput};
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 /// Arguments of `sdrpn infer`.
 #[derive(Debug, Clone, Args)]
 pub struct InferArgs {
-    /// llava-hf checkpoint folder
+    /// Checkpoint folder: llava-hf LLaVA-1.5 or HF Qwen2.5-VL (by config.json's model_type)
     #[arg(long)]
     pub model: PathBuf,
     /// Run folder written by `sdrpn train` (holds the RPN and its config)
@@ -51,36 +52,68 @@ pub struct InferArgs {
 }
 
 impl BackendJob for InferArgs {
-    type Output = anyhow::Result<(
-        TwoPassOutput,
-        sdrpn_core::Grid,
-        sdrpn_llava::preprocess::ImageMode,
-    )>;
+    type Output = anyhow::Result<(TwoPassOutput, sdrpn_core::Grid)>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         if let Some(t) = self.threshold {
             sdrpn_core::roi::check_threshold(t)?;
         }
         if let Some(path) = &self.heatmap {
+            if HostKind::of(&self.model)? == HostKind::Qwen {
+                anyhow::bail!("--heatmap draws LLaVA's square input only; it is not available for Qwen2.5-VL yet (use --json for the map)");
+            }
             heatmap::check_writable(path)?;
         }
         let image = load_rgb(&self.image)?;
         let run_config = sdrpn_train::SdrpnConfig::load(&self.rpn.join("config.toml"))
             .with_context(|| format!("{} is not a `sdrpn train` run", self.rpn.display()))?;
-        let session = LlavaSession::<B>::load(&self.model, &device, run_config.prompt)
-            .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
+        let (model, prompt) = (self.model.clone(), run_config.prompt);
+        // Qwen2.5-VL answers at each image's own resolution (None), as the
+        // reference evaluates.
+        with_host::<B, _>(
+            &model,
+            &device,
+            prompt,
+            None,
+            Inference {
+                args: self,
+                image,
+                run_config,
+            },
+        )
+    }
+}
+
+/// Two-pass answering on a loaded host.
+struct Inference {
+    args: InferArgs,
+    image: image::RgbImage,
+    run_config: sdrpn_train::SdrpnConfig,
+}
+
+impl<B: Backend> HostJob<B> for Inference {
+    type Output = (TwoPassOutput, sdrpn_core::Grid);
+    fn run<H: sdrpn_train::trainer::TrainHost<B>>(
+        self,
+        session: H,
+    ) -> anyhow::Result<(TwoPassOutput, sdrpn_core::Grid)> {
+        let (args, image) = (&self.args, &self.image);
         let mut answer = AnswerOptions {
-            max_new_tokens: run_config.inference.max_new_tokens,
+            max_new_tokens: self.run_config.inference.max_new_tokens,
             stop_strings: Vec::new(),
         };
-        if let Some(n) = self.max_new_tokens {
+        if let Some(n) = args.max_new_tokens {
             answer.max_new_tokens = n;
         }
-        let out = if self.no_roi {
-            session.answer_baseline(&image, &self.question, &answer)?
+        let grid = session
+            .prepare(image, &args.question)
+            .map_err(|e| anyhow::anyhow!(sdrpn_train::error::describe(&e)))?
+            .grid();
+        let out = if args.no_roi {
+            session.answer_baseline(image, &args.question, &answer)?
         } else {
-            let (config, rpn) = load_rpn(&session, &self.rpn, self.force)?;
+            let (config, rpn) = load_rpn(&session, &args.rpn, args.force)?;
             let mut roi = config.inference.roi.clone();
-            if let Some(t) = self.threshold {
+            if let Some(t) = args.threshold {
                 roi.threshold = t;
             }
             let options = TwoPassOptions {
@@ -89,28 +122,28 @@ impl BackendJob for InferArgs {
                 answer,
                 reuse_prefix_cache: config.inference.reuse_prefix_cache,
             };
-            session.answer_with_roi(&rpn, &image, &self.question, &options)?
+            session.answer_with_roi(&rpn, image, &args.question, &options)?
         };
-        if let Some(path) = &self.heatmap {
+        if let Some(path) = &args.heatmap {
             let drawn = heatmap::render(
-                &image,
+                image,
                 &out.roi_map,
-                session.grid(),
-                session.options.image_mode,
+                grid,
+                self.run_config.prompt.image_mode,
                 out.crop,
             );
             drawn
                 .save(path)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        Ok((out, session.grid(), session.options.image_mode))
+        Ok((out, grid))
     }
 }
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let device = args.device.clone();
     let json = args.json;
-    let (out, grid, _) = device.run(args)?;
+    let (out, grid) = device.run(args)?;
     if json {
         let map: Vec<Vec<f32>> = if out.roi_map.is_empty() {
             Vec::new()

@@ -1,12 +1,12 @@
 //! `sdrpn label`: stage A, pseudo-label maps from the frozen model's attention.
 
 use super::common::{preset_for_model, DeviceArgs, MethodArgs};
+use super::host::{with_host, HostJob, QWEN_LABEL_SIDE};
 use crate::progress::bar;
 use anyhow::{bail, Context};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use sdrpn_core::backend::BackendJob;
-use sdrpn_llava::session::LlavaSession;
 use sdrpn_train::label::{run_labelling, LabelJob, LabelProgress};
 use sdrpn_train::questions::{read_questions, ShardSpec};
 use sdrpn_train::SdrpnConfig;
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Arguments of `sdrpn label`.
 #[derive(Debug, Clone, Args)]
 pub struct LabelArgs {
-    /// llava-hf checkpoint folder
+    /// Checkpoint folder: llava-hf LLaVA-1.5 or HF Qwen2.5-VL (by config.json's model_type)
     #[arg(long)]
     pub model: PathBuf,
     /// LLaVA-style question file (jsonl: question_id, image, text)
@@ -43,6 +43,10 @@ pub struct LabelArgs {
     /// discard them and label afresh (instead of refusing)
     #[arg(long)]
     pub force: bool,
+    /// Qwen2.5-VL: side in pixels of the square every image is padded to
+    /// (grey) and resized to for labelling; `sdrpn train` must use the same
+    #[arg(long, default_value_t = QWEN_LABEL_SIDE)]
+    pub qwen_square: u32,
     #[command(flatten)]
     pub method: MethodArgs,
     #[command(flatten)]
@@ -127,8 +131,6 @@ impl BackendJob for LabelArgs {
                 b.reason
             );
         }
-        let session = LlavaSession::<B>::load(&self.model, &device, config.prompt)
-            .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
         write_source(&self.out, &self.images)?;
         let job = LabelJob {
             questions,
@@ -139,8 +141,32 @@ impl BackendJob for LabelArgs {
             shard_size: self.shard_size,
             force: self.force,
         };
+        let prompt = config.prompt;
+        let square = Some(self.qwen_square);
+        with_host::<B, _>(
+            &self.model,
+            &device,
+            prompt,
+            square,
+            Labelling { config, job },
+        )
+    }
+}
+
+/// Labelling on a loaded host.
+struct Labelling {
+    config: SdrpnConfig,
+    job: LabelJob,
+}
+
+impl<B: Backend> HostJob<B> for Labelling {
+    type Output = LabelProgress;
+    fn run<H: sdrpn_train::trainer::TrainHost<B>>(
+        self,
+        session: H,
+    ) -> anyhow::Result<LabelProgress> {
         let progress = bar(0, "labelling");
-        let summary = run_labelling(&session, &config, &job, |p, skipped| {
+        let summary = run_labelling(&session, &self.config, &self.job, |p, skipped| {
             if progress.length() == Some(0) {
                 progress.set_length((p.total - p.resumed) as u64);
             }

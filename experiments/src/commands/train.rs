@@ -1,13 +1,13 @@
 //! `sdrpn train`: stage B, the RPN trained on the labels with burn-train.
 
 use super::common::{DeviceArgs, MethodArgs};
+use super::host::{with_host, HostJob, QWEN_LABEL_SIDE};
 use super::label::read_source;
 use crate::progress::TrainBar;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
 use sdrpn_core::backend::BackendJob;
-use sdrpn_llava::session::LlavaSession;
 use sdrpn_train::label_store::read_labels;
 use sdrpn_train::trainer::{train_rpn, TrainReport, TrainRequest};
 use sdrpn_train::SdrpnConfig;
@@ -17,9 +17,13 @@ use std::sync::Arc;
 /// Arguments of `sdrpn train`.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
-    /// llava-hf checkpoint folder (the same model that labelled)
+    /// Checkpoint folder (the same model that labelled): llava-hf LLaVA-1.5
+    /// or HF Qwen2.5-VL (by config.json's model_type)
     #[arg(long)]
     pub model: PathBuf,
+    /// Qwen2.5-VL: the square side the labels were made at (`sdrpn label --qwen-square`)
+    #[arg(long, default_value_t = QWEN_LABEL_SIDE)]
+    pub qwen_square: u32,
     /// Label folder written by `sdrpn label`
     #[arg(long)]
     pub labels: PathBuf,
@@ -121,13 +125,6 @@ impl BackendJob for TrainArgs {
             None => read_source(&self.labels)?,
         };
         let (_, records) = read_labels(&self.labels)?;
-        let session = LlavaSession::<B>::load(&self.model, &device, config.prompt)
-            .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
-        sdrpn_train::provenance::check_labels_model(
-            &self.labels,
-            &session.fingerprint,
-            self.force,
-        )?;
         let paths = sdrpn_train::trainer::RunPaths {
             dir: self.out.clone(),
         };
@@ -142,14 +139,42 @@ impl BackendJob for TrainArgs {
             ),
             _ => {}
         }
+        let (model, prompt, square) = (self.model.clone(), config.prompt, Some(self.qwen_square));
+        let training = Training {
+            args: self,
+            config,
+            images,
+            records,
+        };
+        with_host::<B, _>(&model, &device, prompt, square, training)
+    }
+}
+
+/// Training on a loaded host.
+struct Training {
+    args: TrainArgs,
+    config: SdrpnConfig,
+    images: PathBuf,
+    records: Vec<sdrpn_train::label_store::LabelRecord>,
+}
+
+impl<B: Backend> HostJob<B> for Training {
+    type Output = TrainReport;
+    fn run<H: sdrpn_train::trainer::TrainHost<B>>(self, session: H) -> anyhow::Result<TrainReport> {
+        let args = &self.args;
+        sdrpn_train::provenance::check_labels_model(
+            &args.labels,
+            session.fingerprint(),
+            args.force,
+        )?;
         let request = TrainRequest {
             session: Arc::new(session),
-            records,
-            images: &images,
-            config: &config,
-            run_dir: &self.out,
-            resume: self.resume,
-            stop_after_epoch: self.stop_after_epoch,
+            records: self.records,
+            images: &self.images,
+            config: &self.config,
+            run_dir: &args.out,
+            resume: args.resume,
+            stop_after_epoch: args.stop_after_epoch,
         };
         Ok(train_rpn(request, TrainBar::new())?)
     }

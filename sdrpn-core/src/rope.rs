@@ -1,5 +1,5 @@
-//! Rotary position embedding as HF computes it (`x * cos + rotate_half(x)
-//! * sin`, tables in f32), for 1-D positions (LLaMA) and Qwen2.5-VL's
+//! Rotary position embedding as HF computes it (`x cos + rotate_half(x)
+//! sin`, tables in f32), for 1-D positions (LLaMA) and Qwen2.5-VL's
 //! multimodal sections. Host decoders and the RPN head share it.
 
 use crate::positions::Positions;

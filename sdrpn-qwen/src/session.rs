@@ -111,7 +111,7 @@ impl<B: Backend> QwenSession<B> {
     /// (a multiple of 28), see [`QwenSession::square`].
     pub fn with_square(mut self, side: u32) -> Result<Self> {
         let f = self.processor.factor() as u32;
-        if side == 0 || side % f != 0 {
+        if side == 0 || !side.is_multiple_of(f) {
             return Err(QwenError::invalid(
                 "square side",
                 format!("{side} px is not a positive multiple of {f}"),

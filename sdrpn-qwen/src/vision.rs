@@ -74,7 +74,7 @@ impl<B: Backend> AttentionPlan<B> {
     }
 
     /// `[S, C]` -> `[W, L, C]` (padding rows zero).
-    fn to_windows(&self, x: Tensor<B, 2>) -> Tensor<B, 3> {
+    fn windowed(&self, x: Tensor<B, 2>) -> Tensor<B, 3> {
         let [_, c] = x.dims();
         let padded = Tensor::cat(vec![x.clone(), Tensor::zeros([1, c], &x.device())], 0);
         padded
@@ -83,7 +83,7 @@ impl<B: Backend> AttentionPlan<B> {
     }
 
     /// `[W, L, C]` -> `[S, C]` (padding rows dropped).
-    fn from_windows(&self, x: Tensor<B, 3>) -> Tensor<B, 2> {
+    fn unwindowed(&self, x: Tensor<B, 3>) -> Tensor<B, 2> {
         let [w, l, c] = x.dims();
         x.reshape([w * l, c]).select(0, self.scatter.clone())
     }
@@ -140,7 +140,7 @@ impl<B: Backend> VisionAttention<B> {
         let k = rotate(qkv.clone().slice([0..s, d..2 * d]));
         let v = qkv.slice([0..s, 2 * d..3 * d]);
         let heads = |t: Tensor<B, 2>| {
-            plan.to_windows(t)
+            plan.windowed(t)
                 .reshape([plan.windows, plan.slots, h, hd])
                 .swap_dims(1, 2)
         };
@@ -151,7 +151,7 @@ impl<B: Backend> VisionAttention<B> {
         }
         let probs = softmax(scores.cast(DType::F32), 3).cast(dtype);
         let out = merge_heads(probs.matmul(v));
-        self.proj.forward(plan.from_windows(out))
+        self.proj.forward(plan.unwindowed(out))
     }
 }
 
@@ -280,7 +280,7 @@ impl<B: Backend> QwenVisionTower<B> {
     pub fn pass(&self, rows: usize, cols: usize, device: &B::Device) -> Result<VisionPass<B>> {
         let cfg = &self.config;
         let m = cfg.spatial_merge_size;
-        if rows == 0 || cols == 0 || rows % m != 0 || cols % m != 0 {
+        if rows == 0 || cols == 0 || !rows.is_multiple_of(m) || !cols.is_multiple_of(m) {
             return Err(QwenError::invalid(
                 "image grid",
                 format!("{rows}x{cols} patches is not a positive multiple of the merge size {m}"),

@@ -40,28 +40,6 @@ impl HostKind {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_host_comes_from_model_type() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        assert_eq!(
-            HostKind::of(&root.join("sdrpn-llava/tests/fixtures/tiny-llava")).unwrap(),
-            HostKind::Llava
-        );
-        assert_eq!(
-            HostKind::of(&root.join("sdrpn-qwen/tests/fixtures/tiny-qwen-tied")).unwrap(),
-            HostKind::Qwen
-        );
-        let e = HostKind::of(&root.join("no-such-dir"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("config.json"), "{e}");
-    }
-}
-
 /// Work to do with a loaded host, whichever kind it is.
 pub trait HostJob<B: burn::tensor::backend::Backend> {
     /// What the job returns.
@@ -103,5 +81,27 @@ pub fn with_host<B: burn::tensor::backend::Backend, J: HostJob<B>>(
             }
             job.run(session)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_comes_from_model_type() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        assert_eq!(
+            HostKind::of(&root.join("sdrpn-llava/tests/fixtures/tiny-llava")).unwrap(),
+            HostKind::Llava
+        );
+        assert_eq!(
+            HostKind::of(&root.join("sdrpn-qwen/tests/fixtures/tiny-qwen-tied")).unwrap(),
+            HostKind::Qwen
+        );
+        let e = HostKind::of(&root.join("no-such-dir"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.json"), "{e}");
     }
 }

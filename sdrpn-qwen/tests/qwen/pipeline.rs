@@ -86,7 +86,11 @@ fn qwen_labels_trains_and_answers_through_the_generic_pipeline() {
         SilentRenderer,
     )
     .unwrap();
-    let losses: Vec<f64> = report.epochs.iter().map(|e| e.train_loss.unwrap()).collect();
+    let losses: Vec<f64> = report
+        .epochs
+        .iter()
+        .map(|e| e.train_loss.unwrap())
+        .collect();
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(losses[3] < losses[0], "loss did not fall: {losses:?}");
 

@@ -7,8 +7,8 @@ use crate::eval_provenance::{changes, reset, EvalProvenance};
 use crate::scorers::{aggregate, SampleRecord, Summary};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
-use sdrpn_llava::host::LlavaRpn;
-use sdrpn_llava::session::{AnswerOptions, LlavaSession};
+use sdrpn_core::host::AnswerOptions;
+use sdrpn_llava::host::LlamaRpn;
 use sdrpn_train::questions::ShardSpec;
 use sdrpn_train::two_pass::TwoPass;
 use sdrpn_train::two_pass::TwoPassOptions;
@@ -166,16 +166,16 @@ pub fn all_predictions(out: &Path) -> anyhow::Result<Vec<Prediction>> {
 /// Answers this worker's share of `samples`, appending to its predictions
 /// file and skipping what an earlier run already answered.
 /// `on_progress(done, total)` is called after every sample.
-pub fn run_eval<B: Backend>(
-    session: &LlavaSession<B>,
-    rpn: Option<(&LlavaRpn<B>, &SdrpnConfig)>,
+pub fn run_eval<B: Backend, H: sdrpn_train::trainer::TrainHost<B>>(
+    session: &H,
+    rpn: Option<(&LlamaRpn<B>, &SdrpnConfig)>,
     samples: &[Sample],
     spec: &EvalSpec,
     mut on_progress: impl FnMut(usize, usize, Option<(&str, &str)>),
 ) -> anyhow::Result<usize> {
     let _lock =
         sdrpn_train::lock::FolderLock::acquire(&spec.out, Some(&spec.shard.tag()), "sdrpn eval")?;
-    let now = EvalProvenance::new(spec, &session.fingerprint, rpn.map(|(_, c)| c), samples);
+    let now = EvalProvenance::new(spec, session.fingerprint(), rpn.map(|(_, c)| c), samples);
     let changed = changes(&spec.out, &now)?;
     if !changed.is_empty() {
         if !spec.redo_on_change {

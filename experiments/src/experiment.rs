@@ -456,7 +456,7 @@ pub fn run_experiment<B: Backend>(
                 loaded.samples.len().min(config.limit.unwrap_or(usize::MAX))
             ));
             run_eval(
-                &session,
+                session.as_ref(),
                 rpn.as_ref().map(|(c, r)| (r, c)),
                 &loaded.samples,
                 &spec,

@@ -204,5 +204,27 @@ fn label_train_and_infer_run_on_a_qwen_checkpoint() {
         "the image's own grid"
     );
     assert!(json["answer"].is_string());
+    // Evaluation, baseline and SD-RPN, on synthetic benchmark samples.
+    for method in ["baseline", "sdrpn"] {
+        let out = path(&dir.join(format!("eval-{method}")));
+        let printed = sdrpn(&[
+            "eval",
+            "--benchmark",
+            "textvqa",
+            "--data",
+            "synthetic:3",
+            "--model",
+            &m,
+            "--out",
+            &out,
+            "--method",
+            method,
+            "--rpn",
+            &run,
+            "--max-new-tokens",
+            "3",
+        ]);
+        assert!(printed.contains("3 samples"), "{method}: {printed}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

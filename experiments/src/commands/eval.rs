@@ -1,6 +1,7 @@
 //! `sdrpn eval`: a benchmark, baseline or SD-RPN, resumable, scored.
 
 use super::common::DeviceArgs;
+use super::host::{with_host, HostJob};
 use crate::benchmarks::{load_samples, Benchmark};
 use crate::eval::{run_eval, score_predictions, EvalReport, EvalSpec, Method};
 use crate::progress::bar;
@@ -8,7 +9,7 @@ use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
 use sdrpn_core::backend::BackendJob;
-use sdrpn_llava::session::{LlavaSession, PromptOptions};
+use sdrpn_llava::session::PromptOptions;
 use sdrpn_train::questions::ShardSpec;
 use sdrpn_train::trainer::load_rpn;
 use sdrpn_train::SdrpnConfig;
@@ -95,31 +96,57 @@ impl BackendJob for EvalArgs {
         let prompt = run_config
             .as_ref()
             .map_or(PromptOptions::default(), |c| c.prompt);
-        let session = LlavaSession::<B>::load(&self.model, &device, prompt)
-            .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
-        let rpn = match &self.rpn {
-            Some(run) if method == Method::Sdrpn => Some(load_rpn(&session, run, self.force)?),
+        // Qwen2.5-VL answers at each image's own resolution (None), as the
+        // reference evaluates.
+        let model = self.model.clone();
+        with_host::<B, _>(
+            &model,
+            &device,
+            prompt,
+            None,
+            Evaluation {
+                args: self,
+                method,
+                samples: loaded.samples,
+            },
+        )
+    }
+}
+
+/// An evaluation on a loaded host.
+struct Evaluation {
+    args: EvalArgs,
+    method: Method,
+    samples: Vec<crate::benchmarks::Sample>,
+}
+
+impl<B: Backend> HostJob<B> for Evaluation {
+    type Output = EvalReport;
+    fn run<H: sdrpn_train::trainer::TrainHost<B>>(self, session: H) -> anyhow::Result<EvalReport> {
+        let (args, method) = (&self.args, self.method);
+        let rpn = match &args.rpn {
+            Some(run) if method == Method::Sdrpn => Some(load_rpn(&session, run, args.force)?),
             _ => None,
         };
         let spec = EvalSpec {
-            benchmark: self.benchmark,
+            benchmark: args.benchmark,
             method,
-            threshold: self.threshold,
-            max_new_tokens: self.max_new_tokens,
-            limit: self.limit,
-            shard: self.shard,
-            out: self.out.clone(),
-            rpn_weights: match (&self.rpn, method) {
+            threshold: args.threshold,
+            max_new_tokens: args.max_new_tokens,
+            limit: args.limit,
+            shard: args.shard,
+            out: args.out.clone(),
+            rpn_weights: match (&args.rpn, method) {
                 (Some(run), Method::Sdrpn) => Some(sdrpn_train::trainer::rpn_fingerprint(run)?),
                 _ => None,
             },
-            redo_on_change: self.force,
+            redo_on_change: args.force,
         };
-        let progress = bar(0, &format!("{} {:?}", self.benchmark, method));
+        let progress = bar(0, &format!("{} {:?}", args.benchmark, method));
         run_eval(
             &session,
             rpn.as_ref().map(|(c, r)| (r, c)),
-            &loaded.samples,
+            &self.samples,
             &spec,
             |done, total, skipped| {
                 progress.set_length(total as u64);
@@ -130,7 +157,7 @@ impl BackendJob for EvalArgs {
             },
         )?;
         progress.finish();
-        score_predictions(self.benchmark, method, &self.out)
+        score_predictions(args.benchmark, method, &args.out)
     }
 }
 

@@ -150,12 +150,19 @@ def bench_impl(cfg, impl, ids, pixel_values, reps):
         assert len(st.t) == NEW_TOKENS
         return st.t[-1] - st.t[0], st.t[0] - t0, t1 - t0
 
+    res = {"impl": impl, "params": n_params, "prompt_tokens": T}
+    return time_phases(vision, prefill, decode, reps, res)
+
+
+def time_phases(vision, prefill, decode, reps, res):
+    """Warm-up, then the median of `reps` runs of each phase, into `res`.
+    `decode()` returns (decode time, time to the first token, generate() time)."""
+
     def timed(fn):
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
 
-    res = {"impl": impl, "params": n_params, "prompt_tokens": T}
     timed(vision)  # warm-up
     tv = [timed(vision) for _ in range(reps)]
     timed(prefill)
@@ -164,7 +171,7 @@ def bench_impl(cfg, impl, ids, pixel_values, reps):
     d = [decode() for _ in range(reps)]
     res["vision_s"] = statistics.median(tv)
     res["prefill_s"] = statistics.median(tp)
-    res["prefill_tok_s"] = T / res["prefill_s"]
+    res["prefill_tok_s"] = res["prompt_tokens"] / res["prefill_s"]
     res["decode_s"] = statistics.median(x[0] for x in d)
     res["decode_steps"] = NEW_TOKENS - 1
     res["decode_tok_s"] = (NEW_TOKENS - 1) / res["decode_s"]
@@ -172,6 +179,39 @@ def bench_impl(cfg, impl, ids, pixel_values, reps):
     res["generate_total_s"] = statistics.median(x[2] for x in d)
     res["all_runs"] = {"vision_s": tv, "prefill_s": tp, "decode_s": [x[0] for x in d]}
     return res
+
+
+def machine_info(config_path):
+    return {
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_before": os.getloadavg(),
+        "config": config_path,
+    }
+
+
+def report(info, results, n_image, reps, as_json, vision_name):
+    info["loadavg_after"] = os.getloadavg()
+    info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if as_json:
+        print(json.dumps({"info": info, "results": results}, indent=1))
+        return
+    print(f"transformers {info['transformers']}  torch {info['torch']}  python {info['python']}  "
+          f"cpus {info['cpu_count']}  torch.get_num_threads() = {info['torch_threads']}")
+    print(f"load average before {info['loadavg_before']}, after {info['loadavg_after']}")
+    r0 = results[0]
+    print(f"model: {r0['params'] / 1e6:.1f}M params, f32, batch 1, prompt {r0['prompt_tokens']} tokens "
+          f"({n_image} image), {NEW_TOKENS} new tokens; median of {reps} after 1 warm-up")
+    for r in results:
+        print(f"[{r['impl']:>5}] {vision_name} {r['vision_s'] * 1e3:8.1f} ms | "
+              f"prefill {r['prefill_s'] * 1e3:8.1f} ms = {r['prefill_tok_s']:7.1f} tok/s | "
+              f"decode {r['decode_steps']} steps {r['decode_s'] * 1e3:8.1f} ms = {r['decode_tok_s']:6.2f} tok/s | "
+              f"generate(): first token {r['generate_first_token_s']:.2f} s, total {r['generate_total_s']:.2f} s")
+    print(f"peak RSS {info['peak_rss_mib']:.0f} MiB")
 
 
 def main():
@@ -205,36 +245,9 @@ def main():
             f.write("\n")
 
     ids, pixel_values = make_inputs()
-    info = {
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_before": os.getloadavg(),
-        "config": CONFIG_PATH,
-    }
-    results = []
-    for impl in args.impl.split(","):
-        results.append(bench_impl(cfg, impl, ids, pixel_values, args.reps))
-    info["loadavg_after"] = os.getloadavg()
-    info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.json:
-        print(json.dumps({"info": info, "results": results}, indent=1))
-        return
-    print(f"transformers {info['transformers']}  torch {info['torch']}  python {info['python']}  "
-          f"cpus {info['cpu_count']}  torch.get_num_threads() = {info['torch_threads']}")
-    print(f"load average before {info['loadavg_before']}, after {info['loadavg_after']}")
-    r0 = results[0]
-    print(f"model: {r0['params'] / 1e6:.1f}M params, f32, batch 1, prompt {r0['prompt_tokens']} tokens "
-          f"({N_IMAGE} image), {NEW_TOKENS} new tokens; median of {args.reps} after 1 warm-up")
-    for r in results:
-        print(f"[{r['impl']:>5}] vision+projector {r['vision_s'] * 1e3:8.1f} ms | "
-              f"prefill {r['prefill_s'] * 1e3:8.1f} ms = {r['prefill_tok_s']:7.1f} tok/s | "
-              f"decode {r['decode_steps']} steps {r['decode_s'] * 1e3:8.1f} ms = {r['decode_tok_s']:6.2f} tok/s | "
-              f"generate(): first token {r['generate_first_token_s']:.2f} s, total {r['generate_total_s']:.2f} s")
-    print(f"peak RSS {info['peak_rss_mib']:.0f} MiB")
+    info = machine_info(CONFIG_PATH)
+    results = [bench_impl(cfg, impl, ids, pixel_values, args.reps) for impl in args.impl.split(",")]
+    report(info, results, N_IMAGE, args.reps, args.json, "vision+projector")
 
 
 if __name__ == "__main__":

@@ -12,22 +12,25 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Forward pass of a small transformer on each CPU backend (ndarray vs flex).
     Backends(BackendsArgs),
-    /// LLaVA prefill and decode throughput on a random model of a given config.
+    /// Vision, prefill and decode times of a random LLaVA or Qwen2.5-VL model of a given config.
     Model(ModelArgs),
 }
 
 /// Arguments of `sdrpn bench model`.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// llava-hf config.json of the model to build with random weights
+    /// config.json of the model to build with random weights: llava-hf
+    /// LLaVA (experiments/bench/mid150m.json) or Qwen2.5-VL
+    /// (experiments/bench/qwen-mid150m.json), by its model_type
     #[arg(long, default_value = "experiments/bench/mid150m.json")]
     config: std::path::PathBuf,
-    /// Text tokens before the image (35 = LLaVA's system prompt)
-    #[arg(long, default_value_t = 35)]
-    before: usize,
-    /// Text tokens after the image
-    #[arg(long, default_value_t = 20)]
-    after: usize,
+    /// Text tokens before the image (default: the config's `bench_input`,
+    /// else 35 = LLaVA's system prompt)
+    #[arg(long)]
+    before: Option<usize>,
+    /// Text tokens after the image (default: the config's `bench_input`, else 20)
+    #[arg(long)]
+    after: Option<usize>,
     /// Greedy tokens to decode (EOS ignored)
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
@@ -45,6 +48,8 @@ pub struct ModelTimes {
     decode: f64,
     prompt_tokens: usize,
     params: usize,
+    /// What the vision phase covers.
+    vision_name: &'static str,
 }
 
 impl BackendJob for ModelArgs {
@@ -55,14 +60,23 @@ impl BackendJob for ModelArgs {
         use sdrpn_llava::taps::Taps;
         let text = std::fs::read_to_string(&self.config)
             .map_err(|e| anyhow::anyhow!("{}: {e}", self.config.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.config.display()))?;
+        let input = |key: &str| json["bench_input"][key].as_u64().map(|v| v as usize);
+        let before = self.before.or(input("tokens_before_image")).unwrap_or(35);
+        let after = self.after.or(input("tokens_after_image")).unwrap_or(20);
+        if json["model_type"].as_str() == Some("qwen2_5_vl") {
+            let grid = json["bench_input"]["image_grid"][1].as_u64().unwrap_or(48) as usize;
+            return bench_qwen::<B>(&text, (before, grid, after), &self, &device);
+        }
         let config = sdrpn_llava::LlavaConfig::from_hf_json(&text)?;
         let model = sdrpn_llava::Llava::<B>::random(config.clone(), 0, &device)?;
         let s = config.vision.image_size;
         let image_id = config.image_token_index;
         let mut ids: Vec<u32> = vec![1];
-        ids.extend((1..self.before as u32).map(|i| 3 + (i * 7919) % 30000));
+        ids.extend(text_ids(before - 1));
         ids.extend(std::iter::repeat_n(image_id, config.image_tokens()));
-        ids.extend((0..self.after as u32).map(|i| 3 + (i * 104729) % 30000));
+        ids.extend(text_ids(after));
         let pixels = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
         let sync = |t: Tensor<B, 3>| {
             let _ = t.sum().into_data();
@@ -104,11 +118,93 @@ impl BackendJob for ModelArgs {
                 decode: (t3 - t2).as_secs_f64(),
                 prompt_tokens: ids.len(),
                 params: model.num_params(),
+                vision_name: "vision+projector",
             });
         }
         runs.remove(0);
         Ok(runs)
     }
+}
+
+/// `n` deterministic text token ids (values do not matter for timing).
+fn text_ids(n: usize) -> impl Iterator<Item = u32> {
+    (1..=n as u32).map(|i| 3 + (i * 7919) % 30000)
+}
+
+/// [`ModelArgs`] on a Qwen2.5-VL config: a `grid x grid` patch image
+/// (`grid / 2` squared merged tokens) between `<|vision_start|>` and
+/// `<|vision_end|>`, `before` and `after` text tokens counting those two,
+/// M-RoPE positions, then greedy decoding from the KV cache.
+fn bench_qwen<B: Backend>(
+    text: &str,
+    (before, grid, after): (usize, usize, usize),
+    args: &ModelArgs,
+    device: &B::Device,
+) -> anyhow::Result<Vec<ModelTimes>> {
+    use burn::module::Module;
+    use sdrpn_core::cache::KvCache;
+    use sdrpn_core::Positions;
+    use sdrpn_llava::taps::Taps;
+    let config = sdrpn_qwen::QwenConfig::from_hf_json(text)?;
+    let model = sdrpn_qwen::QwenVl::<B>::random(config.clone(), 0, device)?;
+    let merged = grid / config.vision.spatial_merge_size;
+    let mut ids: Vec<u32> = text_ids(before.saturating_sub(1)).collect();
+    ids.push(config.vision_start_token_id);
+    ids.extend(std::iter::repeat_n(config.image_token_id, merged * merged));
+    ids.push(config.vision_end_token_id);
+    ids.extend(text_ids(after.saturating_sub(1)));
+    let prompt =
+        sdrpn_qwen::rope_index::rope_index(&ids, config.image_token_id, &[(merged, merged)])?;
+    let patches = Tensor::<B, 2>::random(
+        [grid * grid, config.vision.patch_values()],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let mut runs = Vec::new();
+    for _ in 0..=args.iters {
+        let t0 = Instant::now();
+        let features = model.image_features(patches.clone(), grid, grid)?;
+        let _ = features.clone().sum().into_data();
+        let t1 = Instant::now();
+        let embeds = model.embed_prompt(&ids, features)?;
+        let mut cache = KvCache::new(config.text.num_layers);
+        let out = model.forward(
+            embeds,
+            0,
+            &prompt.positions,
+            Some(&mut cache),
+            &Taps::none(),
+        );
+        let mut token = sdrpn_llava::generate::argmax(&model.last_logits(out.hidden)?) as i64;
+        let t2 = Instant::now();
+        for _ in 0..args.new_tokens {
+            let start = cache.len();
+            let positions = Positions::Sequential {
+                start: (start as i64 + prompt.delta) as usize,
+                len: 1,
+            };
+            let id = Tensor::<B, 1, burn::tensor::Int>::from_data([token], device).reshape([1, 1]);
+            let h = model.forward(
+                model.language.embed(id),
+                start,
+                &positions,
+                Some(&mut cache),
+                &Taps::none(),
+            );
+            token = sdrpn_llava::generate::argmax(&model.last_logits(h.hidden)?) as i64;
+        }
+        let t3 = Instant::now();
+        runs.push(ModelTimes {
+            vision: (t1 - t0).as_secs_f64(),
+            prefill: (t2 - t1).as_secs_f64(),
+            decode: (t3 - t2).as_secs_f64(),
+            prompt_tokens: ids.len(),
+            params: model.num_params(),
+            vision_name: "vision+merger",
+        });
+    }
+    runs.remove(0);
+    Ok(runs)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -199,7 +295,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 device.dtype,
                 std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
             );
-            println!("vision+projector  {:>9.1} ms", vision * 1e3);
+            println!("{:<17} {:>9.1} ms", first.vision_name, vision * 1e3);
             println!(
                 "prefill           {:>9.1} ms  {:>8.1} tokens/s  ({} prompt tokens)",
                 prefill * 1e3,

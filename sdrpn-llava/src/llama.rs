@@ -125,29 +125,33 @@ impl<B: Backend> LlamaAttention<B> {
             }
             None => (k, v),
         };
-        let (k, v) = (repeat_kv(k, h / hkv), repeat_kv(v, h / hkv));
+        // Grouped-query attention without copying the keys/values: query
+        // heads `j*rep..(j+1)*rep` share key head `j`, so the queries are
+        // grouped `[N, Hkv, rep*T, hd]` against the `Hkv` key heads (HF's
+        // `repeat_kv` gives the same products).
+        let rep = h / hkv;
+        let s = k.dims()[2];
         let dtype = q.dtype();
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
+        let grouped = |x: Tensor<B, 4>, width: usize| {
+            if rep == 1 {
+                x
+            } else {
+                x.reshape([n, hkv, rep * t, width])
+            }
+        };
+        let mut scores = grouped(q, hd)
+            .matmul(k.swap_dims(2, 3))
+            .reshape([n, h, t, s])
+            * (hd as f64).powf(-0.5);
         if let Some(bias) = &pass.causal_bias {
-            let [n, _, t, s] = scores.dims();
             scores =
                 (scores.reshape([n * h, t * s]) + bias.clone().cast(dtype)).reshape([n, h, t, s]);
         }
         let probs = softmax_f32(scores);
-        let out = self.o_proj.forward(merge_heads(probs.clone().matmul(v)));
+        let context = grouped(probs.clone(), s).matmul(v).reshape([n, h, t, hd]);
+        let out = self.o_proj.forward(merge_heads(context));
         (out, probs)
     }
-}
-
-/// Repeats key/value heads for grouped-query attention.
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, times: usize) -> Tensor<B, 4> {
-    if times == 1 {
-        return x;
-    }
-    let [n, hkv, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([n, hkv, times, s, d])
-        .reshape([n, hkv * times, s, d])
 }
 
 /// SiLU-gated MLP.

@@ -27,12 +27,13 @@ struct AttentionPlan<B: Backend> {
     /// Windows `W` and slots per window `L`.
     windows: usize,
     slots: usize,
-    /// `[W*L]` token index per slot (`S` for padding).
-    gather: Tensor<B, 1, Int>,
+    /// `[W*L]` token index per slot (`S` for padding); `None` when no
+    /// window is padded (the windows are then consecutive runs of tokens).
+    gather: Option<Tensor<B, 1, Int>>,
     /// `[W, 1, 1, L]` additive key mask (`None`: no padding).
     mask: Option<Tensor<B, 4>>,
-    /// `[S]` slot of each token.
-    scatter: Tensor<B, 1, Int>,
+    /// `[S]` slot of each token (`None` with `gather`).
+    scatter: Option<Tensor<B, 1, Int>>,
 }
 
 impl<B: Backend> AttentionPlan<B> {
@@ -66,26 +67,33 @@ impl<B: Backend> AttentionPlan<B> {
         Self {
             windows,
             slots,
-            gather: ints(gather),
+            gather: padded.then(|| ints(gather)),
             mask: padded
                 .then(|| Tensor::from_data(TensorData::new(mask, [windows, 1, 1, slots]), device)),
-            scatter: ints(scatter),
+            scatter: padded.then(|| ints(scatter)),
         }
     }
 
     /// `[S, C]` -> `[W, L, C]` (padding rows zero).
     fn windowed(&self, x: Tensor<B, 2>) -> Tensor<B, 3> {
         let [_, c] = x.dims();
+        let Some(gather) = &self.gather else {
+            return x.reshape([self.windows, self.slots, c]);
+        };
         let padded = Tensor::cat(vec![x.clone(), Tensor::zeros([1, c], &x.device())], 0);
         padded
-            .select(0, self.gather.clone())
+            .select(0, gather.clone())
             .reshape([self.windows, self.slots, c])
     }
 
     /// `[W, L, C]` -> `[S, C]` (padding rows dropped).
     fn unwindowed(&self, x: Tensor<B, 3>) -> Tensor<B, 2> {
         let [w, l, c] = x.dims();
-        x.reshape([w * l, c]).select(0, self.scatter.clone())
+        let flat = x.reshape([w * l, c]);
+        match &self.scatter {
+            Some(scatter) => flat.select(0, scatter.clone()),
+            None => flat,
+        }
     }
 }
 

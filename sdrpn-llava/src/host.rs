@@ -196,16 +196,9 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
         layers: Range<usize>,
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let mut captured = Captured::default();
-        self.model.language.run_layers_at(
-            h,
-            start,
-            positions,
-            layers,
-            cache,
-            &Taps::none(),
-            &mut captured,
-        )
+        self.model
+            .language
+            .run_untapped(h, start, positions, layers, cache)
     }
 
     fn last_logits(&self, h: Tensor<B, 3>) -> Result<Vec<f32>> {

@@ -384,6 +384,31 @@ impl<B: Backend> LlamaModel<B> {
         h
     }
 
+    /// [`LlamaModel::run_layers_at`] capturing nothing (what the method's
+    /// host trait runs).
+    ///
+    /// # Shapes
+    /// - `h`: `[N, T, D]` -> `[N, T, D]`
+    pub fn run_untapped(
+        &self,
+        h: Tensor<B, 3>,
+        start: usize,
+        positions: &Positions,
+        layers: Range<usize>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let mut captured = Captured::default();
+        self.run_layers_at(
+            h,
+            start,
+            positions,
+            layers,
+            cache,
+            &Taps::none(),
+            &mut captured,
+        )
+    }
+
     /// The final norm.
     pub fn final_norm(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         self.norm.forward(h)

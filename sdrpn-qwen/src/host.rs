@@ -34,7 +34,7 @@ use sdrpn_core::{Grid, Positions};
 use sdrpn_llava::host::{feed_maps, taps_of_maps};
 use sdrpn_llava::llama::LlamaDecoderLayer;
 use sdrpn_llava::nn::RmsNorm;
-use sdrpn_llava::taps::{Captured, Taps};
+use sdrpn_llava::taps::Taps;
 use std::ops::Range;
 
 /// The RPN of a Qwen2.5-VL host.
@@ -147,16 +147,9 @@ impl<B: Backend> RpnHost<B> for QwenSession<B> {
         layers: Range<usize>,
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let mut captured = Captured::default();
-        self.model.language.run_layers_at(
-            h,
-            start,
-            positions,
-            layers,
-            cache,
-            &Taps::none(),
-            &mut captured,
-        )
+        self.model
+            .language
+            .run_untapped(h, start, positions, layers, cache)
     }
 
     fn last_logits(&self, h: Tensor<B, 3>) -> Result<Vec<f32>> {

@@ -5,16 +5,16 @@
 //! predictions.
 
 use crate::benchmarks::{load_samples, Benchmark};
+use crate::commands::host::{with_host_views, HostViews, HostViewsJob, QWEN_LABEL_SIDE};
 use crate::eval::{run_eval, score_predictions, EvalReport, EvalSpec, Method};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
-use sdrpn_llava::session::LlavaSession;
 use sdrpn_train::config::{Overrides, SinkRule};
 use sdrpn_train::label::{run_labelling, LabelJob};
 use sdrpn_train::label_store::read_labels;
 use sdrpn_train::questions::{read_questions, ShardSpec};
 use sdrpn_train::render::SilentRenderer;
-use sdrpn_train::trainer::{load_rpn, train_rpn, RunPaths, TrainRequest};
+use sdrpn_train::trainer::{load_rpn, train_rpn, RunPaths, TrainHost, TrainRequest};
 use sdrpn_train::SdrpnConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -121,8 +121,14 @@ pub struct ExperimentConfig {
     /// What the experiment shows.
     #[serde(default)]
     pub description: String,
-    /// llava-hf checkpoint folder.
+    /// Checkpoint folder (llava-hf LLaVA-1.5 or Qwen2.5-VL; the host comes
+    /// from its `config.json`).
     pub model: PathBuf,
+    /// Qwen2.5-VL: side in pixels of the square labels and training pad
+    /// images to (default 672, the reference's; evaluation uses each
+    /// image's own size). Ignored for LLaVA.
+    #[serde(default)]
+    pub qwen_square: Option<u32>,
     /// Method preset (default: chosen from the model's size).
     #[serde(default)]
     pub preset: Option<String>,
@@ -306,10 +312,47 @@ pub fn run_experiment<B: Backend>(
         toml::to_string_pretty(config)?.as_bytes(),
     )?;
     let method = config.method()?;
-    let session = Arc::new(
-        LlavaSession::<B>::load(&config.model, device, method.prompt)
-            .with_context(|| format!("cannot load the model in {}", config.model.display()))?,
-    );
+    with_host_views::<B, _>(
+        &config.model,
+        device,
+        method.prompt,
+        config.qwen_square.unwrap_or(QWEN_LABEL_SIDE),
+        Experiment {
+            config,
+            out,
+            method: &method,
+            log,
+        },
+    )
+}
+
+/// An experiment's work once its host is loaded.
+struct Experiment<'a> {
+    config: &'a ExperimentConfig,
+    out: &'a Path,
+    method: &'a SdrpnConfig,
+    log: &'a mut dyn FnMut(&str),
+}
+
+impl<B: Backend> HostViewsJob<B> for Experiment<'_> {
+    type Output = Vec<Cell>;
+    fn run<H: TrainHost<B>>(self, views: HostViews<H>) -> anyhow::Result<Vec<Cell>> {
+        run_on_host(self, &views)
+    }
+}
+
+/// Labels with `views.train` (once), trains each run's RPN on it, evaluates
+/// every run with `views.eval`, and writes the tables.
+fn run_on_host<B: Backend, H: TrainHost<B>>(
+    job: Experiment<'_>,
+    views: &HostViews<H>,
+) -> anyhow::Result<Vec<Cell>> {
+    let Experiment {
+        config,
+        out,
+        method,
+        log,
+    } = job;
 
     // Stage A once, shared by every run that trains. `label_ids`: the
     // questions labelled for this config (training leaves out labels of
@@ -379,7 +422,7 @@ pub fn run_experiment<B: Backend>(
                 shard_size: 64,
                 force: true,
             };
-            let p = run_labelling(session.as_ref(), &method, &job, |_, _| {})?;
+            let p = run_labelling(views.train.as_ref(), method, &job, |_, _| {})?;
             log(&format!(
                 "labels: {} new, {} skipped, {} done before",
                 p.labelled, p.skipped, p.resumed
@@ -401,8 +444,8 @@ pub fn run_experiment<B: Backend>(
                 Some(train_run(
                     run,
                     train,
-                    &method,
-                    &session,
+                    method,
+                    &views.train,
                     (labels, label_ids.as_ref()),
                     &run_dir.join("rpn"),
                     log,
@@ -421,7 +464,7 @@ pub fn run_experiment<B: Backend>(
         }
         let rpn = match &rpn_dir {
             Some(dir) => {
-                let (mut cfg, rpn) = load_rpn(session.as_ref(), dir, false)?;
+                let (mut cfg, rpn) = load_rpn(views.eval.as_ref(), dir, false)?;
                 if let Some(m) = run.multi_box_mask {
                     cfg.inference.roi.multi_box_mask = m;
                 }
@@ -456,7 +499,7 @@ pub fn run_experiment<B: Backend>(
                 loaded.samples.len().min(config.limit.unwrap_or(usize::MAX))
             ));
             run_eval(
-                session.as_ref(),
+                views.eval.as_ref(),
                 rpn.as_ref().map(|(c, r)| (r, c)),
                 &loaded.samples,
                 &spec,
@@ -477,18 +520,18 @@ pub fn run_experiment<B: Backend>(
         }
     }
     write_tables(config, &cells, out)?;
-    write_provenance(config, &cells, &session.fingerprint, out)?;
+    write_provenance(config, &cells, views.eval.fingerprint(), out)?;
     Ok(cells)
 }
 
 /// Trains (or resumes, or reuses) one run's RPN on the label folder's
 /// records (only those of `labels.1`'s questions, when given); returns its
 /// run folder.
-fn train_run<B: Backend>(
+fn train_run<B: Backend, H: TrainHost<B>>(
     run: &RunSpec,
     train: &TrainSpec,
     base: &SdrpnConfig,
-    session: &Arc<LlavaSession<B>>,
+    session: &Arc<H>,
     labels: (&Path, Option<&BTreeSet<String>>),
     dir: &Path,
     log: &mut dyn FnMut(&str),
@@ -531,8 +574,8 @@ fn train_run<B: Backend>(
 /// from `images`, asked only when training) into `dir`: reuses a run that
 /// finished all its epochs, resumes one stopped under the same config and
 /// inputs, else starts afresh. `what` names the run in the log lines.
-pub fn train_or_reuse<B: Backend>(
-    session: &Arc<LlavaSession<B>>,
+pub fn train_or_reuse<B: Backend, H: TrainHost<B>>(
+    session: &Arc<H>,
     method: &SdrpnConfig,
     (labels, only): (&Path, Option<&BTreeSet<String>>),
     images: impl FnOnce() -> anyhow::Result<PathBuf>,
@@ -543,7 +586,7 @@ pub fn train_or_reuse<B: Backend>(
     let paths = RunPaths {
         dir: dir.to_path_buf(),
     };
-    sdrpn_train::provenance::check_labels_model(labels, &session.fingerprint, false)?;
+    sdrpn_train::provenance::check_labels_model(labels, session.fingerprint(), false)?;
     let (_, mut records) = read_labels(labels)?;
     if let Some(ids) = only {
         let before = records.len();
@@ -561,7 +604,7 @@ pub fn train_or_reuse<B: Backend>(
     let same_inputs = SdrpnConfig::load(&paths.config()).ok().as_ref() == Some(method)
         && sdrpn_train::provenance::read::<sdrpn_train::provenance::RunProvenance>(dir)?
             .is_some_and(|p| {
-                p.model == session.fingerprint
+                p.model == *session.fingerprint()
                     && p.labels == sdrpn_train::trainer::records_hash(&records)
             });
     let started = paths.rpn().is_file() || paths.last_checkpoint().is_some();

@@ -128,6 +128,40 @@ fn the_tiny_experiment_runs_end_to_end_and_resumes() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+#[test]
+fn the_tiny_qwen_experiment_runs_end_to_end_with_labels_on_a_square() {
+    let config_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-qwen.toml");
+    let config = ExperimentConfig::load(&config_path).unwrap();
+    let out = std::env::temp_dir().join(format!("sdrpn-experiment-qwen-{}", std::process::id()));
+    std::fs::remove_dir_all(&out).ok();
+    let mut lines = Vec::new();
+    let cells = run_experiment::<B>(&config, &out, &Default::default(), &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    assert_eq!(cells.len(), 2, "2 runs x 1 benchmark: {lines:?}");
+    for c in &cells {
+        assert_eq!(c.report.samples, 4, "{}", c.run);
+        let rescored = rescore("textvqa", &out.join(slug(&c.run)).join("textvqa"));
+        assert!((c.report.score - rescored).abs() < 1e-9, "{}", c.run);
+    }
+    let modes: usize = cells[1].report.modes.values().sum();
+    assert_eq!(modes, 4, "every SD-RPN prediction records its RoI mode");
+    // Labels were made on the 168 px square: 6x6 tokens, whatever the image.
+    let (grid, records) = sdrpn_train::label_store::read_labels(&out.join("labels")).unwrap();
+    assert_eq!((grid.rows, grid.cols), (6, 6));
+    assert!(records.iter().all(|r| r.grounding.len() == 36));
+    assert!(out.join("sd-rpn/rpn/rpn.safetensors").is_file());
+    let provenance: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        provenance["model"]["grid"], "per-image",
+        "the table records the Qwen checkpoint's fingerprint"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}
+
 /// What each shipped config varies across its SD-RPN rows (row order; "-"
 /// for unset, i.e. the method config's value). Everything else about those
 /// rows must be equal, a row that reuses another's RPN (`rpn_from`) counting
@@ -180,6 +214,7 @@ const VARIES: &[(&str, &str, &[&str])] = &[
         &["50", "150", "600"],
     ),
     ("testbed-twig-layers.toml", "twig_layers", &["1", "2", "3"]),
+    ("tiny-qwen.toml", "", &[]),
     ("tiny.toml", "", &[]),
 ];
 

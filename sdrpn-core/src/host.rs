@@ -83,6 +83,19 @@ pub struct AnswerOptions {
     pub stop_strings: Vec<String>,
 }
 
+impl AnswerOptions {
+    /// The answer in decoded `text`: cut at the first of the stop strings
+    /// (each in turn), stripped.
+    pub fn answer_in(&self, mut text: String) -> String {
+        for s in &self.stop_strings {
+            if let Some(at) = text.find(s.as_str()) {
+                text.truncate(at);
+            }
+        }
+        text.trim().to_string()
+    }
+}
+
 impl Default for AnswerOptions {
     fn default() -> Self {
         Self {

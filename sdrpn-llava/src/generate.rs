@@ -7,7 +7,6 @@ use crate::model::Llava;
 use crate::taps::{Captured, Taps};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use sdrpn_core::readback::floats;
 
 /// A test on the tokens generated so far: true stops generation.
 pub type StopTest<'a> = &'a dyn Fn(&[u32]) -> bool;
@@ -20,6 +19,18 @@ pub struct StopRule<'a> {
     pub eos: Vec<u32>,
     /// Extra test on the tokens so far (e.g. a decoded stop string).
     pub stop: Option<StopTest<'a>>,
+}
+
+/// A stop test that is true once the decoded tokens contain one of
+/// `strings` (never when `strings` is empty or the tokens do not decode).
+pub fn stop_on_strings<'a>(
+    strings: &'a [String],
+    decode: impl Fn(&[u32]) -> Option<String> + 'a,
+) -> impl Fn(&[u32]) -> bool + 'a {
+    move |tokens| {
+        !strings.is_empty()
+            && decode(tokens).is_some_and(|text| strings.iter().any(|s| text.contains(s.as_str())))
+    }
 }
 
 /// What a generation produced.
@@ -63,9 +74,7 @@ pub fn checked_argmax(logits: &[f32], step: usize) -> Result<u32> {
 impl<B: Backend> Llava<B> {
     /// Logits of the last position of `hidden` (`[1, T, D]`), on the host.
     pub fn last_logits(&self, hidden: Tensor<B, 3>) -> Result<Vec<f32>> {
-        let [n, t, d] = hidden.dims();
-        let last = hidden.slice([n - 1..n, t - 1..t, 0..d]);
-        Ok(floats(self.language.logits(last))?)
+        Ok(self.language.last_logits(hidden)?)
     }
 
     /// Greedy decoding from prompt embeddings `[1, T, D]`.

@@ -55,6 +55,39 @@ pub fn taps_of_maps<B: Backend>(maps: &[AttentionAccumulator<B>]) -> Taps {
     Taps::attention_of(layers)
 }
 
+/// A host's greedy generation with per-step taps: `(options, cache, taps,
+/// on_step)` -> the new tokens, `on_step(j, captured)` called as token j is
+/// fed back.
+pub type TappedGeneration<'a, B, E> = &'a mut dyn FnMut(
+    &AnswerOptions,
+    &mut KvCache<B>,
+    &Taps,
+    &mut dyn FnMut(usize, Captured<B>) -> std::result::Result<(), E>,
+) -> std::result::Result<Vec<u32>, E>;
+
+/// [`RpnHost::generate_with_maps`] for a host whose greedy generation is
+/// `generate` (on a fresh cache of `layers` layers, no stop strings):
+/// every fed-back token's attention rows go to the maps that want them.
+pub fn generate_into_maps<B: Backend, E: From<LlavaError>>(
+    maps: &mut [AttentionAccumulator<B>],
+    max_new_tokens: usize,
+    layers: usize,
+    generate: TappedGeneration<'_, B, E>,
+) -> std::result::Result<TappedAnswer, E> {
+    let taps = taps_of_maps(maps);
+    let mut cache = KvCache::new(layers);
+    let options = AnswerOptions {
+        max_new_tokens,
+        stop_strings: Vec::new(),
+    };
+    let mut fed_back = 0;
+    let tokens = generate(&options, &mut cache, &taps, &mut |_, captured| {
+        fed_back += 1;
+        Ok(feed_maps(maps, &captured)?)
+    })?;
+    Ok(TappedAnswer { tokens, fed_back })
+}
+
 impl<B: Backend> HostPrompt<B> for Prepared<B> {
     fn embeds(&self) -> Tensor<B, 3> {
         self.embeds.clone()
@@ -73,11 +106,7 @@ impl<B: Backend> HostPrompt<B> for Prepared<B> {
     }
 
     fn grid(&self) -> Grid {
-        let side = (self.visual.len() as f64).sqrt() as usize;
-        Grid {
-            rows: side,
-            cols: side,
-        }
+        self.grid
     }
 
     fn len(&self) -> usize {
@@ -273,23 +302,13 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
         maps: &mut [AttentionAccumulator<B>],
         max_new_tokens: usize,
     ) -> Result<TappedAnswer> {
-        let taps = taps_of_maps(maps);
-        let mut cache = KvCache::new(self.num_layers());
-        let options = AnswerOptions {
+        generate_into_maps(
+            maps,
             max_new_tokens,
-            stop_strings: Vec::new(),
-        };
-        let mut fed_back = 0;
-        let tokens = self.answer_tokens(
-            prompt.embeds.clone(),
-            &mut cache,
-            &options,
-            &taps,
-            |_, captured| {
-                fed_back += 1;
-                feed_maps(maps, &captured)
+            self.num_layers(),
+            &mut |options, cache, taps, on_step| {
+                self.answer_tokens(prompt.embeds.clone(), cache, options, taps, on_step)
             },
-        )?;
-        Ok(TappedAnswer { tokens, fed_back })
+        )
     }
 }

@@ -6,7 +6,7 @@
 use crate::cache::KvCache;
 use crate::error::{LlavaError, Result};
 use crate::session::{AnswerOptions, LlavaSession};
-use crate::taps::Taps;
+use crate::taps::{Captured, Taps};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use image::RgbImage;
@@ -21,6 +21,48 @@ pub enum HostValues {
     F32(Vec<f32>),
     /// 64-bit integers (token ids).
     I64(Vec<i64>),
+}
+
+/// The attention rows of each fed-back token, gathered while decoding with
+/// every layer's attention tapped.
+pub struct DecodeRows<B: Backend> {
+    /// One `[1, L, H, S]` per step (`S` grows by one each step).
+    rows: Vec<Tensor<B, 4>>,
+}
+
+impl<B: Backend> Default for DecodeRows<B> {
+    fn default() -> Self {
+        Self { rows: Vec::new() }
+    }
+}
+
+impl<B: Backend> DecodeRows<B> {
+    /// Records one step's taps (`[1, H, 1, S]` per layer).
+    pub fn record(&mut self, captured: Captured<B>) {
+        let step = Tensor::cat(captured.attention.into_values().collect(), 0);
+        let [l, h, _, s] = step.dims();
+        self.rows.push(step.reshape([1, l, h, s]));
+    }
+
+    /// Appends `decode_attentions [N-1, L, H, T+N-1]` to `out` for a prompt
+    /// of `t` tokens: row j is token j fed back at position T+j, zero-padded
+    /// on the right. Nothing when no token was fed back.
+    pub fn push_into(self, out: &mut Inspection, t: usize) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let width = t + self.rows.len();
+        let padded: Vec<Tensor<B, 4>> = self
+            .rows
+            .into_iter()
+            .map(|r| {
+                let [n, l, h, s] = r.dims();
+                let pad = Tensor::zeros([n, l, h, width - s], &r.device());
+                Tensor::cat(vec![r, pad], 3)
+            })
+            .collect();
+        out.push_f32("decode_attentions", Tensor::cat(padded, 0))
+    }
 }
 
 /// Named host tensors in insertion order.
@@ -50,6 +92,15 @@ impl Inspection {
             vec![ids.len()],
             HostValues::I64(ids.iter().map(|&x| x as i64).collect()),
         ));
+    }
+
+    /// Appends a full pass's `lm_hidden_states [L+1, T, D]` and
+    /// `lm_attentions [L, H, T, T]` (every layer tapped, batch of one).
+    pub fn push_layers<B: Backend>(&mut self, captured: &Captured<B>) -> Result<()> {
+        let hidden: Vec<Tensor<B, 3>> = captured.hidden.values().cloned().collect();
+        self.push_f32("lm_hidden_states", Tensor::cat(hidden, 0))?;
+        let attention: Vec<Tensor<B, 4>> = captured.attention.values().cloned().collect();
+        self.push_f32("lm_attentions", Tensor::cat(attention, 0))
     }
 
     /// A tensor by name.
@@ -136,11 +187,7 @@ impl<B: Backend> LlavaSession<B> {
             ..Taps::attention_of(0..layers)
         };
         let full = self.model.forward(prepared.embeds.clone(), 0, None, &taps);
-        let stack3 =
-            |m: &BTreeMap<usize, Tensor<B, 3>>| Tensor::cat(m.values().cloned().collect(), 0);
-        out.push_f32("lm_hidden_states", stack3(&full.captured.hidden))?;
-        let attn: Vec<Tensor<B, 4>> = full.captured.attention.values().cloned().collect();
-        out.push_f32("lm_attentions", Tensor::cat(attn, 0))?;
+        out.push_layers(&full.captured)?;
         let [_, t, d] = full.hidden.dims();
         out.push_f32(
             "logits",
@@ -148,7 +195,7 @@ impl<B: Backend> LlavaSession<B> {
         )?;
 
         // Greedy continuation with the attention rows of each fed-back token.
-        let mut rows: Vec<Tensor<B, 4>> = Vec::new();
+        let mut rows = DecodeRows::default();
         let mut cache = KvCache::new(layers);
         let options = AnswerOptions {
             max_new_tokens,
@@ -160,27 +207,12 @@ impl<B: Backend> LlavaSession<B> {
             &options,
             &Taps::attention_of(0..layers),
             |_, cap| {
-                // [L, H, 1, S] per step -> [L, H, S]
-                let per_layer: Vec<Tensor<B, 4>> = cap.attention.into_values().collect();
-                let step = Tensor::cat(per_layer, 0);
-                let [l, h, _, s] = step.dims();
-                rows.push(step.reshape([1, l, h, s]));
+                rows.record(cap);
                 Ok(())
             },
         )?;
         out.push_ids("gen_ids", &gen);
-        if !rows.is_empty() {
-            let width = t + rows.len();
-            let padded: Vec<Tensor<B, 4>> = rows
-                .into_iter()
-                .map(|r| {
-                    let [n, l, h, s] = r.dims();
-                    let pad = Tensor::zeros([n, l, h, width - s], &r.device());
-                    Tensor::cat(vec![r, pad], 3)
-                })
-                .collect();
-            out.push_f32("decode_attentions", Tensor::cat(padded, 0))?;
-        }
+        rows.push_into(&mut out, t)?;
         Ok(out)
     }
 }

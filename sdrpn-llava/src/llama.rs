@@ -422,6 +422,13 @@ impl<B: Backend> LlamaModel<B> {
         self.lm_head.forward(h)
     }
 
+    /// Logits of the last position of the last sample of normed hidden
+    /// states `[N, T, D]`, read back to the host (`V` values).
+    pub fn last_logits(&self, h: Tensor<B, 3>) -> sdrpn_core::Result<Vec<f32>> {
+        let [n, t, d] = h.dims();
+        sdrpn_core::readback::floats(self.logits(h.slice([n - 1..n, t - 1..t, 0..d])))
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> B::Device {
         self.embed_tokens.weight.device()

@@ -4,7 +4,7 @@
 
 use crate::cache::KvCache;
 use crate::error::{LlavaError, Result};
-use crate::generate::StopRule;
+use crate::generate::{stop_on_strings, StopRule};
 use crate::model::{ImageFeatures, Llava};
 use crate::preprocess::{preprocess, ImageMode};
 use crate::prompt::Template;
@@ -13,6 +13,7 @@ use crate::tokenizer::{LlavaTokenizer, Tokenization};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use image::RgbImage;
+use sdrpn_core::Grid;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::path::Path;
@@ -43,6 +44,8 @@ pub struct Prepared<B: Backend> {
     pub embeds: Tensor<B, 3>,
     /// Positions of the (first) image's tokens.
     pub visual: Range<usize>,
+    /// The image tokens' grid (the tower's patch grid).
+    pub grid: Grid,
 }
 
 impl<B: Backend> Prepared<B> {
@@ -137,25 +140,14 @@ impl<B: Backend> LlavaSession<B> {
             features,
             embeds,
             visual: start..start + per_image,
+            grid: self.grid(),
         })
     }
 
     /// Calls `f` with the stop rule of `options`: the token limit, EOS, and
     /// the stop strings (checked on the decoded text so far).
     pub fn with_stop_rule<R>(&self, options: &AnswerOptions, f: impl FnOnce(&StopRule) -> R) -> R {
-        let stop = |tokens: &[u32]| {
-            !options.stop_strings.is_empty()
-                && self
-                    .tokenizer
-                    .decode(tokens)
-                    .map(|text| {
-                        options
-                            .stop_strings
-                            .iter()
-                            .any(|s| text.contains(s.as_str()))
-                    })
-                    .unwrap_or(false)
-        };
+        let stop = stop_on_strings(&options.stop_strings, |t| self.tokenizer.decode(t).ok());
         let rule = StopRule {
             max_new_tokens: options.max_new_tokens,
             eos: vec![self.tokenizer.eos()],
@@ -184,13 +176,7 @@ impl<B: Backend> LlavaSession<B> {
     /// The answer text of generated tokens: decoded without special tokens,
     /// cut at the first stop string, stripped.
     pub fn answer_text(&self, tokens: &[u32], options: &AnswerOptions) -> Result<String> {
-        let mut text = self.tokenizer.decode(tokens)?;
-        for s in &options.stop_strings {
-            if let Some(at) = text.find(s.as_str()) {
-                text.truncate(at);
-            }
-        }
-        Ok(text.trim().to_string())
+        Ok(options.answer_in(self.tokenizer.decode(tokens)?))
     }
 
     /// Greedy answer to `question` about `image` (the plain baseline).

@@ -54,6 +54,7 @@ fn find_template(dir: &Path) -> Result<(PathBuf, String)> {
 }
 
 /// The tokenizer and chat template of a Qwen2.5-VL checkpoint.
+#[derive(Clone)]
 pub struct QwenTokenizer {
     inner: Tokenizer,
     template: String,

@@ -31,7 +31,7 @@ use sdrpn_core::crop::PixelBox;
 use sdrpn_core::host::{AnswerOptions, HostPrompt, RoiInsert, RpnHost, TappedAnswer};
 use sdrpn_core::rpn::{check_branch, HeadRotary, Rpn, RpnHead};
 use sdrpn_core::{Grid, Positions};
-use sdrpn_llava::host::{feed_maps, taps_of_maps};
+use sdrpn_llava::host::generate_into_maps;
 use sdrpn_llava::llama::LlamaDecoderLayer;
 use sdrpn_llava::nn::RmsNorm;
 use sdrpn_llava::taps::Taps;
@@ -340,23 +340,15 @@ impl<B: Backend> RpnHost<B> for QwenSession<B> {
         maps: &mut [AttentionAccumulator<B>],
         max_new_tokens: usize,
     ) -> Result<TappedAnswer> {
-        let taps = taps_of_maps(maps);
-        let mut cache = KvCache::new(self.num_layers());
-        let options = AnswerOptions {
+        generate_into_maps(
+            maps,
             max_new_tokens,
-            stop_strings: Vec::new(),
-        };
-        let mut fed_back = 0;
-        let (tokens, _) = self.generate(
-            prompt,
-            &mut cache,
-            &options,
-            (&Taps::none(), &taps),
-            |_, captured| {
-                fed_back += 1;
-                Ok(feed_maps(maps, &captured)?)
+            self.num_layers(),
+            &mut |options, cache, taps, on_step| {
+                let (tokens, _) =
+                    self.generate(prompt, cache, options, (&Taps::none(), taps), on_step)?;
+                Ok(tokens)
             },
-        )?;
-        Ok(TappedAnswer { tokens, fed_back })
+        )
     }
 }

@@ -9,14 +9,12 @@
 use crate::error::Result;
 use crate::session::QwenSession;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use image::RgbImage;
 use sdrpn_core::Positions;
 use sdrpn_llava::cache::KvCache;
-use sdrpn_llava::inspect::{HostValues, Inspection};
+use sdrpn_llava::inspect::{DecodeRows, HostValues, Inspection};
 use sdrpn_llava::session::AnswerOptions;
 use sdrpn_llava::taps::Taps;
-use std::collections::BTreeMap;
 
 impl<B: Backend> QwenSession<B> {
     /// Runs the prompt once with every tap on, then generates greedily
@@ -63,16 +61,12 @@ impl<B: Backend> QwenSession<B> {
             None,
             &taps,
         );
-        let stack3 =
-            |m: &BTreeMap<usize, Tensor<B, 3>>| Tensor::cat(m.values().cloned().collect(), 0);
-        out.push_f32("lm_hidden_states", stack3(&full.captured.hidden))?;
-        let attn: Vec<Tensor<B, 4>> = full.captured.attention.values().cloned().collect();
-        out.push_f32("lm_attentions", Tensor::cat(attn, 0))?;
+        out.push_layers(&full.captured)?;
         let logits = self.model.language.logits(full.hidden);
         let v = logits.dims()[2];
         out.push_f32("logits", logits.reshape([t, v]))?;
 
-        let mut rows_seen: Vec<Tensor<B, 4>> = Vec::new();
+        let mut rows = DecodeRows::default();
         let mut cache = KvCache::new(layers);
         let options = AnswerOptions {
             max_new_tokens,
@@ -84,26 +78,12 @@ impl<B: Backend> QwenSession<B> {
             &options,
             (&Taps::none(), &Taps::attention_of(0..layers)),
             |_, cap| {
-                let per_layer: Vec<Tensor<B, 4>> = cap.attention.into_values().collect();
-                let step = Tensor::cat(per_layer, 0);
-                let [l, h, _, s] = step.dims();
-                rows_seen.push(step.reshape([1, l, h, s]));
+                rows.record(cap);
                 Ok(())
             },
         )?;
         out.push_ids("gen_ids", &gen);
-        if !rows_seen.is_empty() {
-            let width = t + rows_seen.len();
-            let padded: Vec<Tensor<B, 4>> = rows_seen
-                .into_iter()
-                .map(|r| {
-                    let [n, l, h, s] = r.dims();
-                    let pad = Tensor::zeros([n, l, h, width - s], &r.device());
-                    Tensor::cat(vec![r, pad], 3)
-                })
-                .collect();
-            out.push_f32("decode_attentions", Tensor::cat(padded, 0))?;
-        }
+        rows.push_into(&mut out, t)?;
         Ok(out)
     }
 }

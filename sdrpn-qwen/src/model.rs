@@ -164,9 +164,7 @@ impl<B: Backend> QwenVl<B> {
 
     /// Logits of the last position of `hidden` (`[1, T, D]`), on the host.
     pub fn last_logits(&self, hidden: Tensor<B, 3>) -> Result<Vec<f32>> {
-        let [n, t, d] = hidden.dims();
-        let last = hidden.slice([n - 1..n, t - 1..t, 0..d]);
-        Ok(sdrpn_core::readback::floats(self.language.logits(last))?)
+        Ok(self.language.last_logits(hidden)?)
     }
 }
 

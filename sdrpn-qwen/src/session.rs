@@ -14,11 +14,12 @@ use sdrpn_core::host::AnswerOptions;
 use sdrpn_core::{Grid, Positions};
 use sdrpn_llava::cache::KvCache;
 use sdrpn_llava::fingerprint::{model_fingerprint, ModelFingerprint};
-use sdrpn_llava::generate::{greedy_decode, StopRule};
+use sdrpn_llava::generate::{greedy_decode, stop_on_strings, StopRule};
 use sdrpn_llava::preprocess::expand_to_square;
 use sdrpn_llava::taps::{Captured, Taps};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 /// An image and a message turned into model inputs.
 #[derive(Debug, Clone)]
@@ -53,9 +54,11 @@ impl<B: Backend> QwenPrepared<B> {
 }
 
 /// A loaded Qwen2.5-VL model, tokenizer and image processor.
+#[derive(Clone)]
 pub struct QwenSession<B: Backend> {
-    /// The model.
-    pub model: QwenVl<B>,
+    /// The model (shared by the session's views: [`QwenSession::with_square`]
+    /// on a clone copies no weights).
+    pub model: Arc<QwenVl<B>>,
     /// Its tokenizer and chat template.
     pub tokenizer: QwenTokenizer,
     /// Its image processor settings.
@@ -99,7 +102,7 @@ impl<B: Backend> QwenSession<B> {
         }
         let fingerprint = model_fingerprint(dir, "per-image")?;
         Ok(Self {
-            model,
+            model: Arc::new(model),
             tokenizer,
             processor,
             fingerprint,
@@ -108,7 +111,10 @@ impl<B: Backend> QwenSession<B> {
     }
 
     /// The session with prompt images padded to a square of `side` pixels
-    /// (a multiple of 28), see [`QwenSession::square`].
+    /// (a multiple of 28), see [`QwenSession::square`]. On a clone of a
+    /// session this is a second view of the same weights: labelling and
+    /// training at the square resolution beside evaluation at each image's
+    /// own one, with the model loaded once.
     pub fn with_square(mut self, side: u32) -> Result<Self> {
         let f = self.processor.factor() as u32;
         if side == 0 || !side.is_multiple_of(f) {
@@ -256,15 +262,7 @@ impl<B: Backend> QwenSession<B> {
     ) -> Result<Vec<u32>> {
         let device = self.device();
         let context = self.model.config().text.max_position_embeddings;
-        let stop = |tokens: &[u32]| {
-            !options.stop_strings.is_empty()
-                && self.tokenizer.decode(tokens).is_ok_and(|text| {
-                    options
-                        .stop_strings
-                        .iter()
-                        .any(|s| text.contains(s.as_str()))
-                })
-        };
+        let stop = stop_on_strings(&options.stop_strings, |t| self.tokenizer.decode(t).ok());
         let rule = StopRule {
             max_new_tokens: options.max_new_tokens,
             eos: self.tokenizer.eos().to_vec(),
@@ -293,13 +291,7 @@ impl<B: Backend> QwenSession<B> {
     /// The answer text of generated tokens: decoded without special tokens,
     /// cut at the first stop string, stripped.
     pub fn answer_text(&self, tokens: &[u32], options: &AnswerOptions) -> Result<String> {
-        let mut text = self.tokenizer.decode(tokens)?;
-        for s in &options.stop_strings {
-            if let Some(at) = text.find(s.as_str()) {
-                text.truncate(at);
-            }
-        }
-        Ok(text.trim().to_string())
+        Ok(options.answer_in(self.tokenizer.decode(tokens)?))
     }
 
     /// Greedy answer to `message` about `image`.

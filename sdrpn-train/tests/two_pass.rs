@@ -8,10 +8,14 @@ mod common;
 use common::*;
 use sdrpn_core::components::TokenBox;
 use sdrpn_core::crop::PixelBox;
-use sdrpn_core::roi::{RoiConfig, RoiMode};
+use sdrpn_core::roi::RoiMode;
 use sdrpn_llava::preprocess::load_rgb;
 use sdrpn_llava::session::{AnswerOptions, LlavaSession, PromptOptions};
-use sdrpn_train::two_pass::{TwoPass, TwoPassOptions, TwoPassOutput};
+use sdrpn_train::two_pass::{TwoPass, TwoPassOutput};
+
+#[path = "two_pass_checks/mod.rs"]
+mod two_pass_checks;
+use two_pass_checks::{assert_same_answer, hot_map, options};
 
 const QUESTION: &str = "What is in the picture?";
 
@@ -24,25 +28,9 @@ fn session() -> LlavaSession<B> {
     .unwrap()
 }
 
-fn options(reuse: bool) -> TwoPassOptions {
-    TwoPassOptions {
-        branch: 2,
-        roi: RoiConfig::default(),
-        answer: AnswerOptions {
-            max_new_tokens: 6,
-            stop_strings: Vec::new(),
-        },
-        reuse_prefix_cache: reuse,
-    }
-}
-
-/// A 6x6 map with 1.0 on the given cells.
+/// A 6x6 map (the image's grid) with 1.0 on the given cells.
 fn map(hot: &[(usize, usize)]) -> Vec<f32> {
-    let mut m = vec![0.0f32; 36];
-    for &(r, c) in hot {
-        m[r * 6 + c] = 1.0;
-    }
-    m
+    hot_map(6, 6, hot)
 }
 
 fn run(map: &[f32], reuse: bool) -> TwoPassOutput {
@@ -50,21 +38,6 @@ fn run(map: &[f32], reuse: bool) -> TwoPassOutput {
     session()
         .answer_with_map(&image, QUESTION, map, &options(reuse))
         .unwrap()
-}
-
-fn assert_same_answer(a: &TwoPassOutput, b: &TwoPassOutput, what: &str) {
-    assert_eq!(a.tokens, b.tokens, "{what}: tokens");
-    let worst = a
-        .first_logits
-        .iter()
-        .zip(&b.first_logits)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        worst <= 1e-4,
-        "{what}: first-token logits differ by {worst:e}"
-    );
-    eprintln!("{what}: max logit difference {worst:e}");
 }
 
 #[test]

@@ -2,7 +2,12 @@
 //! `model_type`: the commands pick the host with no flag.
 
 use anyhow::{bail, Context};
+use burn::tensor::backend::Backend;
+use sdrpn_llava::session::{LlavaSession, PromptOptions};
+use sdrpn_qwen::QwenSession;
+use sdrpn_train::trainer::TrainHost;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The host models this build can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,11 +46,11 @@ impl HostKind {
 }
 
 /// Work to do with a loaded host, whichever kind it is.
-pub trait HostJob<B: burn::tensor::backend::Backend> {
+pub trait HostJob<B: Backend> {
     /// What the job returns.
     type Output;
     /// Runs the job on `host`.
-    fn run<H: sdrpn_train::trainer::TrainHost<B>>(self, host: H) -> anyhow::Result<Self::Output>;
+    fn run<H: TrainHost<B>>(self, host: H) -> anyhow::Result<Self::Output>;
 }
 
 /// How Qwen2.5-VL prompts are sized: at each image's own resolution
@@ -59,29 +64,86 @@ pub const QWEN_LABEL_SIDE: u32 = 672;
 
 /// Loads the host of the checkpoint in `model` (LLaVA with `prompt`,
 /// Qwen2.5-VL with `qwen_square`) and runs `job` on it.
-pub fn with_host<B: burn::tensor::backend::Backend, J: HostJob<B>>(
+pub fn with_host<B: Backend, J: HostJob<B>>(
     model: &Path,
     device: &B::Device,
-    prompt: sdrpn_llava::session::PromptOptions,
+    prompt: PromptOptions,
     qwen_square: QwenSquare,
     job: J,
 ) -> anyhow::Result<J::Output> {
-    let context = || format!("cannot load the model in {}", model.display());
     match HostKind::of(model)? {
-        HostKind::Llava => {
-            let session = sdrpn_llava::session::LlavaSession::<B>::load(model, device, prompt)
-                .with_context(context)?;
-            job.run(session)
-        }
+        HostKind::Llava => job.run(load_llava::<B>(model, device, prompt)?),
         HostKind::Qwen => {
-            let mut session =
-                sdrpn_qwen::QwenSession::<B>::load(model, device).with_context(context)?;
-            if let Some(side) = qwen_square {
-                session = session.with_square(side)?;
+            let session = load_qwen::<B>(model, device)?;
+            match qwen_square {
+                Some(side) => job.run(session.with_square(side)?),
+                None => job.run(session),
             }
-            job.run(session)
         }
     }
+}
+
+/// The host twice over one loaded model: as labels and training see it,
+/// and as evaluation sees it (LLaVA: the same; Qwen2.5-VL: padded to a
+/// square for labels and training, each image's own size for evaluation).
+pub struct HostViews<H> {
+    /// For labelling and training.
+    pub train: Arc<H>,
+    /// For evaluation and inference.
+    pub eval: Arc<H>,
+}
+
+/// Work that needs both [`HostViews`] of a host, whichever kind it is.
+pub trait HostViewsJob<B: Backend> {
+    /// What the job returns.
+    type Output;
+    /// Runs the job on the views of one loaded host.
+    fn run<H: TrainHost<B>>(self, views: HostViews<H>) -> anyhow::Result<Self::Output>;
+}
+
+/// Loads the host of the checkpoint in `model` once (LLaVA with `prompt`;
+/// Qwen2.5-VL with training prompts on a `qwen_square` px square) and runs
+/// `job` on its [`HostViews`].
+pub fn with_host_views<B: Backend, J: HostViewsJob<B>>(
+    model: &Path,
+    device: &B::Device,
+    prompt: PromptOptions,
+    qwen_square: u32,
+    job: J,
+) -> anyhow::Result<J::Output> {
+    match HostKind::of(model)? {
+        HostKind::Llava => {
+            let host = Arc::new(load_llava::<B>(model, device, prompt)?);
+            job.run(HostViews {
+                train: host.clone(),
+                eval: host,
+            })
+        }
+        HostKind::Qwen => {
+            let eval = load_qwen::<B>(model, device)?;
+            let train = eval.clone().with_square(qwen_square)?;
+            job.run(HostViews {
+                train: Arc::new(train),
+                eval: Arc::new(eval),
+            })
+        }
+    }
+}
+
+fn load_llava<B: Backend>(
+    model: &Path,
+    device: &B::Device,
+    prompt: PromptOptions,
+) -> anyhow::Result<LlavaSession<B>> {
+    LlavaSession::<B>::load(model, device, prompt).with_context(|| load_context(model))
+}
+
+fn load_qwen<B: Backend>(model: &Path, device: &B::Device) -> anyhow::Result<QwenSession<B>> {
+    QwenSession::<B>::load(model, device).with_context(|| load_context(model))
+}
+
+fn load_context(model: &Path) -> String {
+    format!("cannot load the model in {}", model.display())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ mod devices;
 mod eval;
 mod experiment;
 mod generate;
-mod host;
+pub mod host;
 mod infer;
 mod inspect;
 mod label;

@@ -7,10 +7,14 @@
 
 use crate::support::{fixtures, B};
 use sdrpn_core::host::{AnswerOptions, HostPrompt, RpnHost};
-use sdrpn_core::roi::{RoiConfig, RoiMode};
+use sdrpn_core::roi::RoiMode;
 use sdrpn_llava::preprocess::load_rgb;
 use sdrpn_qwen::QwenSession;
-use sdrpn_train::two_pass::{TwoPass, TwoPassOptions, TwoPassOutput};
+use sdrpn_train::two_pass::{TwoPass, TwoPassOutput};
+
+#[path = "../../../sdrpn-train/tests/two_pass_checks/mod.rs"]
+mod two_pass_checks;
+use two_pass_checks::{assert_same_answer, hot_map, options};
 
 const QUESTION: &str = "What is in the picture?";
 
@@ -23,45 +27,14 @@ fn image() -> image::RgbImage {
     load_rgb(&fixtures().join("images/big.png")).unwrap()
 }
 
-fn options(reuse: bool) -> TwoPassOptions {
-    TwoPassOptions {
-        branch: 2,
-        roi: RoiConfig::default(),
-        answer: AnswerOptions {
-            max_new_tokens: 6,
-            stop_strings: Vec::new(),
-        },
-        reuse_prefix_cache: reuse,
-    }
-}
-
-/// A 5x9 map with 1.0 on the given cells.
+/// A 5x9 map (the image's grid) with 1.0 on the given cells.
 fn map(hot: &[(usize, usize)]) -> Vec<f32> {
-    let mut m = vec![0.0f32; 45];
-    for &(r, c) in hot {
-        m[r * 9 + c] = 1.0;
-    }
-    m
+    hot_map(5, 9, hot)
 }
 
 fn run(s: &QwenSession<B>, map: &[f32], reuse: bool) -> TwoPassOutput {
     s.answer_with_map(&image(), QUESTION, map, &options(reuse))
         .unwrap()
-}
-
-fn assert_same_answer(a: &TwoPassOutput, b: &TwoPassOutput, what: &str) {
-    assert_eq!(a.tokens, b.tokens, "{what}: tokens");
-    let worst = a
-        .first_logits
-        .iter()
-        .zip(&b.first_logits)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    eprintln!("{what}: max logit difference {worst:e}");
-    assert!(
-        worst <= 1e-4,
-        "{what}: first-token logits differ by {worst:e}"
-    );
 }
 
 #[test]

@@ -5,17 +5,36 @@ use sdrpn_core::crop::PixelBox;
 use sdrpn_core::Grid;
 use sdrpn_llava::preprocess::{shortest_edge_size, ImageMode};
 
+/// How a host's token grid sits on the source image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GridPlacement {
+    /// LLaVA: the image made square by its image mode (padded, or resized
+    /// and centre-cropped), then covered by the grid.
+    Square(ImageMode),
+    /// The whole image resized onto the grid (Qwen2.5-VL at each image's
+    /// own resolution: `smart_resize` keeps all of it).
+    Whole,
+}
+
 /// Where source pixel `(x, y)` lands on the token grid (fractional token
 /// coordinates), under the model's preprocessing; `None` outside the input.
-fn to_grid(x: f32, y: f32, w: u32, h: u32, grid: Grid, mode: ImageMode) -> Option<(f32, f32)> {
+fn to_grid(
+    x: f32,
+    y: f32,
+    w: u32,
+    h: u32,
+    grid: Grid,
+    placement: GridPlacement,
+) -> Option<(f32, f32)> {
     let (gw, gh) = (grid.cols as f32, grid.rows as f32);
-    match mode {
-        ImageMode::Pad => {
+    match placement {
+        GridPlacement::Whole => Some((x / w as f32 * gw, y / h as f32 * gh)),
+        GridPlacement::Square(ImageMode::Pad) => {
             let side = w.max(h) as f32;
             let (ox, oy) = (((w.max(h) - w) / 2) as f32, ((w.max(h) - h) / 2) as f32);
             Some(((x + ox) / side * gw, (y + oy) / side * gh))
         }
-        ImageMode::Crop => {
+        GridPlacement::Square(ImageMode::Crop) => {
             let s = 1000u32;
             let (rw, rh) = shortest_edge_size(w, h, s);
             let scale = rw as f32 / w as f32;
@@ -79,14 +98,15 @@ pub fn render(
     image: &RgbImage,
     map: &[f32],
     grid: Grid,
-    mode: ImageMode,
+    placement: GridPlacement,
     crop: Option<PixelBox>,
 ) -> RgbImage {
     let (w, h) = image.dimensions();
     let mut out = image.clone();
     if map.len() == grid.len() {
         for (x, y, px) in out.enumerate_pixels_mut() {
-            let Some((gx, gy)) = to_grid(x as f32 + 0.5, y as f32 + 0.5, w, h, grid, mode) else {
+            let Some((gx, gy)) = to_grid(x as f32 + 0.5, y as f32 + 0.5, w, h, grid, placement)
+            else {
                 continue;
             };
             let v = sample(map, grid, gx, gy).clamp(0.0, 1.0);
@@ -129,7 +149,7 @@ mod tests {
             &image,
             &map,
             grid,
-            ImageMode::Pad,
+            GridPlacement::Square(ImageMode::Pad),
             Some(PixelBox {
                 x0: 20,
                 y0: 20,
@@ -145,5 +165,19 @@ mod tests {
         );
         assert_eq!(out.get_pixel(20, 30), &Rgb([0, 220, 0]), "box edge");
         assert_eq!(out.get_pixel(30, 30)[2], 255, "box inside untouched");
+    }
+
+    #[test]
+    fn a_whole_image_grid_follows_the_image_not_a_square() {
+        // 2 rows x 4 columns over an 80x20 image: cell (1, 3) is the
+        // bottom-right 20x10 corner.
+        let grid = Grid::new(2, 4).unwrap();
+        let image = RgbImage::from_pixel(80, 20, Rgb([0, 0, 255]));
+        let mut map = [0.0; 8];
+        map[grid.index(1, 3)] = 1.0;
+        let out = render(&image, &map, grid, GridPlacement::Whole, None);
+        assert!(out.get_pixel(75, 17)[0] > 150, "bottom-right is hot");
+        assert_eq!(out.get_pixel(5, 2), &Rgb([0, 0, 255]), "top-left is cold");
+        assert_eq!(out.get_pixel(75, 2), &Rgb([0, 0, 255]), "top-right is cold");
     }
 }

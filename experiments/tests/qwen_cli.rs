@@ -195,8 +195,17 @@ fn label_train_and_infer_run_on_a_qwen_checkpoint() {
         "--json",
         "--max-new-tokens",
         "3",
+        "--heatmap",
+        &path(&dir.join("roi.png")),
     ]);
     let json: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let drawn = image::open(dir.join("roi.png")).unwrap();
+    let source = image::open(images.join("big.png")).unwrap();
+    assert_eq!(
+        (drawn.width(), drawn.height()),
+        (source.width(), source.height()),
+        "the heatmap is drawn over the whole source image"
+    );
     let map = json["roi_map"].as_array().unwrap();
     assert_eq!(
         (map.len(), map[0].as_array().unwrap().len()),

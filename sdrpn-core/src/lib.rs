@@ -17,6 +17,7 @@ pub mod components;
 pub mod crop;
 pub mod denoise;
 pub mod error;
+pub mod fast_cpu;
 pub mod grid;
 pub mod heads;
 pub mod host;

@@ -58,20 +58,44 @@ impl<B: Backend> Rope<B> {
             Positions::Axes(p) => p.len(),
         };
         let len = positions.len();
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(samples * len * half),
-            Vec::with_capacity(samples * len * half),
-        );
+        let mut angles = Vec::with_capacity(samples * len * half);
         for n in 0..samples {
             for t in 0..len {
                 let pos = positions.at(n, t, axes);
-                for (f, &axis) in inv_freq.iter().zip(&axis_of) {
-                    let (s, c) = (pos[axis] as f32 * f).sin_cos();
-                    cos.push(c);
-                    sin.push(s);
-                }
+                angles.extend(
+                    inv_freq
+                        .iter()
+                        .zip(&axis_of)
+                        .map(|(f, &axis)| pos[axis] as f32 * f),
+                );
             }
         }
+        Self::from_angles(&angles, [samples, len], head_dim, heads, device)
+    }
+
+    /// Tables from rotation angles `[N, T, hd/2]` (row-major, in f32), one
+    /// per frequency of each token: what a host with its own frequency
+    /// layout (Qwen2.5-VL's 2-D vision rotary) computes.
+    pub fn from_angles(
+        angles: &[f32],
+        [samples, len]: [usize; 2],
+        head_dim: usize,
+        heads: usize,
+        device: &B::Device,
+    ) -> Self {
+        let half = head_dim / 2;
+        assert_eq!(
+            angles.len(),
+            samples * len * half,
+            "angles are [N, T, hd/2]"
+        );
+        let (cos, sin): (Vec<f32>, Vec<f32>) = angles
+            .iter()
+            .map(|a| {
+                let (s, c) = a.sin_cos();
+                (c, s)
+            })
+            .unzip();
         // Built on the device from the `[N, T, hd/2]` table: the half-width
         // table twice per head (rotate_half layout), repeated for every head,
         // materialised once per pass (only `N*T*hd/2` values are uploaded).

@@ -2,7 +2,7 @@
 //! position embeddings), as HF `CLIPVisionModel` computes it.
 
 use crate::config::{Activation, ClipVisionConfig};
-use crate::nn::{activate, load_layer_norm, merge_heads, softmax_f32, split_heads};
+use crate::nn::{activate, load_layer_norm, merge_heads, scaled_softmax_f32, split_heads};
 use crate::weights::TensorLoader;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, Linear};
@@ -28,9 +28,8 @@ impl<B: Backend> ClipAttention<B> {
         let q = split_heads(self.q_proj.forward(x.clone()), h, hd);
         let k = split_heads(self.k_proj.forward(x.clone()), h, hd);
         let v = split_heads(self.v_proj.forward(x), h, hd);
-        let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-        self.out_proj
-            .forward(merge_heads(softmax_f32(scores).matmul(v)))
+        let probs = scaled_softmax_f32(q.matmul(k.swap_dims(2, 3)), (hd as f64).powf(-0.5), None);
+        self.out_proj.forward(merge_heads(probs.matmul(v)))
     }
 }
 

@@ -3,14 +3,14 @@
 
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
-use crate::nn::{merge_heads, softmax_f32, split_heads, RmsNorm};
+use crate::nn::{merge_heads, scaled_softmax_f32, split_heads, RmsNorm};
 use crate::taps::{Captured, Taps};
 use crate::weights::TensorLoader;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use sdrpn_core::fast_cpu::silu;
 use sdrpn_core::rope::Rope;
 use sdrpn_core::Positions;
 use std::ops::Range;
@@ -42,10 +42,10 @@ pub struct PassContext<B: Backend> {
     rope_q: Rope<B>,
     /// RoPE for the key heads (`None`: as many as query heads).
     rope_k: Option<Rope<B>>,
-    /// `[1, T*S]` causal bias: -inf where a key is in a query's future, 0
-    /// elsewhere (`None` for one query). Added to the `[N*H, T*S]` scores,
-    /// which is what HF's additive mask does, as one contiguous element-wise op.
-    causal_bias: Option<Tensor<B, 2>>,
+    /// `[1, 1, T, S]` causal bias: -inf where a key is in a query's future,
+    /// 0 elsewhere (`None` for one query), added to the scores as HF's
+    /// additive mask is.
+    causal_bias: Option<Tensor<B, 4>>,
 }
 
 impl<B: Backend> PassContext<B> {
@@ -69,7 +69,7 @@ impl<B: Backend> PassContext<B> {
             let future = k_pos.expand([len, s]).greater(q_pos.expand([len, s]));
             Tensor::<B, 2>::zeros([len, s], device)
                 .mask_fill(future, f32::NEG_INFINITY)
-                .reshape([1, len * s])
+                .reshape([1, 1, len, s])
         });
         let rope = |h| Rope::new(head_dim, h, theta, positions, sections, device);
         Self {
@@ -131,7 +131,6 @@ impl<B: Backend> LlamaAttention<B> {
         // `repeat_kv` gives the same products).
         let rep = h / hkv;
         let s = k.dims()[2];
-        let dtype = q.dtype();
         let grouped = |x: Tensor<B, 4>, width: usize| {
             if rep == 1 {
                 x
@@ -139,15 +138,10 @@ impl<B: Backend> LlamaAttention<B> {
                 x.reshape([n, hkv, rep * t, width])
             }
         };
-        let mut scores = grouped(q, hd)
+        let scores = grouped(q, hd)
             .matmul(k.swap_dims(2, 3))
-            .reshape([n, h, t, s])
-            * (hd as f64).powf(-0.5);
-        if let Some(bias) = &pass.causal_bias {
-            scores =
-                (scores.reshape([n * h, t * s]) + bias.clone().cast(dtype)).reshape([n, h, t, s]);
-        }
-        let probs = softmax_f32(scores);
+            .reshape([n, h, t, s]);
+        let probs = scaled_softmax_f32(scores, (hd as f64).powf(-0.5), pass.causal_bias.as_ref());
         let context = grouped(probs.clone(), s).matmul(v).reshape([n, h, t, hd]);
         let out = self.o_proj.forward(merge_heads(context));
         (out, probs)

@@ -72,6 +72,30 @@ pub fn softmax_f32<B: Backend>(scores: Tensor<B, 4>) -> Tensor<B, 4> {
     softmax(scores.cast(DType::F32), 3).cast(dtype)
 }
 
+/// Attention probabilities `softmax(scores * scale + bias)` over the last
+/// axis, computed in f32 and cast back to the scores' dtype: fused on the
+/// CPU (see [`sdrpn_core::fast_cpu`]), else with Burn's ops.
+///
+/// # Shapes
+/// - `scores`: `[A, B, C, D]`; `bias`: `[1 or A, 1 or B, 1 or C, D]` -> `[A, B, C, D]`
+pub fn scaled_softmax_f32<B: Backend>(
+    scores: Tensor<B, 4>,
+    scale: f64,
+    bias: Option<&Tensor<B, 4>>,
+) -> Tensor<B, 4> {
+    match sdrpn_core::fast_cpu::scaled_softmax(scores, scale as f32, bias) {
+        Ok(probs) => probs,
+        Err(scores) => {
+            let dtype = scores.dtype();
+            let mut scores = scores * scale;
+            if let Some(bias) = bias {
+                scores = scores + bias.clone().cast(dtype);
+            }
+            softmax_f32(scores)
+        }
+    }
+}
+
 /// Splits `[N, T, H*hd]` into heads `[N, H, T, hd]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize, head_dim: usize) -> Tensor<B, 4> {
     let [n, t, _] = x.dims();

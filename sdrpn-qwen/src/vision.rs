@@ -10,10 +10,12 @@ use crate::error::{QwenError, Result};
 use crate::window::{patch_positions, WindowLayout};
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use sdrpn_llava::nn::{merge_heads, RmsNorm};
+use sdrpn_core::fast_cpu::silu;
+use sdrpn_core::rope::Rope;
+use sdrpn_llava::nn::{merge_heads, scaled_softmax_f32, RmsNorm};
 use sdrpn_llava::weights::TensorLoader;
 
 /// Epsilon of every vision RMSNorm (HF hard-codes 1e-6).
@@ -101,9 +103,8 @@ impl<B: Backend> AttentionPlan<B> {
 /// attention plans.
 #[derive(Debug, Clone)]
 pub struct VisionPass<B: Backend> {
-    /// `[S, hd]` cos / sin of the patches in window order.
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
+    /// The 2-D rotary of the patches in window order.
+    rope: Rope<B>,
     windowed: AttentionPlan<B>,
     full: AttentionPlan<B>,
     /// `[S/4]` position in window order of each merged token (raster order).
@@ -129,20 +130,10 @@ impl<B: Backend> VisionAttention<B> {
         let (h, hd) = (self.num_heads, d / self.num_heads);
         let dtype = x.dtype();
         let qkv = self.qkv.forward(x);
+        // HF rotates in f32 and casts back.
         let rotate = |t: Tensor<B, 2>| -> Tensor<B, 2> {
-            // HF: in f32, x * cos + rotate_half(x) * sin, per head.
-            let t = t.cast(DType::F32).reshape([s, h, hd]);
-            let half = hd / 2;
-            let rotated = Tensor::cat(
-                vec![
-                    t.clone().slice([0..s, 0..h, half..hd]).neg(),
-                    t.clone().slice([0..s, 0..h, 0..half]),
-                ],
-                2,
-            );
-            let cos = pass.cos.clone().reshape([s, 1, hd]);
-            let sin = pass.sin.clone().reshape([s, 1, hd]);
-            (t * cos + rotated * sin).cast(dtype).reshape([s, h * hd])
+            let t = t.cast(DType::F32).reshape([1, s, h, hd]);
+            pass.rope.apply(t).cast(dtype).reshape([s, d])
         };
         let q = rotate(qkv.clone().slice([0..s, 0..d]));
         let k = rotate(qkv.clone().slice([0..s, d..2 * d]));
@@ -152,14 +143,45 @@ impl<B: Backend> VisionAttention<B> {
                 .reshape([plan.windows, plan.slots, h, hd])
                 .swap_dims(1, 2)
         };
-        let (q, k, v) = (heads(q), heads(k), heads(v));
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-        if let Some(mask) = &plan.mask {
-            scores = scores + mask.clone().cast(dtype);
-        }
-        let probs = softmax(scores.cast(DType::F32), 3).cast(dtype);
-        let out = merge_heads(probs.matmul(v));
-        self.proj.forward(plan.unwindowed(out))
+        let out = attend_in_chunks(heads(q), heads(k), heads(v), plan.mask.as_ref());
+        self.proj.forward(plan.unwindowed(merge_heads(out)))
+    }
+}
+
+/// Most attention scores held at once, in elements (16 MiB in f32): a
+/// full-attention block over thousands of patches runs a few hundred query
+/// rows at a time instead of holding `[H, S, S]` scores.
+const SCORE_BUDGET: usize = 1 << 22;
+
+/// Softmax attention of every window, `SCORE_BUDGET` scores at a time
+/// (query rows in chunks; each row's softmax is whole, so chunking changes
+/// no value). Scores are `q k^T / sqrt(hd)` plus the key `mask`, softmax in
+/// f32 as HF does.
+///
+/// # Shapes
+/// - `q`, `k`, `v`: `[W, H, L, hd]`; `mask`: `[W, 1, 1, L]` -> `[W, H, L, hd]`
+fn attend_in_chunks<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<&Tensor<B, 4>>,
+) -> Tensor<B, 4> {
+    let [w, h, l, hd] = q.dims();
+    let rows = (SCORE_BUDGET / (w * h * l).max(1)).clamp(1, l.max(1));
+    let keys = k.swap_dims(2, 3);
+    let chunks: Vec<Tensor<B, 4>> = (0..l)
+        .step_by(rows)
+        .map(|r0| {
+            let r1 = (r0 + rows).min(l);
+            let q = q.clone().slice([0..w, 0..h, r0..r1, 0..hd]);
+            let probs = scaled_softmax_f32(q.matmul(keys.clone()), (hd as f64).powf(-0.5), mask);
+            probs.matmul(v.clone())
+        })
+        .collect();
+    if chunks.len() == 1 {
+        chunks.into_iter().next().expect("one chunk")
+    } else {
+        Tensor::cat(chunks, 2)
     }
 }
 
@@ -302,8 +324,8 @@ impl<B: Backend> QwenVisionTower<B> {
             .flat_map(|&u| (u * unit..(u + 1) * unit).map(|p| p as i64))
             .collect();
         // HF's rot_pos_emb: per patch, [row * inv_freq, col * inv_freq] with
-        // inv_freq over half a head (dim = hd/2, hd/4 frequencies), then
-        // the whole table twice (rotate_half layout).
+        // inv_freq over half a head (dim = hd/2, hd/4 frequencies); the Rope
+        // lays the table out twice (rotate_half layout).
         let hd = cfg.hidden_size / cfg.num_heads;
         let dim = hd / 2;
         let inv: Vec<f32> = (0..dim)
@@ -311,29 +333,18 @@ impl<B: Backend> QwenVisionTower<B> {
             .map(|i| 1.0 / 10000f32.powf(i as f32 / dim as f32))
             .collect();
         let positions = patch_positions(rows, cols, m);
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        let mut angles = Vec::with_capacity(window_patches.len() * dim);
         for &p in &window_patches {
             let (r, c) = positions[p as usize];
-            let angles: Vec<f32> = inv
-                .iter()
-                .map(|f| r as f32 * f)
-                .chain(inv.iter().map(|f| c as f32 * f))
-                .collect();
-            for _ in 0..2 {
-                for a in &angles {
-                    cos.push(a.cos());
-                    sin.push(a.sin());
-                }
-            }
+            angles.extend(inv.iter().map(|f| r as f32 * f));
+            angles.extend(inv.iter().map(|f| c as f32 * f));
         }
         let s = rows * cols;
-        let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [s, hd]), device);
         let windowed: Vec<usize> = layout.lengths.iter().map(|l| l * unit).collect();
         let inverse: Vec<i64> = layout.inverse().into_iter().map(|i| i as i64).collect();
         let n = inverse.len();
         Ok(VisionPass {
-            cos: table(cos),
-            sin: table(sin),
+            rope: Rope::from_angles(&angles, [1, s], hd, cfg.num_heads, device),
             windowed: AttentionPlan::new(&windowed, device),
             full: AttentionPlan::new(&[s], device),
             unwindow: Tensor::from_data(TensorData::new(inverse, [n]), device),

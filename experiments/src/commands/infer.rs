@@ -2,7 +2,7 @@
 
 use super::common::DeviceArgs;
 use super::host::{with_host, HostJob, HostKind};
-use crate::heatmap;
+use crate::heatmap::{self, GridPlacement};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
@@ -58,15 +58,16 @@ impl BackendJob for InferArgs {
             sdrpn_core::roi::check_threshold(t)?;
         }
         if let Some(path) = &self.heatmap {
-            if HostKind::of(&self.model)? == HostKind::Qwen {
-                anyhow::bail!("--heatmap draws LLaVA's square input only; it is not available for Qwen2.5-VL yet (use --json for the map)");
-            }
             heatmap::check_writable(path)?;
         }
         let image = load_rgb(&self.image)?;
         let run_config = sdrpn_train::SdrpnConfig::load(&self.rpn.join("config.toml"))
             .with_context(|| format!("{} is not a `sdrpn train` run", self.rpn.display()))?;
         let (model, prompt) = (self.model.clone(), run_config.prompt);
+        let placement = match HostKind::of(&model)? {
+            HostKind::Llava => GridPlacement::Square(prompt.image_mode),
+            HostKind::Qwen => GridPlacement::Whole,
+        };
         // Qwen2.5-VL answers at each image's own resolution (None), as the
         // reference evaluates.
         with_host::<B, _>(
@@ -78,6 +79,7 @@ impl BackendJob for InferArgs {
                 args: self,
                 image,
                 run_config,
+                placement,
             },
         )
     }
@@ -88,6 +90,8 @@ struct Inference {
     args: InferArgs,
     image: image::RgbImage,
     run_config: sdrpn_train::SdrpnConfig,
+    /// How the host's grid sits on the image (for `--heatmap`).
+    placement: GridPlacement,
 }
 
 impl<B: Backend> HostJob<B> for Inference {
@@ -125,13 +129,7 @@ impl<B: Backend> HostJob<B> for Inference {
             session.answer_with_roi(&rpn, image, &args.question, &options)?
         };
         if let Some(path) = &args.heatmap {
-            let drawn = heatmap::render(
-                image,
-                &out.roi_map,
-                grid,
-                self.run_config.prompt.image_mode,
-                out.crop,
-            );
+            let drawn = heatmap::render(image, &out.roi_map, grid, self.placement, out.crop);
             drawn
                 .save(path)
                 .with_context(|| format!("cannot write {}", path.display()))?;

@@ -130,7 +130,13 @@ pub fn write_figures<B: burn::tensor::backend::Backend>(
         let mut cache = sdrpn_llava::cache::KvCache::new(session.model.language.num_layers());
         let (map, _) =
             session.roi_probabilities(&rpn, &prepared, method.rpn.branch_layer, &mut cache)?;
-        let third = heatmap::render(&small, &map, grid, ImageMode::Pad, None);
+        let third = heatmap::render(
+            &small,
+            &map,
+            grid,
+            heatmap::GridPlacement::Square(ImageMode::Pad),
+            None,
+        );
         let y = row as u32 * (PANEL + 4);
         for (k, panel) in [first, second, third].iter().enumerate() {
             image::imageops::replace(

@@ -1,0 +1,382 @@
+//! Fused CPU kernels for the element-wise work Burn's flex backend runs on
+//! one thread with a scalar `expf`: the attention softmax (with its scale
+//! and additive mask) and SiLU. On the flex backend in f32 they run over
+//! all of rayon's threads with an exponential that the compiler vectorises
+//! (AVX-512 or AVX2 chosen at run time); on every other backend, dtype or
+//! build, the callers' plain Burn ops run instead (`None` / the fallback),
+//! so GPU and autodiff paths are untouched.
+//!
+//! The exponential is Cephes' `expf` (range reduction by ln 2, degree-6
+//! polynomial): within 2 ulp of the correctly rounded value, exactly 0 for
+//! arguments below -87.3 (so masked scores give probability 0), NaN for NaN.
+//! No fused multiply-add is used, so every SIMD path gives the same bits.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// `softmax(scores * scale + bias)` over the last axis, in f32, when the
+/// backend is flex and `scores` is f32; `bias` (0 or -inf, or any additive
+/// term) is broadcast from a shape whose first three axes are each 1 or
+/// those of `scores`. `Err` gives the inputs back for the caller's own ops.
+///
+/// # Shapes
+/// - `scores`: `[A, B, C, D]`; `bias`: `[1 or A, 1 or B, 1 or C, D]` -> `[A, B, C, D]`
+#[allow(clippy::type_complexity)]
+pub fn scaled_softmax<B: Backend>(
+    scores: Tensor<B, 4>,
+    scale: f32,
+    bias: Option<&Tensor<B, 4>>,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    #[cfg(feature = "flex")]
+    {
+        flex::scaled_softmax(scores, scale, bias)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (scale, bias);
+        Err(scores)
+    }
+}
+
+/// SiLU (`x * sigmoid(x)`) on the fast path, else Burn's.
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let x = match flex::silu(x) {
+        Ok(out) => return out,
+        Err(x) => x,
+    };
+    burn::tensor::activation::silu(x)
+}
+
+/// `e^x` in f32 (see the module doc), written so that a loop over it
+/// vectorises.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let clamped = x.clamp(-87.3, 88.7);
+    let n = (clamped * LOG2E + ROUND) - ROUND;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let e = (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) << 23) as u32);
+    if x < -87.3 {
+        0.0
+    } else if x.is_nan() {
+        x
+    } else {
+        e
+    }
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use super::exp;
+    use burn::backend::Flex;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{DType, Tensor, TensorPrimitive};
+    use burn_flex::{FlexTensor, Layout};
+    use rayon::prelude::*;
+    use std::any::{Any, TypeId};
+
+    /// The flex tensor of `t` when `B` is flex and `t` is f32.
+    fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<FlexTensor, Tensor<B, D>> {
+        if TypeId::of::<B>() != TypeId::of::<Flex>() || t.dtype() != DType::F32 {
+            return Err(t);
+        }
+        let primitive: Box<dyn Any> = Box::new(t.into_primitive().tensor());
+        Ok(*primitive
+            .downcast::<FlexTensor>()
+            .expect("B is Flex: its float primitive is a FlexTensor"))
+    }
+
+    /// The tensor of a flex primitive (`B` is flex).
+    fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
+        let primitive: Box<dyn Any> = Box::new(t);
+        Tensor::from_primitive(TensorPrimitive::Float(
+            *primitive
+                .downcast::<B::FloatTensorPrimitive>()
+                .expect("B is Flex: its float primitive is a FlexTensor"),
+        ))
+    }
+
+    /// Elements per parallel task of element-wise kernels.
+    const CHUNK: usize = 1 << 14;
+
+    pub(super) fn silu<B: Backend, const D: usize>(
+        x: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        let x = to_flex(x)?.to_contiguous();
+        let input: &[f32] = x.storage();
+        let mut out = vec![0f32; input.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(input.par_chunks(CHUNK))
+            .for_each(|(o, i)| simd::silu(i, o));
+        let shape = x.layout().shape().clone();
+        Ok(from_flex(FlexTensor::new(
+            burn::tensor::Bytes::from_elems(out),
+            Layout::contiguous(shape),
+            DType::F32,
+        )))
+    }
+
+    pub(super) fn scaled_softmax<B: Backend>(
+        scores: Tensor<B, 4>,
+        scale: f32,
+        bias: Option<&Tensor<B, 4>>,
+    ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+        let dims = scores.dims();
+        let bias_dims = bias.map(|b| b.dims());
+        let broadcastable = bias_dims
+            .is_none_or(|b| b[3] == dims[3] && (0..3).all(|i| b[i] == 1 || b[i] == dims[i]));
+        if !broadcastable || bias.is_some_and(|b| b.dtype() != DType::F32) {
+            return Err(scores);
+        }
+        let scores = to_flex(scores)?.to_contiguous();
+        let bias = match bias.map(|b| to_flex(b.clone())) {
+            Some(Ok(b)) => Some(b.to_contiguous()),
+            Some(Err(_)) => unreachable!("checked: f32 on the same backend as the scores"),
+            None => None,
+        };
+        let [_, nb, nc, d] = dims;
+        let input: &[f32] = scores.storage();
+        let bias_values: Option<&[f32]> = bias.as_ref().map(|b| b.storage());
+        // Row r = (a, b, c) of the scores reads bias row (a % ba, b % bb, c % bc).
+        let bias_row = |r: usize| -> Option<&[f32]> {
+            let (values, [ba, bb, bc, _]) = (bias_values?, bias_dims?);
+            let (a, b, c) = (r / (nb * nc), (r / nc) % nb, r % nc);
+            let row = ((a % ba) * bb + b % bb) * bc + c % bc;
+            Some(&values[row * d..(row + 1) * d])
+        };
+        let mut out = vec![0f32; input.len()];
+        let rows_per_task = (CHUNK / d.max(1)).max(1);
+        out.par_chunks_mut(rows_per_task * d)
+            .enumerate()
+            .for_each(|(task, o)| {
+                for (k, row) in o.chunks_mut(d).enumerate() {
+                    let r = task * rows_per_task + k;
+                    simd::softmax_row(&input[r * d..(r + 1) * d], scale, bias_row(r), row);
+                }
+            });
+        Ok(from_flex(FlexTensor::new(
+            burn::tensor::Bytes::from_elems(out),
+            Layout::contiguous(scores.layout().shape().clone()),
+            DType::F32,
+        )))
+    }
+
+    /// The row kernels, compiled for AVX-512 and AVX2 and chosen at run time.
+    mod simd {
+        use super::exp;
+
+        #[inline(always)]
+        fn silu_any(input: &[f32], out: &mut [f32]) {
+            for (o, &x) in out.iter_mut().zip(input) {
+                // flex's sigmoid: 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below.
+                let e = exp(-x.abs());
+                let s = if x >= 0.0 {
+                    1.0 / (1.0 + e)
+                } else {
+                    e / (1.0 + e)
+                };
+                *o = x * s;
+            }
+        }
+
+        /// `out = softmax(input * scale + bias)`.
+        #[inline(always)]
+        fn softmax_any(input: &[f32], scale: f32, bias: Option<&[f32]>, out: &mut [f32]) {
+            match bias {
+                Some(bias) => {
+                    for ((o, &x), &b) in out.iter_mut().zip(input).zip(bias) {
+                        *o = x * scale + b;
+                    }
+                }
+                None => {
+                    for (o, &x) in out.iter_mut().zip(input) {
+                        *o = x * scale;
+                    }
+                }
+            }
+            // Eight running maxima / sums (vector lanes), then combined.
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let mut chunks = out.chunks_exact(8);
+            for c in &mut chunks {
+                for (m, &v) in lanes.iter_mut().zip(c) {
+                    *m = m.max(v);
+                }
+            }
+            let max = chunks
+                .remainder()
+                .iter()
+                .chain(&lanes)
+                .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            for o in out.iter_mut() {
+                *o = exp(*o - max);
+            }
+            let mut sums = [0f32; 8];
+            let mut chunks = out.chunks_exact(8);
+            for c in &mut chunks {
+                for (s, &v) in sums.iter_mut().zip(c) {
+                    *s += v;
+                }
+            }
+            let sum: f32 = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+            let inv = 1.0 / sum;
+            for o in out.iter_mut() {
+                *o *= inv;
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn silu_avx512(input: &[f32], out: &mut [f32]) {
+            silu_any(input, out)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn silu_avx2(input: &[f32], out: &mut [f32]) {
+            silu_any(input, out)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn softmax_avx512(input: &[f32], scale: f32, bias: Option<&[f32]>, out: &mut [f32]) {
+            softmax_any(input, scale, bias, out)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn softmax_avx2(input: &[f32], scale: f32, bias: Option<&[f32]>, out: &mut [f32]) {
+            softmax_any(input, scale, bias, out)
+        }
+
+        /// SiLU of `input` into `out`.
+        pub(super) fn silu(input: &[f32], out: &mut [f32]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked above).
+                    return unsafe { silu_avx512(input, out) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked above).
+                    return unsafe { silu_avx2(input, out) };
+                }
+            }
+            silu_any(input, out)
+        }
+
+        /// One row: `out = softmax(input * scale + bias)`.
+        pub(super) fn softmax_row(
+            input: &[f32],
+            scale: f32,
+            bias: Option<&[f32]>,
+            out: &mut [f32],
+        ) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked above).
+                    return unsafe { softmax_avx512(input, scale, bias, out) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked above).
+                    return unsafe { softmax_avx2(input, scale, bias, out) };
+                }
+            }
+            softmax_any(input, scale, bias, out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::activation;
+    use burn::tensor::{Distribution, TensorData};
+
+    type B = crate::backend::CpuBackend;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm_and_exact_at_the_edges() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (ours, libm) = (exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((ours - libm) / libm).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 2.5e-7, "relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    fn close<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, tol: f32) {
+        let (a, b) = (
+            a.into_data().to_vec::<f32>().unwrap(),
+            b.into_data().to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= tol * y.abs().max(1e-6) || (x.is_nan() && y.is_nan()),
+                "{x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_softmax_and_silu_match_burns_ops() {
+        let device = Default::default();
+        let scores = Tensor::<B, 4>::random([2, 3, 5, 37], Distribution::Normal(0.0, 4.0), &device);
+        // A causal bias shared by every sample and head, and a per-sample key mask.
+        let causal: Vec<f32> = (0..5 * 37)
+            .map(|i| {
+                if i % 37 > i / 37 + 32 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let causal = Tensor::<B, 4>::from_data(TensorData::new(causal, [1, 1, 5, 37]), &device);
+        let keys: Vec<f32> = (0..2 * 37)
+            .map(|i| if i == 40 { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let keys = Tensor::<B, 4>::from_data(TensorData::new(keys, [2, 1, 1, 37]), &device);
+        for bias in [None, Some(causal), Some(keys)] {
+            let fused = scaled_softmax(scores.clone(), 0.125, bias.as_ref())
+                .unwrap_or_else(|_| panic!("the CPU backend takes the fused path"));
+            let mut plain = scores.clone() * 0.125;
+            if let Some(b) = &bias {
+                plain = plain + b.clone();
+            }
+            let plain = activation::softmax(plain, 3);
+            close(fused.clone(), plain, 1e-6);
+            if bias.is_some() {
+                let probs = fused.into_data().to_vec::<f32>().unwrap();
+                let masked = probs.iter().filter(|&&p| p == 0.0).count();
+                assert!(masked > 0, "masked keys get probability exactly 0");
+            }
+        }
+        let x = Tensor::<B, 3>::random([3, 7, 41], Distribution::Normal(0.0, 6.0), &device);
+        close(silu(x.clone()), activation::silu(x), 1e-6);
+    }
+
+    #[test]
+    fn a_bias_of_another_shape_is_handed_back() {
+        let device = Default::default();
+        let scores = Tensor::<B, 4>::zeros([1, 2, 3, 4], &device);
+        let odd = Tensor::<B, 4>::zeros([1, 2, 3, 1], &device);
+        assert!(scaled_softmax(scores, 1.0, Some(&odd)).is_err());
+    }
+}

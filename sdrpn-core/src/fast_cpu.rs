@@ -49,22 +49,29 @@ pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 /// `e^x` in f32 (see the module doc), written so that a loop over it
-/// vectorises.
+/// vectorises: no branches, no float-to-int conversion (the rounded
+/// exponent is read from the bits of the rounding sum). Arguments above 88
+/// saturate at `e^88`; callers pass `x <= 0`.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+    // Adding 1.5 * 2^23 rounds to the nearest integer n, whose value then
+    // sits in the sum's low mantissa bits: bits = 0x4B40_0000 + n.
     const ROUND: f32 = 12_582_912.0;
-    let clamped = x.clamp(-87.3, 88.7);
-    let n = (clamped * LOG2E + ROUND) - ROUND;
+    const ROUND_BITS: i32 = 0x4B40_0000;
+    let clamped = x.max(-87.3).min(88.0);
+    let rounded = clamped * LOG2E + ROUND;
+    let n = rounded - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 5.000_000_1e-1;
-    let e = (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) << 23) as u32);
+    let k = (rounded.to_bits() as i32).wrapping_sub(ROUND_BITS);
+    let two_to_k = f32::from_bits((k.wrapping_add(127) << 23) as u32);
+    let e = (p * r * r + r + 1.0) * two_to_k;
     if x < -87.3 {
         0.0
     } else if x.is_nan() {
@@ -188,46 +195,48 @@ mod flex {
             }
         }
 
-        /// `out = softmax(input * scale + bias)`.
+        /// Lanes of the running maxima and sums (one AVX-512 vector).
+        const LANES: usize = 16;
+
+        /// `out = softmax(input * scale + bias)`: one pass for the scaled
+        /// scores and their maximum, one for the exponentials and their
+        /// sum, one to normalise (maxima and sums kept per lane, so each
+        /// pass vectorises).
         #[inline(always)]
         fn softmax_any(input: &[f32], scale: f32, bias: Option<&[f32]>, out: &mut [f32]) {
-            match bias {
-                Some(bias) => {
-                    for ((o, &x), &b) in out.iter_mut().zip(input).zip(bias) {
-                        *o = x * scale + b;
-                    }
+            let mut maxima = [f32::NEG_INFINITY; LANES];
+            let scaled = |o: &mut [f32], x: &[f32], b: Option<&[f32]>, m: &mut [f32]| {
+                for j in 0..o.len() {
+                    let v = x[j] * scale + b.map_or(0.0, |b| b[j]);
+                    o[j] = v;
+                    m[j] = if v > m[j] { v } else { m[j] };
                 }
-                None => {
-                    for (o, &x) in out.iter_mut().zip(input) {
-                        *o = x * scale;
-                    }
-                }
+            };
+            let full = out.len() / LANES * LANES;
+            let (body, tail) = out.split_at_mut(full);
+            for (c, o) in body.chunks_exact_mut(LANES).enumerate() {
+                let at = c * LANES..(c + 1) * LANES;
+                scaled(o, &input[at.clone()], bias.map(|b| &b[at]), &mut maxima);
             }
-            // Eight running maxima / sums (vector lanes), then combined.
-            let mut lanes = [f32::NEG_INFINITY; 8];
-            let mut chunks = out.chunks_exact(8);
-            for c in &mut chunks {
-                for (m, &v) in lanes.iter_mut().zip(c) {
-                    *m = m.max(v);
-                }
-            }
-            let max = chunks
-                .remainder()
+            let mut tail_max = [f32::NEG_INFINITY; LANES];
+            scaled(
+                tail,
+                &input[full..],
+                bias.map(|b| &b[full..]),
+                &mut tail_max[..tail.len()],
+            );
+            let max = maxima
                 .iter()
-                .chain(&lanes)
-                .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            for o in out.iter_mut() {
-                *o = exp(*o - max);
-            }
-            let mut sums = [0f32; 8];
-            let mut chunks = out.chunks_exact(8);
-            for c in &mut chunks {
-                for (s, &v) in sums.iter_mut().zip(c) {
-                    *s += v;
+                .chain(&tail_max)
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            let mut sums = [0f32; LANES];
+            for o in out.chunks_mut(LANES) {
+                for (s, v) in sums.iter_mut().zip(o.iter_mut()) {
+                    *v = exp(*v - max);
+                    *s += *v;
                 }
             }
-            let sum: f32 = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-            let inv = 1.0 / sum;
+            let inv = 1.0 / sums.iter().sum::<f32>();
             for o in out.iter_mut() {
                 *o *= inv;
             }

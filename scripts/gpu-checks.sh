@@ -9,18 +9,19 @@
 #
 # The checks: the core's tensor parts vs the CPU on WGPU and CUDA
 # (sdrpn-core/tests/backends.rs), LLaVA vs HF transformers on WGPU in f32/f16
-# and on CUDA in f32/f16/bf16 (sdrpn-llava/tests/{wgpu,wgpu_f16,cuda,cuda_f16,cuda_bf16}.rs).
+# and on CUDA in f32/f16/bf16 (sdrpn-llava/tests/{wgpu,wgpu_f16,cuda,cuda_f16,cuda_bf16}.rs),
+# Qwen2.5-VL vs HF on the CPU and WGPU in f32 (sdrpn-qwen/tests/qwen/).
 # A missing device fails rather than skips (SDRPN_REQUIRE_WGPU=1, SDRPN_REQUIRE_CUDA=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=target/gpu-checks
-CHECKS=(backends wgpu wgpu_f16 cuda cuda_f16 cuda_bf16)
+CHECKS=(backends wgpu wgpu_f16 cuda cuda_f16 cuda_bf16 qwen)
 
 build() {
   rm -rf "$OUT" && mkdir -p "$OUT"
   local args=()
   for t in "${CHECKS[@]}"; do args+=(--test "$t"); done
-  cargo test -p sdrpn-core -p sdrpn-llava --features cuda --no-run --message-format=json "${args[@]}" \
+  cargo test -p sdrpn-core -p sdrpn-llava -p sdrpn-qwen --features cuda --no-run --message-format=json "${args[@]}" \
     | python3 -c '
 import json, sys
 for line in sys.stdin:

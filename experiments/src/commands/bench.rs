@@ -14,6 +14,8 @@ pub enum BenchCommand {
     Backends(BackendsArgs),
     /// Vision, prefill and decode times of a random LLaVA or Qwen2.5-VL model of a given config.
     Model(ModelArgs),
+    /// GFLOP/s of the models' matrix products next to this host's measured GEMM peak.
+    Gemm(super::bench_gemm::GemmArgs),
 }
 
 /// Arguments of `sdrpn bench model`.
@@ -277,6 +279,7 @@ impl BackendJob for TransformerForward<'_> {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Gemm(args) => super::bench_gemm::run(args),
         BenchCommand::Model(args) => {
             let device = args.device.clone();
             let (iters, new_tokens, config) =

@@ -1,6 +1,7 @@
 //! The subcommands of `sdrpn`, one file each.
 
 mod bench;
+mod bench_gemm;
 mod common;
 mod config;
 mod demo;

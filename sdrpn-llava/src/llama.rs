@@ -114,7 +114,7 @@ impl<B: Backend> LlamaAttention<B> {
         // RoPE runs on the projections' own `[N, T, H, hd]` layout; the
         // head-major views that follow are strided, which matmul takes as is.
         let q = self.q_proj.forward(x.clone()).reshape([n, t, h, hd]);
-        let q = pass.rope_q.apply(q).swap_dims(1, 2);
+        let q = pass.rope_q.apply(q);
         let k = self.k_proj.forward(x.clone()).reshape([n, t, hkv, hd]);
         let k = pass.rope_k().apply(k).swap_dims(1, 2);
         let v = split_heads(self.v_proj.forward(x), hkv, hd);
@@ -125,24 +125,37 @@ impl<B: Backend> LlamaAttention<B> {
             }
             None => (k, v),
         };
-        // Grouped-query attention without copying the keys/values: query
-        // heads `j*rep..(j+1)*rep` share key head `j`, so the queries are
-        // grouped `[N, Hkv, rep*T, hd]` against the `Hkv` key heads (HF's
-        // `repeat_kv` gives the same products).
+        // Grouped-query attention without copying keys or values: query
+        // heads `j*rep..(j+1)*rep` share key head `j` (HF's `repeat_kv` gives
+        // the same products). Over a prompt the queries are viewed `[N, Hkv,
+        // rep, T, hd]` (no copy) against the key head broadcast over `rep`;
+        // one decoded token's few queries are copied to `[N, Hkv, rep, hd]`
+        // (one product per key head is faster than `rep` one-row ones). The
+        // probabilities go `[N, Hkv, rep*T, S]` against the value head.
         let rep = h / hkv;
         let s = k.dims()[2];
-        let grouped = |x: Tensor<B, 4>, width: usize| {
-            if rep == 1 {
-                x
-            } else {
-                x.reshape([n, hkv, rep * t, width])
-            }
+        let scores = if rep == 1 {
+            q.swap_dims(1, 2).matmul(k.swap_dims(2, 3))
+        } else if t == 1 {
+            q.reshape([n, hkv, rep, hd])
+                .matmul(k.swap_dims(2, 3))
+                .reshape([n, h, t, s])
+        } else {
+            q.reshape([n, t, hkv, rep, hd])
+                .permute([0, 2, 3, 1, 4])
+                .matmul(k.swap_dims(2, 3).unsqueeze_dim::<5>(2))
+                .reshape([n, h, t, s])
         };
-        let scores = grouped(q, hd)
-            .matmul(k.swap_dims(2, 3))
-            .reshape([n, h, t, s]);
         let probs = scaled_softmax_f32(scores, (hd as f64).powf(-0.5), pass.causal_bias.as_ref());
-        let context = grouped(probs.clone(), s).matmul(v).reshape([n, h, t, hd]);
+        let context = if rep == 1 {
+            probs.clone().matmul(v)
+        } else {
+            probs
+                .clone()
+                .reshape([n, hkv, rep * t, s])
+                .matmul(v)
+                .reshape([n, h, t, hd])
+        };
         let out = self.o_proj.forward(merge_heads(context));
         (out, probs)
     }

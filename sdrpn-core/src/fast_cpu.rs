@@ -48,6 +48,52 @@ pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     burn::tensor::activation::silu(x)
 }
 
+/// Attention heads of consecutive query blocks merged into one token-major
+/// tensor: block `i`'s rows follow block `i - 1`'s. On flex in f32 one
+/// parallel row copy; elsewhere Burn's permute and concatenation.
+///
+/// # Shapes
+/// - `blocks`: each `[N, H, T_i, hd]` -> `[N, sum T_i, H * hd]`
+pub fn merge_heads<B: Backend>(blocks: Vec<Tensor<B, 4>>) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    let blocks = match flex::merge_heads(blocks) {
+        Ok(out) => return out,
+        Err(blocks) => blocks,
+    };
+    let merged = blocks
+        .into_iter()
+        .map(|x| {
+            let [n, h, t, hd] = x.dims();
+            x.swap_dims(1, 2).reshape([n, t, h * hd])
+        })
+        .collect();
+    Tensor::cat(merged, 1)
+}
+
+/// `buffer` with `rows` written over its rows `at..at + T` of axis 2 (a
+/// key/value cache's append). On flex in f32 the write happens in place
+/// when `buffer` is contiguous and nothing else holds its memory; else
+/// Burn's `slice_assign` (a copy of `buffer`), with the same values.
+///
+/// # Shapes
+/// - `buffer`: `[N, H, C, hd]`, `rows`: `[N, H, T, hd]` with `at + T <= C` -> `[N, H, C, hd]`
+pub fn write_rows<B: Backend>(buffer: Tensor<B, 4>, at: usize, rows: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, h, c, hd] = buffer.dims();
+    let t = rows.dims()[2];
+    assert!(
+        at + t <= c && rows.dims() == [n, h, t, hd],
+        "write_rows: {:?} at row {at} of {:?}",
+        rows.dims(),
+        buffer.dims()
+    );
+    #[cfg(feature = "flex")]
+    let (buffer, rows) = match flex::write_rows(buffer, at, rows) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    buffer.slice_assign([0..n, 0..h, at..at + t, 0..hd], rows)
+}
+
 /// `e^x` in f32 (see the module doc), written so that a loop over it
 /// vectorises: selects instead of branches, no float-to-int conversion (the rounded
 /// exponent is read from the bits of the rounding sum). Arguments above 88
@@ -179,6 +225,112 @@ mod flex {
             Layout::contiguous(scores.layout().shape().clone()),
             DType::F32,
         )))
+    }
+
+    /// Whether `B` is flex and every tensor is f32.
+    fn all_flex_f32<B: Backend, const D: usize>(tensors: &[&Tensor<B, D>]) -> bool {
+        TypeId::of::<B>() == TypeId::of::<Flex>() && tensors.iter().all(|t| t.dtype() == DType::F32)
+    }
+
+    /// Offset of element `index` of a flex tensor in its storage.
+    fn offset(layout: &Layout, index: [usize; 4]) -> usize {
+        let start = layout.start_offset() as isize;
+        let strides = layout.strides();
+        (start
+            + (0..4)
+                .map(|i| index[i] as isize * strides[i])
+                .sum::<isize>()) as usize
+    }
+
+    pub(super) fn merge_heads<B: Backend>(
+        blocks: Vec<Tensor<B, 4>>,
+    ) -> Result<Tensor<B, 3>, Vec<Tensor<B, 4>>> {
+        if blocks.is_empty() || !all_flex_f32(&blocks.iter().collect::<Vec<_>>()) {
+            return Err(blocks);
+        }
+        let [n, h, _, hd] = blocks[0].dims();
+        if blocks.iter().any(|b| {
+            let [bn, bh, _, bhd] = b.dims();
+            (bn, bh, bhd) != (n, h, hd)
+        }) {
+            return Err(blocks);
+        }
+        let blocks: Vec<FlexTensor> = blocks
+            .into_iter()
+            .map(|b| {
+                let b = to_flex(b).unwrap_or_else(|_| unreachable!("checked: flex f32"));
+                if b.layout().strides()[3] == 1 {
+                    b
+                } else {
+                    b.to_contiguous()
+                }
+            })
+            .collect();
+        // Token t of the output is row t - first[i] of block i.
+        let mut first = Vec::with_capacity(blocks.len());
+        let mut total = 0;
+        for b in &blocks {
+            first.push(total);
+            total += b.layout().shape()[2];
+        }
+        let width = h * hd;
+        let mut out = vec![0f32; n * total * width];
+        if width > 0 {
+            out.par_chunks_mut(width).enumerate().for_each(|(row, o)| {
+                let (sample, token) = (row / total.max(1), row % total.max(1));
+                let i = first.partition_point(|&f| f <= token) - 1;
+                let (block, r) = (&blocks[i], token - first[i]);
+                let values: &[f32] = block.storage();
+                for (head, o) in o.chunks_exact_mut(hd).enumerate() {
+                    let at = offset(block.layout(), [sample, head, r, 0]);
+                    o.copy_from_slice(&values[at..at + hd]);
+                }
+            });
+        }
+        Ok(from_flex(FlexTensor::new(
+            burn::tensor::Bytes::from_elems(out),
+            Layout::contiguous(vec![n, total, width].into()),
+            DType::F32,
+        )))
+    }
+
+    pub(super) fn write_rows<B: Backend>(
+        buffer: Tensor<B, 4>,
+        at: usize,
+        rows: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+        if !all_flex_f32(&[&buffer, &rows]) {
+            return Err((buffer, rows));
+        }
+        let mut target = to_flex(buffer).unwrap_or_else(|_| unreachable!("checked: flex f32"));
+        let whole = target.layout().is_contiguous()
+            && target.layout().start_offset() == 0
+            && target.layout().num_elements() * 4 == target.bytes().len();
+        if !whole || !target.is_unique() {
+            return Err((from_flex(target), rows));
+        }
+        let rows = to_flex(rows).unwrap_or_else(|_| unreachable!("checked: flex f32"));
+        let rows = if rows.layout().strides()[3] == 1 {
+            rows
+        } else {
+            rows.to_contiguous()
+        };
+        let [n, h, c, hd] = target.layout().shape().dims::<4>();
+        let t = rows.layout().shape()[2];
+        let source: &[f32] = rows.storage();
+        let dest = target
+            .try_storage_mut::<f32>()
+            .expect("checked: nothing else holds the buffer");
+        for sample in 0..n {
+            for head in 0..h {
+                for r in 0..t {
+                    let from = offset(rows.layout(), [sample, head, r, 0]);
+                    let to = ((sample * h + head) * c + at + r) * hd;
+                    dest[to..to + hd].copy_from_slice(&source[from..from + hd]);
+                }
+            }
+        }
+        Ok(from_flex(target))
     }
 
     /// The row kernels, compiled for AVX-512 and AVX2 and chosen at run time.
@@ -394,5 +546,27 @@ mod tests {
         let empty = Tensor::<B, 4>::zeros([1, 2, 3, 0], &device);
         let out = scaled_softmax(empty, 1.0, None).unwrap_or_else(|_| panic!("fast path"));
         assert_eq!(out.dims(), [1, 2, 3, 0], "no keys: nothing to normalise");
+    }
+
+    #[test]
+    fn merged_head_blocks_equal_burns_permute_and_concatenation() {
+        let device = Default::default();
+        let block = |t: usize| Tensor::<B, 4>::random([2, 3, t, 4], Distribution::Default, &device);
+        // A contiguous block, a strided one (heads and tokens swapped in) and a sliced one.
+        let blocks = vec![
+            block(5),
+            Tensor::<B, 4>::random([2, 1, 3, 4], Distribution::Default, &device).swap_dims(1, 2),
+            block(6).slice([0..2, 0..3, 2..6, 0..4]),
+        ];
+        let plain: Vec<Tensor<B, 3>> = blocks
+            .iter()
+            .map(|x| {
+                let [n, h, t, hd] = x.dims();
+                x.clone().swap_dims(1, 2).reshape([n, t, h * hd])
+            })
+            .collect();
+        let merged = merge_heads(blocks);
+        assert_eq!(merged.dims(), [2, 5 + 1 + 4, 12]);
+        close(merged, Tensor::cat(plain, 1), 0.0);
     }
 }

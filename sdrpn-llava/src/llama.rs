@@ -3,14 +3,14 @@
 
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
-use crate::nn::{merge_heads, scaled_softmax_f32, split_heads, RmsNorm};
+use crate::nn::{scaled_softmax_f32, split_heads, RmsNorm};
 use crate::taps::{Captured, Taps};
 use crate::weights::TensorLoader;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use sdrpn_core::fast_cpu::silu;
+use sdrpn_core::fast_cpu::{merge_heads, silu};
 use sdrpn_core::rope::Rope;
 use sdrpn_core::Positions;
 use std::ops::Range;
@@ -99,7 +99,13 @@ impl<B: Backend> LlamaAttention<B> {
 
     /// Attention over the pass's new positions and everything in `cache`
     /// (if given, the new keys/values are appended to it). Returns the
-    /// output and the post-softmax probabilities.
+    /// output and, when `keep_probs`, the post-softmax probabilities.
+    ///
+    /// Without `keep_probs` a causal pass over more than [`QUERY_BLOCK`]
+    /// tokens runs in blocks of queries, each against only the keys it can
+    /// see (about half the products and exponentials of the full square);
+    /// the masked scores it skips have probability exactly 0, so the output
+    /// is the same.
     ///
     /// # Shapes
     /// - `x`: `[N, T, D]` -> (`[N, T, D]`, `[N, H, T, S]`)
@@ -108,7 +114,8 @@ impl<B: Backend> LlamaAttention<B> {
         x: Tensor<B, 3>,
         pass: &PassContext<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
-    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+        keep_probs: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let [n, t, _] = x.dims();
         // RoPE runs on the projections' own `[N, T, H, hd]` layout; the
@@ -125,15 +132,58 @@ impl<B: Backend> LlamaAttention<B> {
             }
             None => (k, v),
         };
-        // Grouped-query attention without copying keys or values: query
-        // heads `j*rep..(j+1)*rep` share key head `j` (HF's `repeat_kv` gives
-        // the same products). Over a prompt the queries are viewed `[N, Hkv,
-        // rep, T, hd]` (no copy) against the key head broadcast over `rep`;
-        // one decoded token's few queries are copied to `[N, Hkv, rep, hd]`
-        // (one product per key head is faster than `rep` one-row ones). The
-        // probabilities go `[N, Hkv, rep*T, S]` against the value head.
-        let rep = h / hkv;
         let s = k.dims()[2];
+        let bias = pass.causal_bias.as_ref();
+        let blocks = match bias {
+            Some(_) if !keep_probs && t > QUERY_BLOCK => (0..t).step_by(QUERY_BLOCK).collect(),
+            _ => vec![0],
+        };
+        let mut kept = None;
+        let mut contexts = Vec::with_capacity(blocks.len());
+        for (i, &r0) in blocks.iter().enumerate() {
+            let r1 = blocks.get(i + 1).copied().unwrap_or(t);
+            // Queries r0..r1 (positions s - t + r0 ..) see keys 0..end.
+            let end = s - t + r1;
+            let (q, k, v) = if blocks.len() == 1 {
+                (q.clone(), k.clone(), v.clone())
+            } else {
+                (
+                    q.clone().slice([0..n, r0..r1, 0..h, 0..hd]),
+                    k.clone().slice([0..n, 0..hkv, 0..end, 0..hd]),
+                    v.clone().slice([0..n, 0..hkv, 0..end, 0..hd]),
+                )
+            };
+            let bias = bias.map(|b| b.clone().slice([0..1, 0..1, r0..r1, 0..end]));
+            let probs = self.probabilities(q, k, bias.as_ref());
+            contexts.push(self.context(probs.clone(), v));
+            if keep_probs {
+                kept = Some(probs);
+            }
+        }
+        let out = self.o_proj.forward(merge_heads(contexts));
+        (out, kept)
+    }
+
+    /// Attention probabilities of token-major queries against head-major
+    /// keys. Grouped-query attention copies no keys: query heads
+    /// `j*rep..(j+1)*rep` share key head `j` (HF's `repeat_kv` gives the
+    /// same products). Over several queries they are viewed `[N, Hkv, rep,
+    /// T, hd]` (no copy) against the key head broadcast over `rep`; one
+    /// decoded token's few queries are copied to `[N, Hkv, rep, hd]` (one
+    /// product per key head is faster than `rep` one-row ones).
+    ///
+    /// # Shapes
+    /// - `q`: `[N, T, H, hd]`, `k`: `[N, Hkv, S, hd]`, `bias`: `[1, 1, T, S]` -> `[N, H, T, S]`
+    fn probabilities(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        bias: Option<&Tensor<B, 4>>,
+    ) -> Tensor<B, 4> {
+        let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let [n, t, _, _] = q.dims();
+        let s = k.dims()[2];
+        let rep = h / hkv;
         let scores = if rep == 1 {
             q.swap_dims(1, 2).matmul(k.swap_dims(2, 3))
         } else if t == 1 {
@@ -146,20 +196,31 @@ impl<B: Backend> LlamaAttention<B> {
                 .matmul(k.swap_dims(2, 3).unsqueeze_dim::<5>(2))
                 .reshape([n, h, t, s])
         };
-        let probs = scaled_softmax_f32(scores, (hd as f64).powf(-0.5), pass.causal_bias.as_ref());
-        let context = if rep == 1 {
-            probs.clone().matmul(v)
+        scaled_softmax_f32(scores, (hd as f64).powf(-0.5), bias)
+    }
+
+    /// The probabilities' weighted values, the key heads shared as in
+    /// [`Self::probabilities`] (probabilities viewed `[N, Hkv, rep*T, S]`).
+    ///
+    /// # Shapes
+    /// - `probs`: `[N, H, T, S]`, `v`: `[N, Hkv, S, hd]` -> `[N, H, T, hd]`
+    fn context(&self, probs: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+        let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let [n, _, t, s] = probs.dims();
+        if h == hkv {
+            probs.matmul(v)
         } else {
             probs
-                .clone()
-                .reshape([n, hkv, rep * t, s])
+                .reshape([n, hkv, (h / hkv) * t, s])
                 .matmul(v)
                 .reshape([n, h, t, hd])
-        };
-        let out = self.o_proj.forward(merge_heads(context));
-        (out, probs)
+        }
     }
 }
+
+/// Queries per block of a causal pass whose probabilities nobody keeps (see
+/// [`LlamaAttention::forward`]).
+pub const QUERY_BLOCK: usize = 128;
 
 /// SiLU-gated MLP.
 #[derive(Module, Debug)]
@@ -249,16 +310,21 @@ impl<B: Backend> LlamaDecoderLayer<B> {
     }
 
     /// # Shapes
-    /// - `x`: `[N, T, D]` -> (`[N, T, D]`, probabilities `[N, H, T, S]`)
+    /// - `x`: `[N, T, D]` -> (`[N, T, D]`, probabilities `[N, H, T, S]` when
+    ///   `keep_probs`)
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         pass: &PassContext<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
-    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
-        let (attn, probs) =
-            self.self_attn
-                .forward(self.input_layernorm.forward(x.clone()), pass, cache);
+        keep_probs: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+        let (attn, probs) = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            pass,
+            cache,
+            keep_probs,
+        );
         let x = x + attn;
         let out = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
         (out, probs)
@@ -268,7 +334,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
 impl<B: Backend> sdrpn_core::rpn::TwigLayer<B> for LlamaDecoderLayer<B> {
     fn forward_twig(&self, x: Tensor<B, 3>, positions: &Positions) -> Tensor<B, 3> {
         let pass = self.pass_context(0, positions, &x.device());
-        self.forward(x, &pass, None).0
+        self.forward(x, &pass, None, false).0
     }
 }
 
@@ -378,10 +444,14 @@ impl<B: Backend> LlamaModel<B> {
             None => return h,
         };
         for i in layers {
-            let (out, probs) =
-                self.layers[i].forward(h, &pass, cache.as_deref_mut().map(|c| (c, i)));
+            let (out, probs) = self.layers[i].forward(
+                h,
+                &pass,
+                cache.as_deref_mut().map(|c| (c, i)),
+                taps.keeps_attention(i),
+            );
             h = out;
-            if let Some(kept) = taps.select(i, &probs, start) {
+            if let Some(kept) = probs.and_then(|p| taps.select(i, &p, start)) {
                 captured.attention.insert(i, kept);
             }
             if i + 1 < last && taps.hidden.contains(&(i + 1)) {
@@ -516,7 +586,7 @@ mod tests {
             &Positions::prefix(7),
             &device,
         );
-        let (out_g, probs_g) = gqa.forward(x.clone(), &whole, None);
+        let (out_g, probs_g) = gqa.forward(x.clone(), &whole, None, true);
         let whole_mha = PassContext::new(
             (4, 4, 4),
             (10000.0, None),
@@ -524,8 +594,8 @@ mod tests {
             &Positions::prefix(7),
             &device,
         );
-        let (out_m, probs_m) = mha.forward(x.clone(), &whole_mha, None);
-        close(probs_g, probs_m);
+        let (out_m, probs_m) = mha.forward(x.clone(), &whole_mha, None, true);
+        close(probs_g.unwrap(), probs_m.unwrap());
         close(out_g.clone().unsqueeze(), out_m.unsqueeze());
 
         // The same sequence in two passes through the cache: 5 tokens, then 2.
@@ -541,6 +611,7 @@ mod tests {
             x.clone().slice([0..1, 0..5, 0..16]),
             &first,
             Some((&mut cache, 0)),
+            false,
         );
         let second = PassContext::new(
             (4, 2, 4),
@@ -549,10 +620,65 @@ mod tests {
             &Positions::Sequential { start: 5, len: 2 },
             &device,
         );
-        let (tail, _) = gqa.forward(x.slice([0..1, 5..7, 0..16]), &second, Some((&mut cache, 0)));
+        let (tail, _) = gqa.forward(
+            x.slice([0..1, 5..7, 0..16]),
+            &second,
+            Some((&mut cache, 0)),
+            false,
+        );
         close(
             tail.unsqueeze(),
             out_g.slice([0..1, 5..7, 0..16]).unsqueeze(),
         );
+    }
+
+    /// A long causal pass whose probabilities nobody keeps runs in query
+    /// blocks against the keys each block can see: its output equals the
+    /// full square's, for multi-head and grouped-query attention, from an
+    /// empty cache and after cached positions (blocks then start mid-cache).
+    #[test]
+    fn query_blocks_give_the_full_attention_output() {
+        let device = Default::default();
+        let w = |shape: [usize; 2]| {
+            Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.3), &device)
+        };
+        let (q, o) = (w([16, 16]), w([16, 16]));
+        let t = 2 * QUERY_BLOCK + 37;
+        let x = Tensor::<B, 3>::random([2, 20 + t, 16], Distribution::Normal(0.0, 1.0), &device);
+        for kv_heads in [4, 2] {
+            let layer = attention(
+                &q,
+                w([16, 4 * kv_heads]),
+                w([16, 4 * kv_heads]),
+                &o,
+                kv_heads,
+            );
+            let pass = |start, len| {
+                PassContext::new(
+                    (4, kv_heads, 4),
+                    (10000.0, None),
+                    start,
+                    &Positions::Sequential { start, len },
+                    &device,
+                )
+            };
+            for start in [0, 20] {
+                let run = |keep: bool| {
+                    let mut cache = KvCache::new(1);
+                    if start > 0 {
+                        let head = x.clone().slice([0..2, 0..start, 0..16]);
+                        layer.forward(head, &pass(0, start), Some((&mut cache, 0)), false);
+                    }
+                    let tail = x.clone().slice([0..2, start..start + t, 0..16]);
+                    let (out, probs) =
+                        layer.forward(tail, &pass(start, t), Some((&mut cache, 0)), keep);
+                    assert_eq!(probs.is_some(), keep);
+                    out
+                };
+                let (blocked, full) = (run(false), run(true));
+                let diff: f32 = (blocked - full).abs().max().into_scalar();
+                assert!(diff < 1e-6, "kv heads {kv_heads}, start {start}: {diff}");
+            }
+        }
     }
 }

@@ -104,6 +104,5 @@ pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize, head_dim: usize) -
 
 /// Merges heads `[N, H, T, hd]` back into `[N, T, H*hd]`.
 pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
-    let [n, h, t, hd] = x.dims();
-    x.swap_dims(1, 2).reshape([n, t, h * hd])
+    sdrpn_core::fast_cpu::merge_heads(vec![x])
 }

@@ -51,6 +51,11 @@ impl Taps {
         self.attention.is_empty() && self.hidden.is_empty()
     }
 
+    /// Whether the attention of `layer` is asked for.
+    pub(crate) fn keeps_attention(&self, layer: usize) -> bool {
+        self.attention.contains_key(&layer)
+    }
+
     /// Keeps the requested heads and query rows of `probs` for `layer`,
     /// whose queries sit at positions `start..start + T`.
     ///

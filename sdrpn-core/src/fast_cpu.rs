@@ -1,6 +1,6 @@
 //! Fused CPU kernels for the element-wise work Burn's flex backend runs on
 //! one thread with a scalar `expf`: the attention softmax (with its scale
-//! and additive mask) and SiLU. On the flex backend in f32 they run over
+//! and additive mask), SiLU and CLIP's quick GELU. On the flex backend in f32 they run over
 //! all of rayon's threads with an exponential that the compiler vectorises
 //! (AVX-512 or AVX2 chosen at run time); on every other backend, dtype or
 //! build, the callers' plain Burn ops run instead (`scaled_softmax` hands
@@ -41,11 +41,22 @@ pub fn scaled_softmax<B: Backend>(
 /// SiLU (`x * sigmoid(x)`) on the fast path, else Burn's.
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
-    let x = match flex::silu(x) {
+    let x = match flex::x_sigmoid(x, 1.0) {
         Ok(out) => return out,
         Err(x) => x,
     };
     burn::tensor::activation::silu(x)
+}
+
+/// CLIP's quick GELU, `x * sigmoid(1.702 x)` (as HF computes it: the
+/// product `1.702 x` rounded to f32 first), on the fast path, else Burn's.
+pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let x = match flex::x_sigmoid(x, 1.702) {
+        Ok(out) => return out,
+        Err(x) => x,
+    };
+    x.clone() * burn::tensor::activation::sigmoid(x * 1.702)
 }
 
 /// Attention heads of consecutive query blocks merged into one token-major
@@ -162,15 +173,16 @@ mod flex {
     /// Elements per parallel task of element-wise kernels.
     const CHUNK: usize = 1 << 14;
 
-    pub(super) fn silu<B: Backend, const D: usize>(
+    pub(super) fn x_sigmoid<B: Backend, const D: usize>(
         x: Tensor<B, D>,
+        alpha: f32,
     ) -> Result<Tensor<B, D>, Tensor<B, D>> {
         let x = to_flex(x)?.to_contiguous();
         let input: &[f32] = x.storage();
         let mut out = vec![0f32; input.len()];
         out.par_chunks_mut(CHUNK)
             .zip(input.par_chunks(CHUNK))
-            .for_each(|(o, i)| simd::silu(i, o));
+            .for_each(|(o, i)| simd::x_sigmoid(i, alpha, o));
         let shape = x.layout().shape().clone();
         Ok(from_flex(FlexTensor::new(
             burn::tensor::Bytes::from_elems(out),
@@ -338,11 +350,12 @@ mod flex {
         use super::exp;
 
         #[inline(always)]
-        fn silu_any(input: &[f32], out: &mut [f32]) {
+        fn x_sigmoid_any(input: &[f32], alpha: f32, out: &mut [f32]) {
             for (o, &x) in out.iter_mut().zip(input) {
-                // flex's sigmoid: 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below.
-                let e = exp(-x.abs());
-                let s = if x >= 0.0 {
+                // flex's sigmoid: 1 / (1 + e^-a) for a >= 0, e^a / (1 + e^a) below.
+                let a = alpha * x;
+                let e = exp(-a.abs());
+                let s = if a >= 0.0 {
                     1.0 / (1.0 + e)
                 } else {
                     e / (1.0 + e)
@@ -400,14 +413,14 @@ mod flex {
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
-        unsafe fn silu_avx512(input: &[f32], out: &mut [f32]) {
-            silu_any(input, out)
+        unsafe fn x_sigmoid_avx512(input: &[f32], alpha: f32, out: &mut [f32]) {
+            x_sigmoid_any(input, alpha, out)
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
-        unsafe fn silu_avx2(input: &[f32], out: &mut [f32]) {
-            silu_any(input, out)
+        unsafe fn x_sigmoid_avx2(input: &[f32], alpha: f32, out: &mut [f32]) {
+            x_sigmoid_any(input, alpha, out)
         }
 
         #[cfg(target_arch = "x86_64")]
@@ -422,20 +435,20 @@ mod flex {
             softmax_any(input, scale, bias, out)
         }
 
-        /// SiLU of `input` into `out`.
-        pub(super) fn silu(input: &[f32], out: &mut [f32]) {
+        /// `x * sigmoid(alpha * x)` of `input` into `out`.
+        pub(super) fn x_sigmoid(input: &[f32], alpha: f32, out: &mut [f32]) {
             #[cfg(target_arch = "x86_64")]
             {
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has AVX-512F (checked above).
-                    return unsafe { silu_avx512(input, out) };
+                    return unsafe { x_sigmoid_avx512(input, alpha, out) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU has AVX2 (checked above).
-                    return unsafe { silu_avx2(input, out) };
+                    return unsafe { x_sigmoid_avx2(input, alpha, out) };
                 }
             }
-            silu_any(input, out)
+            x_sigmoid_any(input, alpha, out)
         }
 
         /// One row: `out = softmax(input * scale + bias)`.
@@ -534,7 +547,9 @@ mod tests {
             }
         }
         let x = Tensor::<B, 3>::random([3, 7, 41], Distribution::Normal(0.0, 6.0), &device);
-        close(silu(x.clone()), activation::silu(x), 1e-6);
+        close(silu(x.clone()), activation::silu(x.clone()), 1e-6);
+        let plain = x.clone() * activation::sigmoid(x.clone() * 1.702);
+        close(quick_gelu(x), plain, 1e-6);
     }
 
     #[test]

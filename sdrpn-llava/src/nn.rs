@@ -4,7 +4,7 @@ use crate::config::Activation;
 use crate::weights::TensorLoader;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig};
-use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
@@ -62,7 +62,7 @@ pub fn load_layer_norm<B: Backend>(
 pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
     match act {
         Activation::Gelu => gelu(x),
-        Activation::QuickGelu => x.clone() * sigmoid(x * 1.702),
+        Activation::QuickGelu => sdrpn_core::fast_cpu::quick_gelu(x),
     }
 }
 

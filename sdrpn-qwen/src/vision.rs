@@ -13,9 +13,10 @@ use burn::nn::Linear;
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
+use sdrpn_core::fast_cpu::merge_heads;
 use sdrpn_core::fast_cpu::silu;
 use sdrpn_core::rope::Rope;
-use sdrpn_llava::nn::{merge_heads, scaled_softmax_f32, RmsNorm};
+use sdrpn_llava::nn::{scaled_softmax_f32, RmsNorm};
 use sdrpn_llava::weights::TensorLoader;
 
 /// Epsilon of every vision RMSNorm (HF hard-codes 1e-6).
@@ -143,8 +144,8 @@ impl<B: Backend> VisionAttention<B> {
                 .reshape([plan.windows, plan.slots, h, hd])
                 .swap_dims(1, 2)
         };
-        let out = attend_in_chunks(heads(q), heads(k), heads(v), plan.mask.as_ref());
-        self.proj.forward(plan.unwindowed(merge_heads(out)))
+        let blocks = attend_in_chunks(heads(q), heads(k), heads(v), plan.mask.as_ref());
+        self.proj.forward(plan.unwindowed(merge_heads(blocks)))
     }
 }
 
@@ -159,17 +160,18 @@ const SCORE_BUDGET: usize = 1 << 22;
 /// f32 as HF does.
 ///
 /// # Shapes
-/// - `q`, `k`, `v`: `[W, H, L, hd]`; `mask`: `[W, 1, 1, L]` -> `[W, H, L, hd]`
+/// - `q`, `k`, `v`: `[W, H, L, hd]`; `mask`: `[W, 1, 1, L]` -> blocks
+///   `[W, H, L_i, hd]` of consecutive query rows (`sum L_i = L`)
 fn attend_in_chunks<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     mask: Option<&Tensor<B, 4>>,
-) -> Tensor<B, 4> {
+) -> Vec<Tensor<B, 4>> {
     let [w, h, l, hd] = q.dims();
     let rows = (SCORE_BUDGET / (w * h * l).max(1)).clamp(1, l.max(1));
     let keys = k.swap_dims(2, 3);
-    let chunks: Vec<Tensor<B, 4>> = (0..l)
+    (0..l)
         .step_by(rows)
         .map(|r0| {
             let r1 = (r0 + rows).min(l);
@@ -177,12 +179,7 @@ fn attend_in_chunks<B: Backend>(
             let probs = scaled_softmax_f32(q.matmul(keys.clone()), (hd as f64).powf(-0.5), mask);
             probs.matmul(v.clone())
         })
-        .collect();
-    if chunks.len() == 1 {
-        chunks.into_iter().next().expect("one chunk")
-    } else {
-        Tensor::cat(chunks, 2)
-    }
+        .collect()
 }
 
 /// SiLU-gated MLP with biases.

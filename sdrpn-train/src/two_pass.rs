@@ -165,9 +165,29 @@ pub trait TwoPass<B: Backend>: RpnHost<B> + Sized {
         cache: &mut KvCache<B>,
     ) -> Result<(Vec<f32>, Tensor<B, 3>), Self::Error> {
         sdrpn_core::rpn::check_branch(branch, rpn.twig_depth(), self.num_layers())?;
+        let h = self.run_layers(
+            prompt.embeds(),
+            0,
+            &prompt.positions(),
+            0..branch,
+            Some(cache),
+        );
+        Ok((self.rpn_map(rpn, prompt, h.clone())?, h))
+    }
+
+    /// The RPN's probability per visual token of `prompt`, from the states
+    /// its branch layer receives (what [`Self::roi_probabilities`] runs after
+    /// the base layers).
+    ///
+    /// # Shapes
+    /// - `h`: `[1, T, D]`, the output of layer K-1 -> `P` values (the prompt's grid)
+    fn rpn_map(
+        &self,
+        rpn: &HostRpn<B, Self>,
+        prompt: &Self::Prompt,
+        h: Tensor<B, 3>,
+    ) -> Result<Vec<f32>, Self::Error> {
         let device = self.device();
-        let positions = prompt.positions();
-        let h = self.run_layers(prompt.embeds(), 0, &positions, 0..branch, Some(cache));
         let query = Tensor::<B, 1, Int>::from_data(
             TensorData::new(vec![prompt.query() as i64], [1]),
             &device,
@@ -176,8 +196,8 @@ pub trait TwoPass<B: Backend>: RpnHost<B> + Sized {
         let p = visual.len();
         let visual =
             Tensor::<B, 1, Int>::from_data(TensorData::new(visual, [p]), &device).reshape([1, p]);
-        let logits = rpn.forward(h.clone(), &positions, query, visual);
-        Ok((floats(sigmoid(logits))?, h))
+        let logits = rpn.forward(h, &prompt.positions(), query, visual);
+        Ok(floats(sigmoid(logits))?)
     }
 
     /// Answers `question` about `image` with SD-RPN's two passes.

@@ -16,6 +16,8 @@ pub enum BenchCommand {
     Model(ModelArgs),
     /// GFLOP/s of the models' matrix products next to this host's measured GEMM peak.
     Gemm(super::bench_gemm::GemmArgs),
+    /// SD-RPN's two-pass answer next to the baseline answer, per RoI mode, prefix reuse on and off.
+    TwoPass(super::bench_two_pass::TwoPassArgs),
 }
 
 /// Arguments of `sdrpn bench model`.
@@ -280,6 +282,7 @@ impl BackendJob for TransformerForward<'_> {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Gemm(args) => super::bench_gemm::run(args),
+        BenchCommand::TwoPass(args) => super::bench_two_pass::run(args),
         BenchCommand::Model(args) => {
             let device = args.device.clone();
             let (iters, new_tokens, config) =

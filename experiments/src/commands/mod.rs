@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_gemm;
+mod bench_two_pass;
 mod common;
 mod config;
 mod demo;

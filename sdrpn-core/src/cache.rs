@@ -25,9 +25,10 @@ struct Stored<B: Backend> {
 }
 
 impl<B: Backend> Stored<B> {
-    /// The first `len` positions (views of the buffers, no copy on flex).
-    fn view(&self, len: usize) -> LayerKv<B> {
+    /// The positions held (views of the buffers, no copy on flex).
+    fn view(&self) -> LayerKv<B> {
         let [n, h, _, d] = self.keys.dims();
+        let len = self.len;
         LayerKv {
             keys: self.keys.clone().slice([0..n, 0..h, 0..len, 0..d]),
             values: self.values.clone().slice([0..n, 0..h, 0..len, 0..d]),
@@ -91,7 +92,7 @@ impl<B: Backend> KvCache<B> {
                 let empty = || Tensor::<B, 4>::zeros([n, h, capacity, d], (&device, dtype));
                 let (mut new_keys, mut new_values) = (empty(), empty());
                 if let Some(old) = old.filter(|o| o.len > 0) {
-                    let held = old.view(old.len);
+                    let held = old.view();
                     new_keys = write_rows(new_keys, 0, held.keys);
                     new_values = write_rows(new_values, 0, held.values);
                 }
@@ -108,7 +109,7 @@ impl<B: Backend> KvCache<B> {
             values: write_rows(stored.values, at, values),
             len: at + t,
         };
-        let all = stored.view(stored.len);
+        let all = stored.view();
         self.layers[layer] = Some(stored);
         all
     }

@@ -151,7 +151,7 @@ mod flex {
 
     /// The flex tensor of `t` when `B` is flex and `t` is f32.
     fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<FlexTensor, Tensor<B, D>> {
-        if TypeId::of::<B>() != TypeId::of::<Flex>() || t.dtype() != DType::F32 {
+        if !all_flex_f32(&[&t]) {
             return Err(t);
         }
         let primitive: Box<dyn Any> = Box::new(t.into_primitive().tensor());
@@ -244,6 +244,16 @@ mod flex {
         TypeId::of::<B>() == TypeId::of::<Flex>() && tensors.iter().all(|t| t.dtype() == DType::F32)
     }
 
+    /// `t`, copied only if its last axis is strided (the row copies below
+    /// read whole rows).
+    fn with_contiguous_rows(t: FlexTensor) -> FlexTensor {
+        if t.layout().strides()[3] == 1 {
+            t
+        } else {
+            t.to_contiguous()
+        }
+    }
+
     /// Offset of element `index` of a flex tensor in its storage.
     fn offset(layout: &Layout, index: [usize; 4]) -> usize {
         let start = layout.start_offset() as isize;
@@ -270,12 +280,9 @@ mod flex {
         let blocks: Vec<FlexTensor> = blocks
             .into_iter()
             .map(|b| {
-                let b = to_flex(b).unwrap_or_else(|_| unreachable!("checked: flex f32"));
-                if b.layout().strides()[3] == 1 {
-                    b
-                } else {
-                    b.to_contiguous()
-                }
+                with_contiguous_rows(
+                    to_flex(b).unwrap_or_else(|_| unreachable!("checked: flex f32")),
+                )
             })
             .collect();
         // Token t of the output is row t - first[i] of block i.
@@ -289,7 +296,7 @@ mod flex {
         let mut out = vec![0f32; n * total * width];
         if width > 0 {
             out.par_chunks_mut(width).enumerate().for_each(|(row, o)| {
-                let (sample, token) = (row / total.max(1), row % total.max(1));
+                let (sample, token) = (row / total, row % total);
                 let i = first.partition_point(|&f| f <= token) - 1;
                 let (block, r) = (&blocks[i], token - first[i]);
                 let values: &[f32] = block.storage();
@@ -321,12 +328,9 @@ mod flex {
         if !whole || !target.is_unique() {
             return Err((from_flex(target), rows));
         }
-        let rows = to_flex(rows).unwrap_or_else(|_| unreachable!("checked: flex f32"));
-        let rows = if rows.layout().strides()[3] == 1 {
-            rows
-        } else {
-            rows.to_contiguous()
-        };
+        let rows = with_contiguous_rows(
+            to_flex(rows).unwrap_or_else(|_| unreachable!("checked: flex f32")),
+        );
         let [n, h, c, hd] = target.layout().shape().dims::<4>();
         let t = rows.layout().shape()[2];
         let source: &[f32] = rows.storage();

@@ -10,6 +10,7 @@
 //! besides the map it reads. The random RPN end to end is timed too, as a
 //! check of that sum.
 
+use super::bench::median;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
@@ -139,13 +140,14 @@ pub struct Sample {
     mode: RoiMode,
     roi_tokens: usize,
     new_tokens: usize,
-    prompt_tokens: usize,
 }
 
 /// The timed rounds of every case, and the RPN's own cost per round.
 pub struct Rounds {
     samples: Vec<Vec<Sample>>,
     rpn_ms: Vec<f64>,
+    /// Tokens of the baseline prompt.
+    prompt_tokens: usize,
     layers: usize,
     branch: usize,
 }
@@ -209,9 +211,11 @@ impl BackendJob for TwoPassArgs {
         };
         let mut samples = vec![Vec::new(); CASES.len()];
         let mut rpn_ms = Vec::new();
+        let mut prompt_tokens = 0;
         for round in 0..=self.iters {
             // The RPN alone on the prompt's layer-K input.
             let prompt = session.prepare(&image, question)?;
+            prompt_tokens = prompt.len();
             let mut cache = KvCache::new(layers);
             let states = session.run_layers(
                 prompt.embeds(),
@@ -259,7 +263,6 @@ impl BackendJob for TwoPassArgs {
                         mode: out.mode,
                         roi_tokens: out.roi_tokens,
                         new_tokens: out.tokens.len(),
-                        prompt_tokens: prompt.len(),
                     });
                 }
             }
@@ -270,15 +273,11 @@ impl BackendJob for TwoPassArgs {
         Ok(Rounds {
             samples,
             rpn_ms,
+            prompt_tokens,
             layers,
             branch,
         })
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(args: TwoPassArgs) -> anyhow::Result<()> {
@@ -336,7 +335,7 @@ pub fn run(args: TwoPassArgs) -> anyhow::Result<()> {
             stage(3)
         );
     }
-    let prompt = rounds.samples[0][0].prompt_tokens;
+    let prompt = rounds.prompt_tokens;
     println!(
         "(ratio: the baseline's time over the case's, i.e. throughput relative to the baseline; \
          prompt {prompt} tokens, pass 2 adds the RoI tokens; stage medians in ms, pass 1 of the \

@@ -202,9 +202,48 @@ pub trait RpnHost<B: Backend> {
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3>;
 
+    /// [`RpnHost::run_layers`] that also returns the post-softmax attention
+    /// of the layers in `keep` (in that order), for batched generation with
+    /// attention taps.
+    ///
+    /// # Shapes
+    /// - `h`: `[N, T, D]` -> (`[N, T, D]`, `[N, H, T, S]` per kept layer)
+    fn run_layers_keeping(
+        &self,
+        h: Tensor<B, 3>,
+        start: usize,
+        positions: &Positions,
+        layers: Range<usize>,
+        cache: Option<&mut KvCache<B>>,
+        keep: &[usize],
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>);
+
+    /// Embeddings of one token per sample.
+    ///
+    /// # Shapes
+    /// - returns `[N, 1, D]`, `N = ids.len()`
+    fn embed_tokens(&self, ids: &[u32]) -> Tensor<B, 3>;
+
+    /// Whether an answer of `tokens` (at least one) is complete under
+    /// `options`: the token limit reached, an end-of-sequence token
+    /// produced, or a stop string in its text (the host's
+    /// [`RpnHost::decode`] stops at the same point).
+    fn answer_done(&self, tokens: &[u32], options: &AnswerOptions) -> bool;
+
+    /// The longest sequence (prompt and answer) the model takes.
+    fn context_len(&self) -> usize;
+
     /// Logits of the last position of the last decoder layer's output `h`
     /// (`[1, T, D]`): final norm and head, on the host.
     fn last_logits(&self, h: Tensor<B, 3>) -> Result<Vec<f32>, Self::Error>;
+
+    /// [`RpnHost::last_logits`] of every sample of `h` (`[N, T, D]`).
+    fn batch_last_logits(&self, h: Tensor<B, 3>) -> Result<Vec<Vec<f32>>, Self::Error> {
+        let [n, t, d] = h.dims();
+        (0..n)
+            .map(|i| self.last_logits(h.clone().slice([i..i + 1, t - 1..t, 0..d])))
+            .collect()
+    }
 
     /// Greedy decoding after a prefill: `first_logits` are the last prompt
     /// position's logits, `cache` holds every prompt position, generated

@@ -18,6 +18,7 @@ pub mod crop;
 pub mod denoise;
 pub mod error;
 pub mod fast_cpu;
+pub mod greedy;
 pub mod grid;
 pub mod heads;
 pub mod host;

@@ -53,10 +53,7 @@ impl<B: Backend> Rope<B> {
                     .collect(),
             ),
         };
-        let samples = match positions {
-            Positions::Sequential { .. } => 1,
-            Positions::Axes(p) => p.len(),
-        };
+        let samples = positions.samples();
         let len = positions.len();
         let mut angles = Vec::with_capacity(samples * len * half);
         for n in 0..samples {

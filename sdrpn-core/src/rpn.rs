@@ -228,7 +228,7 @@ fn head_positions<B: Backend>(
     // A batch shares one sequential run; `at` reads sample n of per-sample positions.
     let sample = |i: usize| match positions {
         Positions::Sequential { .. } => 0,
-        Positions::Axes(_) => i,
+        _ => i,
     };
     let pick = |i: usize, tokens: &[usize]| -> Vec<Vec<i64>> {
         (0..axes)

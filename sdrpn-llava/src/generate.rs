@@ -21,6 +21,16 @@ pub struct StopRule<'a> {
     pub stop: Option<StopTest<'a>>,
 }
 
+impl StopRule<'_> {
+    /// Whether an answer of `tokens` (at least one) is complete: the limit
+    /// reached, an EOS produced, or the stop test true.
+    pub fn done(&self, tokens: &[u32]) -> bool {
+        tokens.len() >= self.max_new_tokens
+            || tokens.last().is_some_and(|t| self.eos.contains(t))
+            || self.stop.is_some_and(|stop| stop(tokens))
+    }
+}
+
 /// A stop test that is true once the decoded tokens contain one of
 /// `strings` (never when `strings` is empty or the tokens do not decode).
 pub fn stop_on_strings<'a>(
@@ -44,32 +54,7 @@ pub struct Generation<B: Backend> {
     pub first_logits: Vec<f32>,
 }
 
-/// Index of the first maximum (what torch.argmax returns on CPU).
-pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// The greedy token of generated token `step`'s logits, or an error when
-/// they are not finite (the weights or the input hold NaN or infinity).
-pub fn checked_argmax(logits: &[f32], step: usize) -> Result<u32> {
-    match logits.iter().filter(|v| !v.is_finite()).count() {
-        0 => Ok(argmax(logits) as u32),
-        bad => Err(LlavaError::invalid(
-            "model output",
-            format!(
-                "the logits of generated token {} hold {bad} NaN or infinite values of {}: the weights or the input are not finite",
-                step + 1,
-                logits.len()
-            ),
-        )),
-    }
-}
+pub use sdrpn_core::greedy::{argmax, checked_argmax};
 
 impl<B: Backend> Llava<B> {
     /// Logits of the last position of `hidden` (`[1, T, D]`), on the host.
@@ -176,41 +161,13 @@ where
         )
         .into());
     }
-    let mut tokens = vec![checked_argmax(first_logits, 0)?];
-    loop {
+    let greedy = |logits: &[f32], step| checked_argmax(logits, step).map_err(LlavaError::from);
+    let mut tokens = vec![greedy(first_logits, 0)?];
+    while !rule.done(&tokens) {
         let last = *tokens.last().expect("at least one token");
-        let done = tokens.len() >= rule.max_new_tokens
-            || rule.eos.contains(&last)
-            || rule.stop.is_some_and(|stop| stop(&tokens));
-        if done {
-            break;
-        }
         let (logits, captured) = step(last, cache)?;
         on_step(tokens.len() - 1, captured)?;
-        tokens.push(checked_argmax(&logits, tokens.len())?);
+        tokens.push(greedy(&logits, tokens.len())?);
     }
     Ok(tokens)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::argmax;
-
-    #[test]
-    fn non_finite_logits_stop_generation_naming_the_token() {
-        assert_eq!(super::checked_argmax(&[0.5, 2.0, -1.0], 0).unwrap(), 1);
-        let e = super::checked_argmax(&[0.5, f32::NAN, f32::INFINITY], 2)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("generated token 3") && e.contains("2 NaN or infinite values of 3"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn argmax_takes_the_first_maximum() {
-        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
-        assert_eq!(argmax(&[-1.0]), 0);
-    }
 }

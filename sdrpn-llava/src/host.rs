@@ -230,6 +230,32 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
             .run_untapped(h, start, positions, layers, cache)
     }
 
+    fn run_layers_keeping(
+        &self,
+        h: Tensor<B, 3>,
+        start: usize,
+        positions: &Positions,
+        layers: Range<usize>,
+        cache: Option<&mut KvCache<B>>,
+        keep: &[usize],
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
+        self.model
+            .language
+            .run_keeping(h, start, positions, layers, cache, keep)
+    }
+
+    fn embed_tokens(&self, ids: &[u32]) -> Tensor<B, 3> {
+        self.model.language.embed_each(ids)
+    }
+
+    fn answer_done(&self, tokens: &[u32], options: &AnswerOptions) -> bool {
+        self.with_stop_rule(options, |rule| rule.done(tokens))
+    }
+
+    fn context_len(&self) -> usize {
+        self.model.config().text.max_position_embeddings
+    }
+
     fn last_logits(&self, h: Tensor<B, 3>) -> Result<Vec<f32>> {
         self.model.last_logits(self.model.language.final_norm(h))
     }

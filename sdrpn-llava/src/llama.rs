@@ -42,9 +42,9 @@ pub struct PassContext<B: Backend> {
     rope_q: Rope<B>,
     /// RoPE for the key heads (`None`: as many as query heads).
     rope_k: Option<Rope<B>>,
-    /// `[1, 1, T, S]` causal bias: -inf where a key is in a query's future,
-    /// 0 elsewhere (`None` for one query), added to the scores as HF's
-    /// additive mask is.
+    /// `[1 or N, 1, T, S]` causal bias: -inf where a key is in a query's
+    /// future or is left padding of a batch, 0 elsewhere (`None` for one
+    /// query without padding), added to the scores as HF's additive mask is.
     causal_bias: Option<Tensor<B, 4>>,
 }
 
@@ -60,17 +60,10 @@ impl<B: Backend> PassContext<B> {
         device: &B::Device,
     ) -> Self {
         let len = positions.len();
-        let causal_bias = (len > 1).then(|| {
-            // Key j is visible to the query at position start+i when j <= start+i.
-            let s = start + len;
-            let q_pos =
-                Tensor::<B, 1, Int>::arange(start as i64..s as i64, device).reshape([len, 1]);
-            let k_pos = Tensor::<B, 1, Int>::arange(0..s as i64, device).reshape([1, s]);
-            let future = k_pos.expand([len, s]).greater(q_pos.expand([len, s]));
-            Tensor::<B, 2>::zeros([len, s], device)
-                .mask_fill(future, f32::NEG_INFINITY)
-                .reshape([1, 1, len, s])
-        });
+        let causal_bias = match positions.left_pads() {
+            Some(pads) => Some(padded_causal_bias(pads, start, len, device)),
+            None => (len > 1).then(|| causal_bias(start, len, device)),
+        };
         let rope = |h| Rope::new(head_dim, h, theta, positions, sections, device);
         Self {
             start,
@@ -84,6 +77,47 @@ impl<B: Backend> PassContext<B> {
     fn rope_k(&self) -> &Rope<B> {
         self.rope_k.as_ref().unwrap_or(&self.rope_q)
     }
+}
+
+/// `[1, 1, T, S]`: -inf where key `j` is in the future of the query at
+/// position `start + i` (`j > start + i`), else 0.
+fn causal_bias<B: Backend>(start: usize, len: usize, device: &B::Device) -> Tensor<B, 4> {
+    let s = start + len;
+    let q_pos = Tensor::<B, 1, Int>::arange(start as i64..s as i64, device).reshape([len, 1]);
+    let k_pos = Tensor::<B, 1, Int>::arange(0..s as i64, device).reshape([1, s]);
+    let future = k_pos.expand([len, s]).greater(q_pos.expand([len, s]));
+    Tensor::<B, 2>::zeros([len, s], device)
+        .mask_fill(future, f32::NEG_INFINITY)
+        .reshape([1, 1, len, s])
+}
+
+/// `[N, 1, T, S]`: the causal bias of [`causal_bias`] with sample `n`'s
+/// keys `0..pads[n]` (left padding) hidden too. A query on padding keeps
+/// its own key, so its softmax row stays finite (its output is never
+/// read: real queries cannot see it).
+fn padded_causal_bias<B: Backend>(
+    pads: &[usize],
+    start: usize,
+    len: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let s = start + len;
+    let mut bias = vec![0f32; pads.len() * len * s];
+    for (n, &pad) in pads.iter().enumerate() {
+        for i in 0..len {
+            let query = start + i;
+            let row = &mut bias[(n * len + i) * s..(n * len + i + 1) * s];
+            for (j, b) in row.iter_mut().enumerate() {
+                if j > query || (j < pad && j != query) {
+                    *b = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Tensor::from_data(
+        burn::tensor::TensorData::new(bias, [pads.len(), 1, len, s]),
+        device,
+    )
 }
 
 impl<B: Backend> LlamaAttention<B> {
@@ -153,7 +187,10 @@ impl<B: Backend> LlamaAttention<B> {
                     v.clone().slice([0..n, 0..hkv, 0..end, 0..hd]),
                 )
             };
-            let bias = bias.map(|b| b.clone().slice([0..1, 0..1, r0..r1, 0..end]));
+            let bias = bias.map(|b| {
+                let [nb, _, _, _] = b.dims();
+                b.clone().slice([0..nb, 0..1, r0..r1, 0..end])
+            });
             let probs = self.probabilities(q, k, bias.as_ref());
             contexts.push(self.context(probs.clone(), v));
             if keep_probs {
@@ -173,7 +210,7 @@ impl<B: Backend> LlamaAttention<B> {
     /// product per key head is faster than `rep` one-row ones).
     ///
     /// # Shapes
-    /// - `q`: `[N, T, H, hd]`, `k`: `[N, Hkv, S, hd]`, `bias`: `[1, 1, T, S]` -> `[N, H, T, S]`
+    /// - `q`: `[N, T, H, hd]`, `k`: `[N, Hkv, S, hd]`, `bias`: `[1 or N, 1, T, S]` -> `[N, H, T, S]`
     fn probabilities(
         &self,
         q: Tensor<B, 4>,
@@ -484,6 +521,42 @@ impl<B: Backend> LlamaModel<B> {
             &Taps::none(),
             &mut captured,
         )
+    }
+
+    /// [`LlamaModel::run_layers_at`] keeping only the post-softmax attention
+    /// of `keep`'s layers (all heads and query rows), in that order.
+    ///
+    /// # Shapes
+    /// - `h`: `[N, T, D]` -> (`[N, T, D]`, `[N, H, T, S]` per kept layer)
+    pub fn run_keeping(
+        &self,
+        h: Tensor<B, 3>,
+        start: usize,
+        positions: &Positions,
+        layers: Range<usize>,
+        cache: Option<&mut KvCache<B>>,
+        keep: &[usize],
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
+        let mut captured = Captured::default();
+        let taps = Taps::attention_of(keep.iter().copied());
+        let h = self.run_layers_at(h, start, positions, layers, cache, &taps, &mut captured);
+        let kept = keep
+            .iter()
+            .filter_map(|l| captured.attention.get(l).cloned())
+            .collect();
+        (h, kept)
+    }
+
+    /// Embeddings of one token per sample.
+    ///
+    /// # Shapes
+    /// - returns `[N, 1, D]`, `N = ids.len()`
+    pub fn embed_each(&self, ids: &[u32]) -> Tensor<B, 3> {
+        let n = ids.len();
+        let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let ids =
+            Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(ids, [n]), &self.device());
+        self.embed(ids.reshape([n, 1]))
     }
 
     /// The final norm.

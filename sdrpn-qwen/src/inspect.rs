@@ -10,7 +10,6 @@ use crate::error::Result;
 use crate::session::QwenSession;
 use burn::tensor::backend::Backend;
 use image::RgbImage;
-use sdrpn_core::Positions;
 use sdrpn_llava::cache::KvCache;
 use sdrpn_llava::inspect::{DecodeRows, HostValues, Inspection};
 use sdrpn_llava::session::AnswerOptions;
@@ -37,12 +36,10 @@ impl<B: Backend> QwenSession<B> {
             HostValues::I64(vec![1, rows as i64, cols as i64]),
         ));
         let t = prepared.ids.len();
-        let positions: Vec<i64> = match &prepared.positions.positions {
-            Positions::Axes(samples) => samples[0].concat(),
-            Positions::Sequential { start, len } => (0..3)
-                .flat_map(|_| (*start..start + len).map(|p| p as i64))
-                .collect(),
-        };
+        let p = &prepared.positions.positions;
+        let positions: Vec<i64> = (0..3)
+            .flat_map(|a| (0..t).map(move |i| p.at(0, i, 3)[a]))
+            .collect();
         out.tensors.push((
             "position_ids".into(),
             vec![3, t],

@@ -262,30 +262,41 @@ impl<B: Backend> QwenSession<B> {
     ) -> Result<Vec<u32>> {
         let device = self.device();
         let context = self.model.config().text.max_position_embeddings;
+        self.with_stop_rule(options, |rule| {
+            greedy_decode(first, cache, context, rule, on_step, |token, cache| {
+                let start = cache.len();
+                let position = start as i64 + delta;
+                let positions = Positions::Sequential {
+                    start: usize::try_from(position).map_err(|_| {
+                        QwenError::invalid("positions", format!("negative position {position}"))
+                    })?,
+                    len: 1,
+                };
+                let ids = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(vec![token as i64], [1]),
+                    &device,
+                )
+                .reshape([1, 1]);
+                let embeds = self.model.language.embed(ids);
+                let out = self
+                    .model
+                    .forward(embeds, start, &positions, Some(cache), step_taps);
+                Ok((self.model.last_logits(out.hidden)?, out.captured))
+            })
+        })
+    }
+
+    /// Calls `f` with the stop rule of `options`: the token limit, the
+    /// end-of-turn tokens, and the stop strings (checked on the decoded
+    /// text so far).
+    pub fn with_stop_rule<R>(&self, options: &AnswerOptions, f: impl FnOnce(&StopRule) -> R) -> R {
         let stop = stop_on_strings(&options.stop_strings, |t| self.tokenizer.decode(t).ok());
         let rule = StopRule {
             max_new_tokens: options.max_new_tokens,
             eos: self.tokenizer.eos().to_vec(),
             stop: Some(&stop),
         };
-        greedy_decode(first, cache, context, &rule, on_step, |token, cache| {
-            let start = cache.len();
-            let position = start as i64 + delta;
-            let positions = Positions::Sequential {
-                start: usize::try_from(position).map_err(|_| {
-                    QwenError::invalid("positions", format!("negative position {position}"))
-                })?,
-                len: 1,
-            };
-            let ids =
-                Tensor::<B, 1, Int>::from_data(TensorData::new(vec![token as i64], [1]), &device)
-                    .reshape([1, 1]);
-            let embeds = self.model.language.embed(ids);
-            let out = self
-                .model
-                .forward(embeds, start, &positions, Some(cache), step_taps);
-            Ok((self.model.last_logits(out.hidden)?, out.captured))
-        })
+        f(&rule)
     }
 
     /// The answer text of generated tokens: decoded without special tokens,

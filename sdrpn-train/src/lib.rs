@@ -8,6 +8,7 @@
 //! ([`sdrpn_core::host::RpnHost`]). The method's settings, presets and
 //! overrides live in [`config`].
 
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod label;
@@ -23,6 +24,7 @@ pub mod dataset;
 pub mod step;
 pub mod trainer;
 pub mod two_pass;
+pub mod two_pass_batch;
 
 #[cfg(test)]
 pub(crate) mod test_backend {

@@ -127,7 +127,7 @@ pub fn batch_inputs<C: Backend, B: Backend>(
         .flat_map(|s| s.visual.clone().map(|i| i as i64))
         .collect();
     let axes = match &prefixes[0].positions {
-        Positions::Axes(samples) => samples[0].len(),
+        Positions::Axes(samples) | Positions::LeftPadded { axes: samples, .. } => samples[0].len(),
         Positions::Sequential { .. } => 1,
     };
     let per_sample: Vec<Positions> = prefixes.iter().map(|s| s.positions.clone()).collect();

@@ -22,7 +22,7 @@ use image::RgbImage;
 use sdrpn_core::cache::KvCache;
 use sdrpn_core::components::TokenBox;
 use sdrpn_core::crop::PixelBox;
-use sdrpn_core::host::{AnswerOptions, HostPrompt, RpnHost};
+use sdrpn_core::host::{AnswerOptions, HostPrompt, RoiInsert, RpnHost};
 use sdrpn_core::readback::floats;
 use sdrpn_core::roi::{resize_mask_to, RoiConfig, RoiMode, RoiSelection};
 use sdrpn_core::rpn::Rpn;
@@ -276,55 +276,23 @@ fn two_pass<B: Backend, H: RpnHost<B>>(
             (map, h)
         }
     };
-    let device = host.device();
-    let selection: RoiSelection = match &probs {
-        Some(p) => options.roi.select(
-            Tensor::<B, 1>::from_data(TensorData::new(p.clone(), [p.len()]), &device),
-            grid,
-        )?,
-        None => RoiSelection {
-            mode: RoiMode::Bbox,
-            boxes: Vec::new(),
-            crop: None,
-            keep: None,
-            blurred: Vec::new(),
-            mask: Vec::new(),
-        },
+    let region = match source {
+        MapSource::Region(r) => Some(r),
+        _ => None,
     };
-    let probs = probs.unwrap_or_default();
     let pass1_ms = ms(t1);
 
     let t2 = Instant::now();
-    let region = match (selection.crop, source) {
-        (_, MapSource::Region(r)) => Some(r),
-        (Some(b), _) => host.token_box_pixels(&prompt, b, image.width(), image.height())?,
-        (None, _) => None,
-    };
-    // A box entirely in the padding has nothing to crop: answer without RoI.
-    let mode = if region.is_some() {
-        selection.mode
-    } else {
-        RoiMode::None
-    };
-    // The mask of the union box, on the grid the crop is encoded on.
-    let keep: Option<Vec<bool>> = match (region, selection.crop, &selection.keep) {
-        (Some(r), Some(union), Some(_)) => {
-            let crop_grid = host.crop_grid(r)?;
-            Some(resize_mask_to(&selection.mask, grid, union, crop_grid))
-        }
-        _ => None,
-    };
-    let roi = match region {
-        Some(r) => Some(host.roi_insert(&prompt, image, r, keep.as_deref())?),
-        None => None,
-    };
-    let kept: Vec<usize> = match (&roi, &keep, region) {
-        (None, _, _) => Vec::new(),
-        (Some(_), Some(keep), _) => (0..keep.len()).filter(|&i| keep[i]).collect(),
-        (Some(_), None, Some(r)) => (0..host.crop_grid(r)?.len()).collect(),
-        (Some(_), None, None) => Vec::new(),
-    };
+    let crop = crop_stage(host, &prompt, image, probs.as_deref(), region, &options.roi)?;
     let crop_ms = ms(t2);
+    let probs = probs.unwrap_or_default();
+    let CropStage {
+        selection,
+        region,
+        mode,
+        roi,
+        kept,
+    } = crop;
 
     let t3 = Instant::now();
     let [_, t, d] = prompt.embeds().dims();
@@ -336,9 +304,7 @@ fn two_pass<B: Backend, H: RpnHost<B>>(
         }
         Some(roi) => {
             let at = roi.at;
-            let embeds = prompt.embeds();
-            let before = embeds.clone().slice([0..1, 0..at, 0..d]);
-            let after = embeds.slice([0..1, at..t, 0..d]);
+            let after = prompt.embeds().slice([0..1, at..t, 0..d]);
             let count = roi.embeds.dims()[1];
             let total = t + count;
             if options.reuse_prefix_cache {
@@ -362,7 +328,7 @@ fn two_pass<B: Backend, H: RpnHost<B>>(
                 )
             } else {
                 let mut fresh = KvCache::new(layers);
-                let full = Tensor::cat(vec![before, roi.embeds, after], 1);
+                let full = with_insert(prompt.embeds(), &roi);
                 let out = host.run_layers(full, 0, &roi.positions, 0..layers, Some(&mut fresh));
                 (
                     host.last_logits(out)?,
@@ -392,4 +358,89 @@ fn two_pass<B: Backend, H: RpnHost<B>>(
         },
         first_logits,
     })
+}
+
+/// What pass 1's RoI map (or a given region) decided for one prompt: the
+/// RoI selection, the crop, the mode actually used, pass 2's insert and the
+/// crop-grid tokens it keeps.
+pub(crate) struct CropStage<B: Backend> {
+    pub selection: RoiSelection,
+    pub region: Option<PixelBox>,
+    pub mode: RoiMode,
+    pub roi: Option<RoiInsert<B>>,
+    pub kept: Vec<usize>,
+}
+
+/// RoI extraction on `probs` (one box of all crop tokens when `given` is a
+/// region instead), the crop of `image` it selects, and the host's encoding
+/// of that crop for pass 2.
+pub(crate) fn crop_stage<B: Backend, H: RpnHost<B>>(
+    host: &H,
+    prompt: &H::Prompt,
+    image: &RgbImage,
+    probs: Option<&[f32]>,
+    given: Option<PixelBox>,
+    roi_config: &RoiConfig,
+) -> Result<CropStage<B>, H::Error> {
+    let grid = prompt.grid();
+    let selection: RoiSelection = match probs {
+        Some(p) => roi_config.select(
+            Tensor::<B, 1>::from_data(TensorData::new(p.to_vec(), [p.len()]), &host.device()),
+            grid,
+        )?,
+        None => RoiSelection {
+            mode: RoiMode::Bbox,
+            boxes: Vec::new(),
+            crop: None,
+            keep: None,
+            blurred: Vec::new(),
+            mask: Vec::new(),
+        },
+    };
+    let region = match (selection.crop, given) {
+        (_, Some(r)) => Some(r),
+        (Some(b), None) => host.token_box_pixels(prompt, b, image.width(), image.height())?,
+        (None, None) => None,
+    };
+    // A box entirely in the padding has nothing to crop: answer without RoI.
+    let mode = if region.is_some() {
+        selection.mode
+    } else {
+        RoiMode::None
+    };
+    // The mask of the union box, on the grid the crop is encoded on.
+    let keep: Option<Vec<bool>> = match (region, selection.crop, &selection.keep) {
+        (Some(r), Some(union), Some(_)) => {
+            let crop_grid = host.crop_grid(r)?;
+            Some(resize_mask_to(&selection.mask, grid, union, crop_grid))
+        }
+        _ => None,
+    };
+    let roi = match region {
+        Some(r) => Some(host.roi_insert(prompt, image, r, keep.as_deref())?),
+        None => None,
+    };
+    let kept: Vec<usize> = match (&roi, &keep, region) {
+        (None, _, _) => Vec::new(),
+        (Some(_), Some(keep), _) => (0..keep.len()).filter(|&i| keep[i]).collect(),
+        (Some(_), None, Some(r)) => (0..host.crop_grid(r)?.len()).collect(),
+        (Some(_), None, None) => Vec::new(),
+    };
+    Ok(CropStage {
+        selection,
+        region,
+        mode,
+        roi,
+        kept,
+    })
+}
+
+/// Pass 2's whole sequence: the prompt's embeddings `[1, T, D]` with the
+/// RoI's inserted before token `roi.at` -> `[1, T + R, D]`.
+pub(crate) fn with_insert<B: Backend>(embeds: Tensor<B, 3>, roi: &RoiInsert<B>) -> Tensor<B, 3> {
+    let [_, t, d] = embeds.dims();
+    let at = roi.at;
+    let before = embeds.clone().slice([0..1, 0..at, 0..d]);
+    let after = embeds.slice([0..1, at..t, 0..d]);
+    Tensor::cat(vec![before, roi.embeds.clone(), after], 1)
 }

@@ -53,16 +53,30 @@ const VISUAL: usize = 36;
 
 /// Labels case `hf_crop_raw` with `config` (its prompt options set to the
 /// case's) and returns the one record.
-fn label_reference_case(mut config: SdrpnConfig, tag: &str) -> LabelRecord {
+fn label_reference_case(config: SdrpnConfig, tag: &str) -> LabelRecord {
+    label_questions(config, tag, &[("a", "wide.png", PROMPT)], 1).remove(0)
+}
+
+/// Labels `(question_id, image, prompt)` questions with `config` (its prompt
+/// options set to the reference case's), `batch` at a time, and returns
+/// their records in question order.
+fn label_questions(
+    mut config: SdrpnConfig,
+    tag: &str,
+    questions: &[(&str, &str, &str)],
+    batch: usize,
+) -> Vec<LabelRecord> {
     let dir = std::env::temp_dir().join(format!("sdrpn-{tag}-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
-    let questions = dir.join("q.jsonl");
-    std::fs::write(
-        &questions,
-        format!("{{\"question_id\": \"a\", \"image\": \"wide.png\", \"text\": {PROMPT:?}}}\n"),
-    )
-    .unwrap();
+    let file = dir.join("q.jsonl");
+    let lines: String = questions
+        .iter()
+        .map(|(id, image, text)| {
+            format!("{{\"question_id\": {id:?}, \"image\": {image:?}, \"text\": {text:?}}}\n")
+        })
+        .collect();
+    std::fs::write(&file, lines).unwrap();
     let options = PromptOptions {
         template: Template::Raw,
         tokenization: Tokenization::Hf,
@@ -73,19 +87,26 @@ fn label_reference_case(mut config: SdrpnConfig, tag: &str) -> LabelRecord {
             .unwrap();
     config.prompt = options;
     let job = LabelJob {
-        questions: read_questions(&questions).unwrap().0,
+        questions: read_questions(&file).unwrap().0,
         images: fixtures().join("images"),
         out: dir.join("labels"),
         shard: ShardSpec::default(),
         limit: None,
         shard_size: 4,
         force: false,
+        batch,
     };
     let progress = run_labelling(&session, &config, &job, |_, _| {}).unwrap();
-    assert_eq!(progress.labelled, 1);
+    assert_eq!(progress.labelled, questions.len());
     let (_, mut records) = read_labels(&dir.join("labels")).unwrap();
     std::fs::remove_dir_all(dir).ok();
-    records.remove(0)
+    records.sort_by_key(|r| {
+        questions
+            .iter()
+            .position(|q| q.0 == r.question_id)
+            .expect("a labelled question")
+    });
+    records
 }
 
 /// The mean over HF's decode steps `0..steps` and `heads` of `layer` of the
@@ -176,4 +197,53 @@ fn massive_activation_map_matches_the_formula_on_hf_hidden_states() {
     let spread = expected.iter().cloned().fold(f32::MIN, f32::max)
         - expected.iter().cloned().fold(f32::MAX, f32::min);
     assert!(spread > 0.1, "reference map too flat: {expected:?}");
+}
+
+/// Four questions of different lengths about three images labelled in one
+/// padded batch: every record equals its batch-1 record (answer, token
+/// counts, maps within 1e-5), and the reference case's maps still equal
+/// HF's decode attention.
+#[test]
+fn a_padded_batch_labels_as_each_question_does_alone() {
+    let questions = [
+        ("b", "tall.png", "USER: <image>\nWhich colour is the large square near the top left corner? ASSISTANT:"),
+        ("a", "wide.png", PROMPT),
+        ("c", "big.png", "USER: <image>\nCount. ASSISTANT:"),
+        ("d", "wide.png", "USER: <image>\nIs there any text written anywhere in the image, and what does it say? ASSISTANT:"),
+    ];
+    let alone = label_questions(SdrpnConfig::tiny(), "label-batch-1", &questions, 1);
+    let batched = label_questions(SdrpnConfig::tiny(), "label-batch-4", &questions, 4);
+    for (one, b) in alone.iter().zip(&batched) {
+        let what = format!("question {}", one.question_id);
+        assert_eq!(
+            (&one.answer, one.answer_tokens, one.fed_back, &one.prompt),
+            (&b.answer, b.answer_tokens, b.fed_back, &b.prompt),
+            "{what}"
+        );
+        for (name, x, y) in [
+            ("grounding", &one.grounding, &b.grounding),
+            ("sink", &one.sink, &b.sink),
+        ] {
+            assert_eq!(x.len(), y.len());
+            let worst = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            eprintln!("{what}: {name} map differs by {worst:e}");
+            assert!(worst <= 1e-5, "{what}: {name} maps differ by {worst:e}");
+        }
+    }
+    let reference = &batched[1];
+    assert_eq!((reference.answer_tokens, reference.fed_back), (8, 7));
+    assert_maps_close(
+        &reference.grounding,
+        &hf_decode_map(1, &[0, 1, 2, 3], 7),
+        "batched grounding map",
+    );
+    assert_maps_close(
+        &reference.sink,
+        &hf_decode_map(0, &[0, 1, 2, 3], 7),
+        "batched sink map",
+    );
 }

@@ -73,6 +73,7 @@ fn label(dir: &Path, limit: Option<usize>) -> sdrpn_train::label::LabelProgress 
         limit,
         shard_size: 2,
         force: false,
+        batch: 1,
     };
     run_labelling(&session(), &SdrpnConfig::tiny(), &job, |_, _| {}).unwrap()
 }

@@ -15,7 +15,7 @@ use sdrpn_train::two_pass::{TwoPass, TwoPassOutput};
 
 #[path = "two_pass_checks/mod.rs"]
 mod two_pass_checks;
-use two_pass_checks::{assert_same_answer, hot_map, options};
+use two_pass_checks::{assert_batches_match, assert_same_answer, hot_map, options};
 
 const QUESTION: &str = "What is in the picture?";
 
@@ -210,4 +210,26 @@ fn stop_strings_end_the_answer_and_are_cut_from_it() {
         .find(&stop)
         .expect("the stop string is in the free answer");
     assert_eq!(stopped.answer, full_text[..cut].trim());
+}
+
+/// Four questions of different lengths about three images, in one padded
+/// batch: every answer, RoI map and crop equals its batch-1 one.
+#[test]
+fn a_padded_batch_answers_as_each_question_does_alone() {
+    use sdrpn_core::host::RpnHost;
+    let s = session();
+    let rpn = s.init_rpn(2, 1).unwrap();
+    let images: Vec<_> = ["wide", "tall", "big", "wide"]
+        .iter()
+        .map(|n| load_rgb(&fixtures().join(format!("images/{n}.png"))).unwrap())
+        .collect();
+    let texts = [
+        QUESTION,
+        "Which colour is the large square near the top left corner of this picture?",
+        "Count them.",
+        "Is there any text written anywhere in the image, and if so what does it say?",
+    ];
+    let questions: Vec<_> = images.iter().zip(texts).collect();
+    let modes = assert_batches_match(&s, &rpn, &questions, &[0.3, 0.5, 0.7]);
+    eprintln!("modes: {modes:?}");
 }

@@ -81,6 +81,7 @@ pub fn write_figures<B: burn::tensor::backend::Backend>(
         limit: Some(count),
         shard_size: 64,
         force: false,
+        batch: 1,
     };
     run_labelling(session, method, &job, |_, _| {})?;
     // A question whose answer ends at once has no label: its panel stays

@@ -332,6 +332,7 @@ fn label_and_train<B: Backend>(
         limit: None,
         shard_size: 64,
         force: true,
+        batch: 1,
     };
     run_labelling(session.as_ref(), method, &job, |_, _| {})?;
     let rpn_dir = out.join("rpn");

@@ -52,6 +52,7 @@ fn qwen_labels_trains_and_answers_through_the_generic_pipeline() {
         limit: None,
         shard_size: 4,
         force: false,
+        batch: 4,
     };
     let progress = run_labelling(square.as_ref(), &config, &job, |_, _| {}).unwrap();
     assert_eq!((progress.labelled, progress.skipped), (6, 0));

@@ -14,7 +14,7 @@ use sdrpn_train::two_pass::{TwoPass, TwoPassOutput};
 
 #[path = "../../../sdrpn-train/tests/two_pass_checks/mod.rs"]
 mod two_pass_checks;
-use two_pass_checks::{assert_same_answer, hot_map, options};
+use two_pass_checks::{assert_batches_match, assert_same_answer, hot_map, options};
 
 const QUESTION: &str = "What is in the picture?";
 
@@ -140,4 +140,26 @@ fn the_rpn_built_from_qwen_scores_every_token_of_the_grid() {
         .iter()
         .all(|p| (0.0..=1.0).contains(p) && p.is_finite()));
     assert!(!out.tokens.is_empty());
+}
+
+/// Questions of different lengths about images of different grids (so
+/// prompts of different lengths and visual token counts) in one padded
+/// batch: every answer, RoI map and crop equals its batch-1 one.
+#[test]
+fn a_padded_batch_of_different_grids_answers_as_each_question_does_alone() {
+    let s = session();
+    let rpn = s.init_rpn(2, 2).unwrap();
+    let images: Vec<_> = ["wide", "tall", "big", "wide"]
+        .iter()
+        .map(|n| load_rgb(&fixtures().join(format!("images/{n}.png"))).unwrap())
+        .collect();
+    let texts = [
+        QUESTION,
+        "Which colour is the large square near the top left corner of this picture?",
+        "Count them.",
+        "Is there any text written anywhere in the image, and if so what does it say?",
+    ];
+    let questions: Vec<_> = images.iter().zip(texts).collect();
+    let modes = assert_batches_match(&s, &rpn, &questions, &[0.3, 0.5, 0.7]);
+    eprintln!("modes: {modes:?}");
 }

@@ -44,3 +44,57 @@ pub fn assert_same_answer(a: &TwoPassOutput, b: &TwoPassOutput, what: &str) {
         "{what}: first-token logits differ by {worst:e}"
     );
 }
+
+/// Answers of `questions` in one padded batch equal their batch-1
+/// answers: the baseline, and SD-RPN with `rpn` at each threshold (the
+/// same RoI map within 1e-5, mode, crop, RoI tokens and answer tokens;
+/// batch 1 with and without prefix reuse). Returns the modes seen.
+pub fn assert_batches_match<B, H>(
+    host: &H,
+    rpn: &sdrpn_train::two_pass::HostRpn<B, H>,
+    questions: &[(&image::RgbImage, &str)],
+    thresholds: &[f64],
+) -> Vec<sdrpn_core::roi::RoiMode>
+where
+    B: burn::tensor::backend::Backend,
+    H: sdrpn_core::host::RpnHost<B>,
+{
+    use sdrpn_train::two_pass::TwoPass;
+    use sdrpn_train::two_pass_batch::{answer_baseline_batch, answer_batch_with_roi};
+    let answer = options(true).answer;
+    let batched = answer_baseline_batch(host, questions, &answer).unwrap();
+    for (i, ((image, q), b)) in questions.iter().zip(&batched).enumerate() {
+        let one = host.answer_baseline(image, q, &answer).unwrap();
+        assert_same_answer(&one, b, &format!("baseline, sample {i}"));
+        assert_eq!(one.answer, b.answer);
+    }
+    let mut modes = Vec::new();
+    for &threshold in thresholds {
+        let mut opts = options(true);
+        opts.roi.threshold = threshold;
+        let batched = answer_batch_with_roi(host, rpn, questions, &opts).unwrap();
+        for (i, ((image, q), b)) in questions.iter().zip(&batched).enumerate() {
+            for reuse in [true, false] {
+                opts.reuse_prefix_cache = reuse;
+                let one = host.answer_with_roi(rpn, image, q, &opts).unwrap();
+                let what = format!("threshold {threshold}, sample {i}, reuse {reuse}");
+                let worst = one
+                    .roi_map
+                    .iter()
+                    .zip(&b.roi_map)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max);
+                assert_eq!(one.roi_map.len(), b.roi_map.len(), "{what}: map size");
+                assert!(worst <= 1e-5, "{what}: RoI maps differ by {worst:e}");
+                assert_eq!(
+                    (one.mode, one.crop, one.roi_tokens, &one.kept),
+                    (b.mode, b.crop, b.roi_tokens, &b.kept),
+                    "{what}: RoI"
+                );
+                assert_same_answer(&one, b, &what);
+            }
+            modes.push(b.mode);
+        }
+    }
+    modes
+}

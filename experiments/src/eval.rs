@@ -12,6 +12,7 @@ use sdrpn_llava::host::LlamaRpn;
 use sdrpn_train::questions::ShardSpec;
 use sdrpn_train::two_pass::TwoPass;
 use sdrpn_train::two_pass::TwoPassOptions;
+use sdrpn_train::two_pass_batch::{answer_baseline_batch, answer_batch_with_roi};
 use sdrpn_train::SdrpnConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -77,6 +78,9 @@ pub struct EvalSpec {
     /// start over (the experiment runner, `sdrpn eval --force`) instead of
     /// refusing.
     pub redo_on_change: bool,
+    /// Samples answered together in one padded batch (1: one at a time).
+    /// A batch's samples each record the batch's time divided evenly.
+    pub batch: usize,
 }
 
 /// The score and speed of a finished evaluation.
@@ -212,48 +216,66 @@ pub fn run_eval<B: Backend, H: sdrpn_train::trainer::TrainHost<B>>(
             .unwrap_or(spec.benchmark.max_new_tokens()),
         stop_strings: Vec::new(),
     };
+    let options = match (spec.method, rpn) {
+        (Method::Baseline, _) => None,
+        (Method::Sdrpn, Some((rpn, config))) => {
+            let mut roi = config.inference.roi.clone();
+            roi.threshold = spec.threshold.unwrap_or(spec.benchmark.default_threshold());
+            let options = TwoPassOptions {
+                branch: config.rpn.branch_layer,
+                roi,
+                answer: answer.clone(),
+                reuse_prefix_cache: config.inference.reuse_prefix_cache,
+            };
+            Some((rpn, options))
+        }
+        (Method::Sdrpn, None) => anyhow::bail!("--method sdrpn needs --rpn RUN"),
+    };
     let total = mine.len();
-    for (i, sample) in mine.into_iter().enumerate() {
-        let image = match decode_image(&sample.image) {
-            Ok(img) => img,
-            Err(e) => {
-                on_progress(i + 1, total, Some((&sample.id, &e.to_string())));
-                continue;
+    let mut handled = 0;
+    for chunk in mine.chunks(spec.batch.max(1)) {
+        let mut ready = Vec::with_capacity(chunk.len());
+        for sample in chunk {
+            match decode_image(&sample.image) {
+                Ok(img) => ready.push((*sample, img)),
+                Err(e) => {
+                    handled += 1;
+                    on_progress(handled, total, Some((&sample.id, &e.to_string())));
+                }
             }
+        }
+        let questions: Vec<(&image::RgbImage, &str)> = ready
+            .iter()
+            .map(|(s, img)| (img, s.prompt.as_str()))
+            .collect();
+        let outs = match (&options, questions.as_slice()) {
+            (_, []) => Vec::new(),
+            (None, [(img, q)]) => vec![session.answer_baseline(img, q, &answer)?],
+            (None, _) => answer_baseline_batch(session, &questions, &answer)?,
+            (Some((rpn, o)), [(img, q)]) => vec![session.answer_with_roi(rpn, img, q, o)?],
+            (Some((rpn, o)), _) => answer_batch_with_roi(session, rpn, &questions, o)?,
         };
-        let out = match (spec.method, rpn) {
-            (Method::Baseline, _) => session.answer_baseline(&image, &sample.prompt, &answer)?,
-            (Method::Sdrpn, Some((rpn, config))) => {
-                let mut roi = config.inference.roi.clone();
-                roi.threshold = spec.threshold.unwrap_or(spec.benchmark.default_threshold());
-                let options = TwoPassOptions {
-                    branch: config.rpn.branch_layer,
-                    roi,
-                    answer: answer.clone(),
-                    reuse_prefix_cache: config.inference.reuse_prefix_cache,
-                };
-                session.answer_with_roi(rpn, &image, &sample.prompt, &options)?
-            }
-            (Method::Sdrpn, None) => anyhow::bail!("--method sdrpn needs --rpn RUN"),
-        };
-        let line = Prediction {
-            id: sample.id.clone(),
-            prediction: out.answer,
-            answers: sample.answers.clone(),
-            category: sample.category.clone(),
-            dataset: sample.dataset.clone(),
-            mode: serde_json::to_value(out.mode)?
-                .as_str()
-                .unwrap_or("none")
-                .to_string(),
-            roi_tokens: out.roi_tokens,
-            tokens: out.tokens.len(),
-            ms: out.timings.total_ms,
-        };
-        writeln!(file, "{}", serde_json::to_string(&line)?)
-            .with_context(|| path.display().to_string())?;
-        file.flush()?;
-        on_progress(i + 1, total, None);
+        for ((sample, _), out) in ready.iter().zip(outs) {
+            let line = Prediction {
+                id: sample.id.clone(),
+                prediction: out.answer,
+                answers: sample.answers.clone(),
+                category: sample.category.clone(),
+                dataset: sample.dataset.clone(),
+                mode: serde_json::to_value(out.mode)?
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_string(),
+                roi_tokens: out.roi_tokens,
+                tokens: out.tokens.len(),
+                ms: out.timings.total_ms,
+            };
+            writeln!(file, "{}", serde_json::to_string(&line)?)
+                .with_context(|| path.display().to_string())?;
+            file.flush()?;
+            handled += 1;
+            on_progress(handled, total, None);
+        }
     }
     Ok(total)
 }

@@ -148,6 +148,15 @@ pub struct ExperimentConfig {
     /// Published numbers: run name -> benchmark -> score.
     #[serde(default)]
     pub published: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Samples per padded batch in labelling and evaluation (default 1;
+    /// results equal one-at-a-time results up to float rounding, so a
+    /// change redoes nothing). `sdrpn experiment --batch` overrides it.
+    #[serde(default = "one_sample")]
+    pub batch: usize,
+}
+
+fn one_sample() -> usize {
+    1
 }
 
 impl ExperimentConfig {
@@ -421,6 +430,7 @@ fn run_on_host<B: Backend, H: TrainHost<B>>(
                 limit: labels.limit,
                 shard_size: 64,
                 force: true,
+                batch: config.batch.max(1),
             };
             let p = run_labelling(views.train.as_ref(), method, &job, |_, _| {})?;
             log(&format!(
@@ -491,6 +501,7 @@ fn run_on_host<B: Backend, H: TrainHost<B>>(
                     .map(sdrpn_train::trainer::rpn_fingerprint)
                     .transpose()?,
                 redo_on_change: true,
+                batch: config.batch.max(1),
             };
             log(&format!(
                 "{}: {} ({} samples)",

@@ -110,6 +110,7 @@ impl BackendJob for DemoArgs {
             max_new_tokens: None,
             shard_size: 16,
             force: false,
+            batch: 1,
             qwen_square: super::host::QWEN_LABEL_SIDE,
             method: method.clone(),
             device: self.device.clone(),
@@ -164,7 +165,8 @@ impl BackendJob for DemoArgs {
             model,
             rpn: run,
             image: image.clone(),
-            question: "What color is the ball?".into(),
+            question: vec!["What color is the ball?".into()],
+            batch: 1,
             threshold: None,
             no_roi: false,
             heatmap: Some(heatmap.clone()),
@@ -173,7 +175,8 @@ impl BackendJob for DemoArgs {
             force: false,
             device: self.device.clone(),
         }
-        .run::<B>(device)?;
+        .run::<B>(device)?
+        .remove(0);
         println!(
             "      the ball is {colour}; the random model says {:?}; RoI mode {:?}, {} RoI tokens, crop {:?}",
             answer.answer, answer.mode, answer.roi_tokens, answer.crop

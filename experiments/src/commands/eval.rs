@@ -59,6 +59,10 @@ pub struct EvalArgs {
     /// of the same visual grid
     #[arg(long)]
     pub force: bool,
+    /// Samples answered together in one padded batch (answers equal
+    /// one-at-a-time answers up to float rounding; use 8-32 on a GPU)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -141,6 +145,7 @@ impl<B: Backend> HostJob<B> for Evaluation {
                 _ => None,
             },
             redo_on_change: args.force,
+            batch: args.batch as usize,
         };
         let progress = bar(0, &format!("{} {:?}", args.benchmark, method));
         run_eval(

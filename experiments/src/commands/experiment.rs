@@ -15,6 +15,10 @@ pub struct ExperimentArgs {
     /// Output folder (default: experiments-out/<name>)
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Samples per padded batch in labelling and evaluation (overrides the
+    /// config's `batch`; results equal batch 1 up to float rounding)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: Option<u64>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -35,7 +39,10 @@ impl BackendJob for Job {
 }
 
 pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
-    let config = ExperimentConfig::load(&args.config)?;
+    let mut config = ExperimentConfig::load(&args.config)?;
+    if let Some(b) = args.batch {
+        config.batch = b as usize;
+    }
     let out = args
         .out
         .clone()

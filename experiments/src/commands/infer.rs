@@ -12,6 +12,7 @@ use sdrpn_llava::preprocess::load_rgb;
 use sdrpn_train::trainer::load_rpn;
 use sdrpn_train::two_pass::TwoPass;
 use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput};
+use sdrpn_train::two_pass_batch::{answer_baseline_batch, answer_batch_with_roi};
 use std::path::PathBuf;
 
 /// Arguments of `sdrpn infer`.
@@ -26,16 +27,20 @@ pub struct InferArgs {
     /// Image file
     #[arg(long)]
     pub image: PathBuf,
-    /// The question
-    #[arg(long)]
-    pub question: String,
+    /// The question (repeat for several questions about the image)
+    #[arg(long, required = true)]
+    pub question: Vec<String>,
+    /// Questions answered together in one padded batch (answers equal
+    /// one-at-a-time answers up to float rounding)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
     /// RoI threshold (default: the run's, 0.15)
     #[arg(long)]
     pub threshold: Option<f64>,
     /// Skip the RPN: the plain baseline (same answer as `sdrpn generate`)
     #[arg(long)]
     pub no_roi: bool,
-    /// Write the image with the RoI map and crop box to this PNG
+    /// Write the image with the RoI map and crop box to this PNG (one question only)
     #[arg(long)]
     pub heatmap: Option<PathBuf>,
     /// Print JSON: answer, roi_map, boxes, crop, mode, timings
@@ -52,8 +57,14 @@ pub struct InferArgs {
 }
 
 impl BackendJob for InferArgs {
-    type Output = anyhow::Result<(TwoPassOutput, sdrpn_core::Grid)>;
+    type Output = anyhow::Result<Vec<(TwoPassOutput, sdrpn_core::Grid)>>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        if self.heatmap.is_some() && self.question.len() > 1 {
+            anyhow::bail!(
+                "--heatmap draws one question's RoI map: give one --question (got {})",
+                self.question.len()
+            );
+        }
         if let Some(t) = self.threshold {
             sdrpn_core::roi::check_threshold(t)?;
         }
@@ -95,11 +106,11 @@ struct Inference {
 }
 
 impl<B: Backend> HostJob<B> for Inference {
-    type Output = (TwoPassOutput, sdrpn_core::Grid);
+    type Output = Vec<(TwoPassOutput, sdrpn_core::Grid)>;
     fn run<H: sdrpn_train::trainer::TrainHost<B>>(
         self,
         session: H,
-    ) -> anyhow::Result<(TwoPassOutput, sdrpn_core::Grid)> {
+    ) -> anyhow::Result<Vec<(TwoPassOutput, sdrpn_core::Grid)>> {
         let (args, image) = (&self.args, &self.image);
         let mut answer = AnswerOptions {
             max_new_tokens: self.run_config.inference.max_new_tokens,
@@ -108,58 +119,91 @@ impl<B: Backend> HostJob<B> for Inference {
         if let Some(n) = args.max_new_tokens {
             answer.max_new_tokens = n;
         }
-        let grid = session
-            .prepare(image, &args.question)
-            .map_err(|e| anyhow::anyhow!(sdrpn_train::error::describe(&e)))?
-            .grid();
-        let out = if args.no_roi {
-            session.answer_baseline(image, &args.question, &answer)?
-        } else {
-            let (config, rpn) = load_rpn(&session, &args.rpn, args.force)?;
+        let grids = args
+            .question
+            .iter()
+            .map(|q| Ok(session.prepare(image, q)?.grid()))
+            .collect::<Result<Vec<_>, H::Error>>()
+            .map_err(|e| anyhow::anyhow!(sdrpn_train::error::describe(&e)))?;
+        let rpn = match args.no_roi {
+            true => None,
+            false => Some(load_rpn(&session, &args.rpn, args.force)?),
+        };
+        let options = rpn.as_ref().map(|(config, _)| {
             let mut roi = config.inference.roi.clone();
             if let Some(t) = args.threshold {
                 roi.threshold = t;
             }
-            let options = TwoPassOptions {
+            TwoPassOptions {
                 branch: config.rpn.branch_layer,
                 roi,
-                answer,
+                answer: answer.clone(),
                 reuse_prefix_cache: config.inference.reuse_prefix_cache,
+            }
+        });
+        let mut outs = Vec::with_capacity(args.question.len());
+        for chunk in args.question.chunks(args.batch as usize) {
+            let questions: Vec<(&image::RgbImage, &str)> =
+                chunk.iter().map(|q| (image, q.as_str())).collect();
+            let answered = match (&rpn, &options, questions.as_slice()) {
+                (None, _, [(_, q)]) => vec![session.answer_baseline(image, q, &answer)?],
+                (None, _, _) => answer_baseline_batch(&session, &questions, &answer)?,
+                (Some((_, rpn)), Some(o), [(_, q)]) => {
+                    vec![session.answer_with_roi(rpn, image, q, o)?]
+                }
+                (Some((_, rpn)), Some(o), _) => {
+                    answer_batch_with_roi(&session, rpn, &questions, o)?
+                }
+                (Some(_), None, _) => unreachable!("options are made with the RPN"),
             };
-            session.answer_with_roi(&rpn, image, &args.question, &options)?
-        };
-        if let Some(path) = &args.heatmap {
-            let drawn = heatmap::render(image, &out.roi_map, grid, self.placement, out.crop);
+            outs.extend(answered);
+        }
+        if let (Some(path), Some(out)) = (&args.heatmap, outs.first()) {
+            let drawn = heatmap::render(image, &out.roi_map, grids[0], self.placement, out.crop);
             drawn
                 .save(path)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        Ok((out, grid))
+        Ok(outs.into_iter().zip(grids).collect())
     }
 }
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let device = args.device.clone();
-    let json = args.json;
-    let (out, grid) = device.run(args)?;
+    let (json, questions) = (args.json, args.question.clone());
+    let outs = device.run(args)?;
     if json {
-        let map: Vec<Vec<f32>> = if out.roi_map.is_empty() {
-            Vec::new()
-        } else {
-            out.roi_map.chunks(grid.cols).map(|r| r.to_vec()).collect()
+        let values: Vec<serde_json::Value> = outs
+            .iter()
+            .zip(&questions)
+            .map(|((out, grid), question)| {
+                let map: Vec<Vec<f32>> = if out.roi_map.is_empty() {
+                    Vec::new()
+                } else {
+                    out.roi_map.chunks(grid.cols).map(|r| r.to_vec()).collect()
+                };
+                serde_json::json!({
+                    "question": question,
+                    "answer": out.answer,
+                    "roi_map": map,
+                    "boxes": out.boxes.iter().map(|b| [b.x0, b.y0, b.x1, b.y1]).collect::<Vec<_>>(),
+                    "crop": out.crop.map(|c| [c.x0, c.y0, c.x1, c.y1]),
+                    "mode": out.mode,
+                    "roi_tokens": out.roi_tokens,
+                    "timings": out.timings,
+                })
+            })
+            .collect();
+        // One question: its object, as before; several: an array.
+        let value = match values.as_slice() {
+            [one] => one.clone(),
+            _ => serde_json::Value::Array(values),
         };
-        let value = serde_json::json!({
-            "answer": out.answer,
-            "roi_map": map,
-            "boxes": out.boxes.iter().map(|b| [b.x0, b.y0, b.x1, b.y1]).collect::<Vec<_>>(),
-            "crop": out.crop.map(|c| [c.x0, c.y0, c.x1, c.y1]),
-            "mode": out.mode,
-            "roi_tokens": out.roi_tokens,
-            "timings": out.timings,
-        });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("{}", out.answer);
+        for (out, _) in &outs {
+            println!("{}", out.answer);
+        }
     }
     Ok(())
 }

@@ -43,6 +43,10 @@ pub struct LabelArgs {
     /// discard them and label afresh (instead of refusing)
     #[arg(long)]
     pub force: bool,
+    /// Questions answered together in one padded batch (labels equal
+    /// one-at-a-time labels up to float rounding; use 8-32 on a GPU)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
     /// Qwen2.5-VL: side in pixels of the square every image is padded to
     /// (grey) and resized to for labelling; `sdrpn train` must use the same
     #[arg(long, default_value_t = QWEN_LABEL_SIDE)]
@@ -140,6 +144,7 @@ impl BackendJob for LabelArgs {
             limit: self.limit,
             shard_size: self.shard_size,
             force: self.force,
+            batch: self.batch as usize,
         };
         let prompt = config.prompt;
         let square = Some(self.qwen_square);

@@ -18,6 +18,8 @@ pub enum BenchCommand {
     Gemm(super::bench_gemm::GemmArgs),
     /// SD-RPN's two-pass answer next to the baseline answer, per RoI mode, prefix reuse on and off.
     TwoPass(super::bench_two_pass::TwoPassArgs),
+    /// Samples per second of padded batches (B = 1, 4, 8) for the baseline, SD-RPN and labelling.
+    Batch(super::bench_batch::BatchArgs),
 }
 
 /// Arguments of `sdrpn bench model`.
@@ -284,6 +286,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Gemm(args) => super::bench_gemm::run(args),
         BenchCommand::TwoPass(args) => super::bench_two_pass::run(args),
+        BenchCommand::Batch(args) => super::bench_batch::run(args),
         BenchCommand::Model(args) => {
             let device = args.device.clone();
             let (iters, new_tokens, config) =

@@ -56,7 +56,63 @@ pub struct TwoPassArgs {
     device: super::common::DeviceArgs,
 }
 
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
+/// A LLaVA model of the llava-hf `config` with random weights (seed 0) and
+/// the tokenizer of the llava-hf folder `tokenizer` (its image token id
+/// replaces the config's), and the RPN branch layer: `branch`, or the
+/// LLaVA-1.5-7B preset's 15 of 32 layers scaled to the model's depth.
+pub fn random_session<B: Backend>(
+    config: &std::path::Path,
+    tokenizer: &std::path::Path,
+    branch: Option<usize>,
+    device: &B::Device,
+) -> anyhow::Result<(LlavaSession<B>, usize)> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let mut model_config = LlavaConfig::from_hf_json(&text)
+        .with_context(|| format!("{} is not a llava-hf LLaVA config", config.display()))?;
+    // The prompt's image tokens come from the tokenizer's folder.
+    let tokenizer_config = LlavaConfig::from_dir(tokenizer)
+        .with_context(|| format!("the tokenizer folder {}", tokenizer.display()))?;
+    model_config.image_token_index = tokenizer_config.image_token_index;
+    if model_config.image_token_index as usize >= model_config.text.vocab_size {
+        anyhow::bail!(
+            "the tokenizer's image token {} is outside the model's vocabulary of {}",
+            model_config.image_token_index,
+            model_config.text.vocab_size
+        );
+    }
+    let layers = model_config.text.num_layers;
+    let branch = branch.unwrap_or(((15 * layers) as f64 / 32.0).round() as usize);
+    let side = model_config.vision.grid_side();
+    let tokenizer = sdrpn_llava::tokenizer::LlavaTokenizer::from_dir(
+        tokenizer,
+        model_config.image_token_index,
+    )?;
+    let session = LlavaSession {
+        model: sdrpn_llava::Llava::<B>::random(model_config, 0, device)?,
+        tokenizer,
+        options: Default::default(),
+        fingerprint: ModelFingerprint {
+            config: "random".into(),
+            weights: "random, seed 0".into(),
+            grid: format!("{side}x{side}"),
+        },
+    };
+    Ok((session, branch))
+}
+
+/// A synthetic `width x height` test image (gradients, no flat regions).
+pub fn bench_image((w, h): (u32, u32)) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        Rgb([
+            (x % 256) as u8,
+            (y % 256) as u8,
+            ((x / 7 + y / 5) % 256) as u8,
+        ])
+    })
+}
+
+pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
         .split_once('x')
         .ok_or_else(|| format!("{s:?}: expected WIDTHxHEIGHT, e.g. 1024x768"))?;
@@ -155,49 +211,11 @@ pub struct Rounds {
 impl BackendJob for TwoPassArgs {
     type Output = anyhow::Result<Rounds>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let text = std::fs::read_to_string(&self.config)
-            .with_context(|| format!("reading {}", self.config.display()))?;
-        let mut config = LlavaConfig::from_hf_json(&text)
-            .with_context(|| format!("{} is not a llava-hf LLaVA config", self.config.display()))?;
-        // The prompt's image tokens come from the tokenizer's folder.
-        let tokenizer_config = LlavaConfig::from_dir(&self.tokenizer)
-            .with_context(|| format!("the tokenizer folder {}", self.tokenizer.display()))?;
-        config.image_token_index = tokenizer_config.image_token_index;
-        if config.image_token_index as usize >= config.text.vocab_size {
-            anyhow::bail!(
-                "the tokenizer's image token {} is outside the model's vocabulary of {}",
-                config.image_token_index,
-                config.text.vocab_size
-            );
-        }
-        let layers = config.text.num_layers;
-        let branch = self
-            .branch
-            .unwrap_or(((15 * layers) as f64 / 32.0).round() as usize);
-        let side = config.vision.grid_side();
-        let tokenizer = sdrpn_llava::tokenizer::LlavaTokenizer::from_dir(
-            &self.tokenizer,
-            config.image_token_index,
-        )?;
-        let session = LlavaSession {
-            model: sdrpn_llava::Llava::<B>::random(config, 0, &device)?,
-            tokenizer,
-            options: Default::default(),
-            fingerprint: ModelFingerprint {
-                config: "random".into(),
-                weights: "random, seed 0".into(),
-                grid: format!("{side}x{side}"),
-            },
-        };
+        let (session, branch) =
+            random_session::<B>(&self.config, &self.tokenizer, self.branch, &device)?;
+        let (layers, side) = (session.num_layers(), session.grid().rows);
         let rpn = session.init_rpn(branch, self.twig)?;
-        let (w, h) = self.image;
-        let image = RgbImage::from_fn(w, h, |x, y| {
-            Rgb([
-                (x % 256) as u8,
-                (y % 256) as u8,
-                ((x / 7 + y / 5) % 256) as u8,
-            ])
-        });
+        let image = bench_image(self.image);
         let question = "What is written on the small sign next to the door?";
         let answer = AnswerOptions {
             max_new_tokens: self.new_tokens,

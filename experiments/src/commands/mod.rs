@@ -1,6 +1,7 @@
 //! The subcommands of `sdrpn`, one file each.
 
 mod bench;
+mod bench_batch;
 mod bench_gemm;
 mod bench_two_pass;
 mod common;

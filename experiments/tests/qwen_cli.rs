@@ -234,6 +234,84 @@ fn label_train_and_infer_run_on_a_qwen_checkpoint() {
             "3",
         ]);
         assert!(printed.contains("3 samples"), "{method}: {printed}");
+        // The same samples in one padded batch give the same predictions.
+        let batched = path(&dir.join(format!("eval-{method}-batch")));
+        sdrpn(&[
+            "eval",
+            "--benchmark",
+            "textvqa",
+            "--data",
+            "synthetic:3",
+            "--model",
+            &m,
+            "--out",
+            &batched,
+            "--method",
+            method,
+            "--rpn",
+            &run,
+            "--max-new-tokens",
+            "3",
+            "--batch",
+            "3",
+        ]);
+        let key = |folder: &str| {
+            let mut p = experiments::eval::all_predictions(std::path::Path::new(folder)).unwrap();
+            p.sort_by(|a, b| a.id.cmp(&b.id));
+            p.into_iter()
+                .map(|p| (p.id, p.prediction, p.mode, p.roi_tokens, p.tokens))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&out), key(&batched), "{method}: batch 3 vs batch 1");
+        assert_eq!(key(&batched).len(), 3);
     }
+    // Several questions about one image in one batch: one answer each, the
+    // first as when asked alone.
+    let infer = |questions: &[&str], batch: &str| {
+        let mut args = vec![
+            "infer".to_string(),
+            "--model".into(),
+            m.clone(),
+            "--rpn".into(),
+            run.clone(),
+            "--image".into(),
+            path(&images.join("wide.png")),
+            "--json".into(),
+            "--max-new-tokens".into(),
+            "3".into(),
+            "--batch".into(),
+            batch.into(),
+        ];
+        for q in questions {
+            args.extend(["--question".to_string(), q.to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        serde_json::from_str::<serde_json::Value>(&sdrpn(&refs)).unwrap()
+    };
+    let alone = infer(&["What is in the picture?"], "1");
+    let both = infer(
+        &[
+            "What is in the picture?",
+            "Which colour is the top left corner?",
+        ],
+        "2",
+    );
+    let both = both.as_array().expect("several questions give an array");
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[0]["answer"], alone["answer"]);
+    let flat = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect()
+    };
+    let (a, b) = (flat(&both[0]["roi_map"]), flat(&alone["roi_map"]));
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5),
+        "{a:?} vs {b:?}"
+    );
+    assert_eq!(both[1]["question"], "Which colour is the top left corner?");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -135,6 +135,30 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+impl<B: Backend> KvCache<B> {
+    /// [`KvCache::prefix`] of only the batch rows `samples` (in that
+    /// order): a copy, unless they are every row in order (then the
+    /// buffers are shared as by `prefix`).
+    pub fn select_samples(&self, samples: &[usize], layers: usize, positions: usize) -> Self {
+        let mut out = self.prefix(layers, positions);
+        for stored in out.layers.iter_mut().flatten() {
+            let n = stored.keys.dims()[0];
+            if samples.iter().copied().eq(0..n) {
+                continue;
+            }
+            let device = stored.keys.device();
+            let idx: Vec<i64> = samples.iter().map(|&s| s as i64).collect();
+            let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(idx, [samples.len()]),
+                &device,
+            );
+            stored.keys = stored.keys.clone().select(0, idx.clone());
+            stored.values = stored.values.clone().select(0, idx);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +205,19 @@ mod tests {
         let (k2, v2) = (rows(1), rows(1));
         keys.push(k2.clone());
         let all = cache.append(1, k2, v2);
-        assert_eq!(values(all.keys), values(Tensor::cat(keys, 2)));
+        assert_eq!(values(all.keys), values(Tensor::cat(keys.clone(), 2)));
+
+        // Rows 1 then 0 of the first 7 positions, apart from the original.
+        let mut picked = cache.select_samples(&[1, 0], 2, 7);
+        let first = Tensor::cat(keys[..1].to_vec(), 2);
+        let swapped = Tensor::cat(vec![first.clone().slice([1..2]), first.slice([0..1])], 0);
+        let (k3, v3) = (rows(1), rows(1));
+        let extended = picked.append(1, k3.clone(), v3);
+        assert_eq!(
+            values(extended.keys),
+            values(Tensor::cat(vec![swapped, k3], 2))
+        );
+        assert_eq!(cache.seq_len(1), 7 + ROOM + 11);
     }
 
     #[test]

@@ -57,13 +57,25 @@ impl<B: Backend> PaddedBatch<B> {
     /// Stacks `sequences` (at least one), each after enough zero padding to
     /// reach the longest.
     pub fn new(sequences: Vec<Sequence<B>>) -> Result<Self, CoreError> {
+        let len = sequences.iter().map(|s| s.embeds.dims()[1]).max();
+        Self::with_len(sequences, len.unwrap_or(0))
+    }
+
+    /// Stacks `sequences` (at least one), each after enough zero padding to
+    /// reach `len` tokens (at least the longest's).
+    pub fn with_len(sequences: Vec<Sequence<B>>, len: usize) -> Result<Self, CoreError> {
         let first = sequences
             .first()
             .ok_or_else(|| CoreError::config("batch", "holds no sequence"))?;
         let [_, _, d] = first.embeds.dims();
         let (device, dtype) = (first.embeds.device(), first.embeds.dtype());
         let lens: Vec<usize> = sequences.iter().map(|s| s.embeds.dims()[1]).collect();
-        let len = lens.iter().copied().max().unwrap_or(0);
+        if let Some(&longest) = lens.iter().max().filter(|&&l| l > len) {
+            return Err(CoreError::config(
+                "batch",
+                format!("a sequence of {longest} tokens does not fit in {len}"),
+            ));
+        }
         for (n, s) in sequences.iter().enumerate() {
             let [one, t, width] = s.embeds.dims();
             if one != 1 || width != d || s.positions.len() != t {
@@ -160,25 +172,10 @@ pub fn generate_batch<B: Backend, H: RpnHost<B>>(
     batch: &PaddedBatch<B>,
     options: &AnswerOptions,
     keep: &[usize],
-    mut on_step: impl FnMut(usize, usize, StepRows<'_, B>) -> Result<(), H::Error>,
+    on_step: impl FnMut(usize, usize, StepRows<'_, B>) -> Result<(), H::Error>,
 ) -> Result<BatchAnswers, H::Error> {
     let layers = host.num_layers();
-    if options.max_new_tokens == 0 {
-        return Err(CoreError::config("max_new_tokens", "must be at least 1").into());
-    }
-    let context = host.context_len();
-    for &len in &batch.lens {
-        if len + options.max_new_tokens > context {
-            return Err(CoreError::config(
-                "max_new_tokens",
-                format!(
-                    "the prompt ({len} tokens) plus {} new tokens exceed the model's context of {context} positions; lower --max-new-tokens",
-                    options.max_new_tokens
-                ),
-            )
-            .into());
-        }
-    }
+    check_answer_budget(host, &batch.lens, options)?;
     let mut cache = KvCache::new(layers);
     let h = host.run_layers(
         batch.embeds.clone(),
@@ -188,6 +185,32 @@ pub fn generate_batch<B: Backend, H: RpnHost<B>>(
         Some(&mut cache),
     );
     let first_logits = host.batch_last_logits(h)?;
+    decode_batch(
+        host,
+        first_logits,
+        &mut cache,
+        batch,
+        options,
+        keep,
+        on_step,
+    )
+}
+
+/// Lockstep greedy decoding of a padded batch after its prefill:
+/// `first_logits` are each sample's last prompt logits and `cache` holds
+/// every position of `batch` (see [`generate_batch`] for `keep` and
+/// `on_step`).
+pub fn decode_batch<B: Backend, H: RpnHost<B>>(
+    host: &H,
+    first_logits: Vec<Vec<f32>>,
+    cache: &mut KvCache<B>,
+    batch: &PaddedBatch<B>,
+    options: &AnswerOptions,
+    keep: &[usize],
+    mut on_step: impl FnMut(usize, usize, StepRows<'_, B>) -> Result<(), H::Error>,
+) -> Result<BatchAnswers, H::Error> {
+    let layers = host.num_layers();
+    check_answer_budget(host, &batch.lens, options)?;
     let mut tokens = first_logits
         .iter()
         .map(|l| checked_argmax(l, 0).map(|t| vec![t]))
@@ -214,7 +237,7 @@ pub fn generate_batch<B: Backend, H: RpnHost<B>>(
             at,
             &positions,
             0..layers,
-            Some(&mut cache),
+            Some(cache),
             keep,
         );
         let logits = host.batch_last_logits(h)?;
@@ -237,4 +260,30 @@ pub fn generate_batch<B: Backend, H: RpnHost<B>>(
         tokens,
         first_logits,
     })
+}
+
+/// Refuses a token limit of 0, or one that would take a sample of `lens`
+/// past the model's context.
+fn check_answer_budget<B: Backend, H: RpnHost<B>>(
+    host: &H,
+    lens: &[usize],
+    options: &AnswerOptions,
+) -> Result<(), H::Error> {
+    if options.max_new_tokens == 0 {
+        return Err(CoreError::config("max_new_tokens", "must be at least 1").into());
+    }
+    let context = host.context_len();
+    for &len in lens {
+        if len + options.max_new_tokens > context {
+            return Err(CoreError::config(
+                "max_new_tokens",
+                format!(
+                    "the prompt ({len} tokens) plus {} new tokens exceed the model's context of {context} positions; lower --max-new-tokens",
+                    options.max_new_tokens
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }

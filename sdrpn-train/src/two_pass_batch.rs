@@ -6,14 +6,17 @@
 //! its own grid); pass 1 runs base layers `0..K` over the padded batch and
 //! the RPN on their output (one batched RPN call when every prompt has as
 //! many visual tokens, else one per prompt); each sample's RoI is cut and
-//! encoded on its own; pass 2 runs every sample's sequence (with its RoI
-//! tokens, or its plain prompt in mode none) as a new padded batch through
-//! all layers and decodes in lockstep. Pass 2 recomputes the prefix it
-//! shares with pass 1 (the `reuse_prefix_cache = false` path of batch 1:
-//! the samples' prefixes sit at different padded offsets), so answers equal
-//! batch-1 answers up to float rounding.
+//! encoded on its own. Pass 2, with `reuse_prefix_cache` (the default),
+//! groups the samples by how many tokens their RoI inserts (0 in mode none;
+//! LLaVA's bbox crops all insert the same count): a group keeps pass 1's
+//! padding, so its samples' prefixes sit where they sat in pass 1 and pass
+//! 1's keys/values and layer-`K` states are reused up to the earliest
+//! insertion point of the group (mode none reuses everything and only runs
+//! layers `K..L`); each group is decoded as one batch. Without reuse, every
+//! sample's pass-2 sequence goes into one new padded batch through all
+//! layers. Either way answers equal batch-1 answers up to float rounding.
 
-use crate::batch::{generate_batch, BatchAnswers, PaddedBatch, Sequence};
+use crate::batch::{decode_batch, generate_batch, BatchAnswers, PaddedBatch, Sequence};
 use crate::two_pass::{
     crop_stage, with_insert, CropStage, HostRpn, Timings, TwoPass, TwoPassOutput,
 };
@@ -21,6 +24,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use image::RgbImage;
+use sdrpn_core::cache::KvCache;
 use sdrpn_core::host::{AnswerOptions, HostPrompt, RpnHost};
 use sdrpn_core::readback::floats;
 use sdrpn_core::roi::RoiMode;
@@ -82,8 +86,15 @@ pub fn answer_batch_with_roi<B: Backend, H: RpnHost<B>>(
     sdrpn_core::rpn::check_branch(k, rpn.twig_depth(), host.num_layers())?;
     let refs: Vec<&H::Prompt> = prompts.iter().collect();
     let batch = PaddedBatch::of_prompts(&refs)?;
-    let h = host.run_layers(batch.embeds.clone(), 0, &batch.positions, 0..k, None);
-    let maps = rpn_maps(host, rpn, &refs, &batch, h)?;
+    let mut cache = KvCache::new(host.num_layers());
+    let h = host.run_layers(
+        batch.embeds.clone(),
+        0,
+        &batch.positions,
+        0..k,
+        Some(&mut cache),
+    );
+    let maps = rpn_maps(host, rpn, &refs, &batch, h.clone())?;
     let pass1_ms = ms(t1);
 
     let t2 = Instant::now();
@@ -98,7 +109,7 @@ pub fn answer_batch_with_roi<B: Backend, H: RpnHost<B>>(
     let crop_ms = ms(t2);
 
     let t3 = Instant::now();
-    let sequences = prompts
+    let sequences: Vec<Sequence<B>> = prompts
         .iter()
         .zip(&crops)
         .map(|(prompt, crop)| match &crop.roi {
@@ -110,13 +121,32 @@ pub fn answer_batch_with_roi<B: Backend, H: RpnHost<B>>(
             },
         })
         .collect();
-    let answers = generate_batch(
-        host,
-        &PaddedBatch::new(sequences)?,
-        &options.answer,
-        &[],
-        |_, _, _| Ok(()),
-    )?;
+    let answers = if options.reuse_prefix_cache {
+        let pass1 = Pass1 {
+            batch: &batch,
+            cache: &cache,
+            states: h,
+            branch: k,
+        };
+        let inserts: Vec<(usize, usize)> = prompts
+            .iter()
+            .zip(&crops)
+            .map(|(p, c)| {
+                c.roi
+                    .as_ref()
+                    .map_or((0, p.len()), |r| (r.embeds.dims()[1], r.at))
+            })
+            .collect();
+        answer_groups(host, &pass1, sequences, &inserts, &options.answer)?
+    } else {
+        generate_batch(
+            host,
+            &PaddedBatch::new(sequences)?,
+            &options.answer,
+            &[],
+            |_, _, _| Ok(()),
+        )?
+    };
     let n = prompts.len() as f64;
     let timings = Timings {
         prepare_ms: prepare_ms / n,
@@ -129,6 +159,93 @@ pub fn answer_batch_with_roi<B: Backend, H: RpnHost<B>>(
     let mut maps = maps.into_iter();
     outputs(host, answers, &options.answer, timings, |_| {
         Some((crops.next().expect("a crop"), maps.next().expect("a map")))
+    })
+}
+
+/// What pass 1 left for pass 2 to reuse.
+struct Pass1<'a, B: Backend> {
+    /// Pass 1's padded batch.
+    batch: &'a PaddedBatch<B>,
+    /// Keys and values of layers `0..K` over it.
+    cache: &'a KvCache<B>,
+    /// Output of layer `K - 1`, `[N, T, D]`.
+    states: Tensor<B, 3>,
+    branch: usize,
+}
+
+/// Pass 2 with pass 1's prefix reused (see the module doc): the samples
+/// grouped by `inserts[n] = (tokens inserted, where)`, each group
+/// prefilled on pass 1's cache and decoded as one batch; answers in sample
+/// order.
+fn answer_groups<B: Backend, H: RpnHost<B>>(
+    host: &H,
+    pass1: &Pass1<'_, B>,
+    sequences: Vec<Sequence<B>>,
+    inserts: &[(usize, usize)],
+    options: &AnswerOptions,
+) -> Result<BatchAnswers, H::Error> {
+    let (layers, k) = (host.num_layers(), pass1.branch);
+    let t = pass1.batch.len();
+    let pads = pass1.batch.pads();
+    let mut sizes: Vec<usize> = inserts.iter().map(|i| i.0).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut tokens = vec![Vec::new(); sequences.len()];
+    let mut first_logits = vec![Vec::new(); sequences.len()];
+    let mut sequences: Vec<Option<Sequence<B>>> = sequences.into_iter().map(Some).collect();
+    for r in sizes {
+        let group: Vec<usize> = (0..inserts.len()).filter(|&n| inserts[n].0 == r).collect();
+        // Pass 1's padding kept: positions before the earliest insertion
+        // point are pass 1's own.
+        let shared = group
+            .iter()
+            .map(|&n| pads[n] + inserts[n].1)
+            .min()
+            .unwrap_or(0);
+        let batch = PaddedBatch::with_len(
+            group
+                .iter()
+                .map(|&n| sequences[n].take().expect("one group each"))
+                .collect(),
+            t + r,
+        )?;
+        let mut cache = pass1.cache.select_samples(&group, k, shared);
+        let [_, _, d] = pass1.states.dims();
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                group.iter().map(|&n| n as i64).collect::<Vec<_>>(),
+                [group.len()],
+            ),
+            &host.device(),
+        );
+        let states = pass1.states.clone().select(0, idx);
+        let g = group.len();
+        let h = if shared == t + r {
+            states
+        } else {
+            let new = batch.embeds.clone().slice([0..g, shared..t + r, 0..d]);
+            let fresh = host.run_layers(
+                new,
+                shared,
+                &batch.positions.slice(shared..t + r),
+                0..k,
+                Some(&mut cache),
+            );
+            Tensor::cat(vec![states.slice([0..g, 0..shared, 0..d]), fresh], 1)
+        };
+        let out = host.run_layers(h, 0, &batch.positions, k..layers, Some(&mut cache));
+        let first = host.batch_last_logits(out)?;
+        let answers = decode_batch(host, first, &mut cache, &batch, options, &[], |_, _, _| {
+            Ok(())
+        })?;
+        for (i, &n) in group.iter().enumerate() {
+            tokens[n] = answers.tokens[i].clone();
+            first_logits[n] = answers.first_logits[i].clone();
+        }
+    }
+    Ok(BatchAnswers {
+        tokens,
+        first_logits,
     })
 }
 

@@ -72,28 +72,45 @@ where
     for &threshold in thresholds {
         let mut opts = options(true);
         opts.roi.threshold = threshold;
-        let batched = answer_batch_with_roi(host, rpn, questions, &opts).unwrap();
-        for (i, ((image, q), b)) in questions.iter().zip(&batched).enumerate() {
-            for reuse in [true, false] {
-                opts.reuse_prefix_cache = reuse;
-                let one = host.answer_with_roi(rpn, image, q, &opts).unwrap();
-                let what = format!("threshold {threshold}, sample {i}, reuse {reuse}");
-                let worst = one
-                    .roi_map
-                    .iter()
-                    .zip(&b.roi_map)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0f32, f32::max);
-                assert_eq!(one.roi_map.len(), b.roi_map.len(), "{what}: map size");
-                assert!(worst <= 1e-5, "{what}: RoI maps differ by {worst:e}");
-                assert_eq!(
-                    (one.mode, one.crop, one.roi_tokens, &one.kept),
-                    (b.mode, b.crop, b.roi_tokens, &b.kept),
-                    "{what}: RoI"
+        let alone: Vec<Vec<_>> = questions
+            .iter()
+            .map(|(image, q)| {
+                [true, false]
+                    .map(|reuse| {
+                        let mut o = opts.clone();
+                        o.reuse_prefix_cache = reuse;
+                        host.answer_with_roi(rpn, image, q, &o).unwrap()
+                    })
+                    .to_vec()
+            })
+            .collect();
+        for batch_reuse in [true, false] {
+            opts.reuse_prefix_cache = batch_reuse;
+            let batched = answer_batch_with_roi(host, rpn, questions, &opts).unwrap();
+            for (i, b) in batched.iter().enumerate() {
+                for (one, reuse) in alone[i].iter().zip([true, false]) {
+                    let what = format!(
+                    "threshold {threshold}, sample {i}, batch-1 reuse {reuse}, batch reuse {batch_reuse}"
                 );
-                assert_same_answer(&one, b, &what);
+                    let worst = one
+                        .roi_map
+                        .iter()
+                        .zip(&b.roi_map)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0f32, f32::max);
+                    assert_eq!(one.roi_map.len(), b.roi_map.len(), "{what}: map size");
+                    assert!(worst <= 1e-5, "{what}: RoI maps differ by {worst:e}");
+                    assert_eq!(
+                        (one.mode, one.crop, one.roi_tokens, &one.kept),
+                        (b.mode, b.crop, b.roi_tokens, &b.kept),
+                        "{what}: RoI"
+                    );
+                    assert_same_answer(one, b, &what);
+                }
+                if batch_reuse {
+                    modes.push(b.mode);
+                }
             }
-            modes.push(b.mode);
         }
     }
     modes

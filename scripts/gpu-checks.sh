@@ -10,7 +10,8 @@
 # The checks: the core's tensor parts vs the CPU on WGPU and CUDA
 # (sdrpn-core/tests/backends.rs), LLaVA vs HF transformers on WGPU in f32/f16
 # and on CUDA in f32/f16/bf16 (sdrpn-llava/tests/{wgpu,wgpu_f16,cuda,cuda_f16,cuda_bf16}.rs),
-# Qwen2.5-VL vs HF on the CPU and WGPU in f32 (sdrpn-qwen/tests/qwen/).
+# Qwen2.5-VL vs HF on the CPU and WGPU in f32 (sdrpn-qwen/tests/qwen/), and
+# `sdrpn bench batch --batch 1,8,32` on CUDA and WGPU (samples/s of padded batches).
 # A missing device fails rather than skips (SDRPN_REQUIRE_WGPU=1, SDRPN_REQUIRE_CUDA=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,10 @@ for line in sys.stdin:
     strip -o "$OUT/$name" "$exe"
     xz -9 -T0 "$OUT/$name"
   done < "$OUT/executables.txt"
+  # The command line, for the batched-answering benchmark (issue 13).
+  cargo build --release -p experiments --features cuda
+  strip -o "$OUT/sdrpn" target/release/sdrpn
+  xz -9 -T0 "$OUT/sdrpn"
   # The tests find their fixtures through the repo path they were compiled in.
   pwd > "$OUT/compiled-in-root.txt"
   du -ch "$OUT"/*.xz | tail -1
@@ -55,6 +60,13 @@ run() {
     xz -dc "$OUT/$t.xz" > "$bin/$t" && chmod +x "$bin/$t"
     if "$bin/$t" --nocapture --test-threads=1; then status=pass; else status=FAIL failed=1; fi
     summary+=("$t: $status")
+  done
+  # Samples/s of padded batches on each GPU backend (B = 1, 8, 32).
+  xz -dc "$OUT/sdrpn.xz" > "$bin/sdrpn" && chmod +x "$bin/sdrpn"
+  for dev in cuda wgpu; do
+    echo "=== bench batch on $dev"
+    if "$bin/sdrpn" bench batch --batch 1,8,32 --iters 2 --device "$dev"; then status=pass; else status=FAIL failed=1; fi
+    summary+=("bench batch $dev: $status")
   done
   echo "=== summary"
   printf '%s\n' "${summary[@]}"

@@ -1,5 +1,6 @@
 //! `sdrpn bench two-pass` runs every case on a small LLaVA and reports the
 //! RoI mode each case is meant to measure; bad sizes are refused by name.
+//! `sdrpn bench batch` reports every case at every batch size.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,17 +16,23 @@ fn sdrpn(args: &[&str]) -> std::process::Output {
         .expect("run sdrpn")
 }
 
-#[test]
-fn two_pass_bench_measures_every_mode_against_the_baseline() {
-    let model = tiny_llava();
-    // Room for pass 2's 576 crop tokens after a ~650-token prompt.
-    let text = std::fs::read_to_string(model.join("config.json")).unwrap();
+/// The tiny model's config with room for pass 2's 576 crop tokens after a
+/// ~650-token prompt (written to a temporary folder named by `tag`).
+fn roomy_config(tag: &str) -> PathBuf {
+    let text = std::fs::read_to_string(tiny_llava().join("config.json")).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
     json["text_config"]["max_position_embeddings"] = 2048.into();
-    let dir = std::env::temp_dir().join(format!("sdrpn-bench-cli-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sdrpn-bench-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.json");
     std::fs::write(&config, json.to_string()).unwrap();
+    config
+}
+
+#[test]
+fn two_pass_bench_measures_every_mode_against_the_baseline() {
+    let model = tiny_llava();
+    let config = roomy_config("two-pass");
     let out = sdrpn(&[
         "bench",
         "two-pass",
@@ -90,7 +97,7 @@ fn two_pass_bench_measures_every_mode_against_the_baseline() {
     assert_eq!(bbox, 576);
     assert!(mask < bbox, "mask mode keeps {mask} of {bbox} tokens");
     assert!(text.contains("RPN alone"), "{text}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(config.parent().unwrap()).unwrap();
 
     let bad = sdrpn(&["bench", "two-pass", "--image", "640"]);
     let err = String::from_utf8_lossy(&bad.stderr);
@@ -98,4 +105,48 @@ fn two_pass_bench_measures_every_mode_against_the_baseline() {
         !bad.status.success() && err.contains("WIDTHxHEIGHT"),
         "{err}"
     );
+}
+
+#[test]
+fn batch_bench_reports_every_case_at_every_batch_size() {
+    let model = tiny_llava();
+    let config = roomy_config("batch");
+    let out = sdrpn(&[
+        "bench",
+        "batch",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        model.to_str().unwrap(),
+        "--batch",
+        "1,3",
+        "--iters",
+        "1",
+        "--new-tokens",
+        "2",
+        "--image",
+        "200x150",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for case in ["baseline", "sdrpn (random RPN)", "label (taps, 2 layers)"] {
+        for batch in ["1", "3"] {
+            let cells: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix(case))
+                .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+                .find(|c| c.first() == Some(&batch))
+                .unwrap_or_else(|| panic!("no row {case:?} at batch {batch} in\n{text}"));
+            let rate: f64 = cells[2].parse().unwrap();
+            assert!(rate > 0.0, "{case}, batch {batch}: {rate}");
+        }
+    }
+    std::fs::remove_dir_all(config.parent().unwrap()).unwrap();
+    let bad = sdrpn(&["bench", "batch", "--batch", "0,2"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 1"));
 }

@@ -210,7 +210,8 @@ mod tests {
         // Rows 1 then 0 of the first 7 positions, apart from the original.
         let mut picked = cache.select_samples(&[1, 0], 2, 7);
         let first = Tensor::cat(keys[..1].to_vec(), 2);
-        let swapped = Tensor::cat(vec![first.clone().slice([1..2]), first.slice([0..1])], 0);
+        let sample = |n: usize| first.clone().slice([n..n + 1, 0..3, 0..7, 0..5]);
+        let swapped = Tensor::cat(vec![sample(1), sample(0)], 0);
         let (k3, v3) = (rows(1), rows(1));
         let extended = picked.append(1, k3.clone(), v3);
         assert_eq!(

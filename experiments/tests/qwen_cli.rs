@@ -213,29 +213,9 @@ fn label_train_and_infer_run_on_a_qwen_checkpoint() {
         "the image's own grid"
     );
     assert!(json["answer"].is_string());
-    // Evaluation, baseline and SD-RPN, on synthetic benchmark samples.
-    for method in ["baseline", "sdrpn"] {
-        let out = path(&dir.join(format!("eval-{method}")));
-        let printed = sdrpn(&[
-            "eval",
-            "--benchmark",
-            "textvqa",
-            "--data",
-            "synthetic:3",
-            "--model",
-            &m,
-            "--out",
-            &out,
-            "--method",
-            method,
-            "--rpn",
-            &run,
-            "--max-new-tokens",
-            "3",
-        ]);
-        assert!(printed.contains("3 samples"), "{method}: {printed}");
-        // The same samples in one padded batch give the same predictions.
-        let batched = path(&dir.join(format!("eval-{method}-batch")));
+    // Evaluation, baseline and SD-RPN, on synthetic benchmark samples, one
+    // at a time and in one padded batch.
+    let eval = |method: &str, out: &str, batch: &str| {
         sdrpn(&[
             "eval",
             "--benchmark",
@@ -245,7 +225,7 @@ fn label_train_and_infer_run_on_a_qwen_checkpoint() {
             "--model",
             &m,
             "--out",
-            &batched,
+            out,
             "--method",
             method,
             "--rpn",
@@ -253,8 +233,16 @@ fn label_train_and_infer_run_on_a_qwen_checkpoint() {
             "--max-new-tokens",
             "3",
             "--batch",
-            "3",
-        ]);
+            batch,
+        ])
+    };
+    for method in ["baseline", "sdrpn"] {
+        let out = path(&dir.join(format!("eval-{method}")));
+        let printed = eval(method, &out, "1");
+        assert!(printed.contains("3 samples"), "{method}: {printed}");
+        // The same samples in one padded batch give the same predictions.
+        let batched = path(&dir.join(format!("eval-{method}-batch")));
+        eval(method, &batched, "3");
         let key = |folder: &str| {
             let mut p = experiments::eval::all_predictions(std::path::Path::new(folder)).unwrap();
             p.sort_by(|a, b| a.id.cmp(&b.id));

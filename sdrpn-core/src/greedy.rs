@@ -30,6 +30,23 @@ pub fn checked_argmax(logits: &[f32], step: usize) -> Result<u32> {
     }
 }
 
+/// Refuses a token limit of 0, or one that takes a prompt of `prompt_len`
+/// tokens past the model's `context`.
+pub fn check_answer_budget(prompt_len: usize, max_new_tokens: usize, context: usize) -> Result<()> {
+    if max_new_tokens == 0 {
+        return Err(CoreError::config("max_new_tokens", "must be at least 1"));
+    }
+    if prompt_len + max_new_tokens > context {
+        return Err(CoreError::config(
+            "max_new_tokens",
+            format!(
+                "the prompt ({prompt_len} tokens) plus {max_new_tokens} new tokens exceed the model's context of {context} positions; lower --max-new-tokens"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +61,17 @@ mod tests {
             e.contains("generated token 3") && e.contains("2 NaN or infinite values of 3"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn answer_budgets_past_the_context_are_refused() {
+        assert!(check_answer_budget(10, 5, 15).is_ok());
+        let e = check_answer_budget(10, 6, 15).unwrap_err().to_string();
+        assert!(
+            e.contains("prompt (10 tokens) plus 6 new tokens") && e.contains("15"),
+            "{e}"
+        );
+        assert!(check_answer_budget(1, 0, 15).is_err());
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub struct Generation<B: Backend> {
     pub first_logits: Vec<f32>,
 }
 
-pub use sdrpn_core::greedy::{argmax, checked_argmax};
+pub use sdrpn_core::greedy::{argmax, check_answer_budget, checked_argmax};
 
 impl<B: Backend> Llava<B> {
     /// Logits of the last position of `hidden` (`[1, T, D]`), on the host.
@@ -147,20 +147,7 @@ pub fn greedy_decode<B: Backend, E>(
 where
     E: From<LlavaError>,
 {
-    if rule.max_new_tokens == 0 {
-        return Err(LlavaError::invalid("max_new_tokens", "must be at least 1").into());
-    }
-    let prompt_len = cache.len();
-    if prompt_len + rule.max_new_tokens > context {
-        return Err(LlavaError::invalid(
-            "max_new_tokens",
-            format!(
-                "the prompt ({prompt_len} tokens) plus {} new tokens exceed the model's context of {context} positions; lower --max-new-tokens",
-                rule.max_new_tokens
-            ),
-        )
-        .into());
-    }
+    check_answer_budget(cache.len(), rule.max_new_tokens, context).map_err(LlavaError::from)?;
     let greedy = |logits: &[f32], step| checked_argmax(logits, step).map_err(LlavaError::from);
     let mut tokens = vec![greedy(first_logits, 0)?];
     while !rule.done(&tokens) {

@@ -14,7 +14,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use sdrpn_core::cache::KvCache;
-use sdrpn_core::greedy::checked_argmax;
+use sdrpn_core::greedy::{self, checked_argmax};
 use sdrpn_core::host::{AnswerOptions, HostPrompt, RpnHost};
 use sdrpn_core::{CoreError, Positions};
 
@@ -269,21 +269,8 @@ fn check_answer_budget<B: Backend, H: RpnHost<B>>(
     lens: &[usize],
     options: &AnswerOptions,
 ) -> Result<(), H::Error> {
-    if options.max_new_tokens == 0 {
-        return Err(CoreError::config("max_new_tokens", "must be at least 1").into());
-    }
-    let context = host.context_len();
     for &len in lens {
-        if len + options.max_new_tokens > context {
-            return Err(CoreError::config(
-                "max_new_tokens",
-                format!(
-                    "the prompt ({len} tokens) plus {} new tokens exceed the model's context of {context} positions; lower --max-new-tokens",
-                    options.max_new_tokens
-                ),
-            )
-            .into());
-        }
+        greedy::check_answer_budget(len, options.max_new_tokens, host.context_len())?;
     }
     Ok(())
 }

@@ -15,7 +15,9 @@ use sdrpn_train::two_pass::{TwoPass, TwoPassOutput};
 
 #[path = "two_pass_checks/mod.rs"]
 mod two_pass_checks;
-use two_pass_checks::{assert_batches_match, assert_same_answer, hot_map, options};
+use two_pass_checks::{
+    assert_batches_match, assert_same_answer, hot_map, options, BATCH_QUESTIONS,
+};
 
 const QUESTION: &str = "What is in the picture?";
 
@@ -224,17 +226,11 @@ fn a_padded_batch_answers_as_each_question_does_alone() {
     // sequences of different lengths).
     let q = rpn.head.q_proj.weight.val() * 40.0;
     rpn.head.q_proj.weight = burn::module::Param::from_tensor(q);
-    let images: Vec<_> = ["wide", "tall", "big", "wide"]
+    let images: Vec<_> = BATCH_QUESTIONS
         .iter()
-        .map(|n| load_rgb(&fixtures().join(format!("images/{n}.png"))).unwrap())
+        .map(|(n, _)| load_rgb(&fixtures().join(format!("images/{n}.png"))).unwrap())
         .collect();
-    let texts = [
-        QUESTION,
-        "Which colour is the large square near the top left corner of this picture?",
-        "Count them.",
-        "Is there any text written anywhere in the image, and if so what does it say?",
-    ];
-    let questions: Vec<_> = images.iter().zip(texts).collect();
+    let questions: Vec<_> = images.iter().zip(BATCH_QUESTIONS.map(|(_, q)| q)).collect();
     let modes = assert_batches_match(&s, &rpn, &questions, &[0.2, 0.5, 0.8]);
     eprintln!("modes: {modes:?}");
     let last = &modes[8..];

@@ -14,7 +14,9 @@ use sdrpn_train::two_pass::{TwoPass, TwoPassOutput};
 
 #[path = "../../../sdrpn-train/tests/two_pass_checks/mod.rs"]
 mod two_pass_checks;
-use two_pass_checks::{assert_batches_match, assert_same_answer, hot_map, options};
+use two_pass_checks::{
+    assert_batches_match, assert_same_answer, hot_map, options, BATCH_QUESTIONS,
+};
 
 const QUESTION: &str = "What is in the picture?";
 
@@ -149,17 +151,11 @@ fn the_rpn_built_from_qwen_scores_every_token_of_the_grid() {
 fn a_padded_batch_of_different_grids_answers_as_each_question_does_alone() {
     let s = session();
     let rpn = s.init_rpn(2, 2).unwrap();
-    let images: Vec<_> = ["wide", "tall", "big", "wide"]
+    let images: Vec<_> = BATCH_QUESTIONS
         .iter()
-        .map(|n| load_rgb(&fixtures().join(format!("images/{n}.png"))).unwrap())
+        .map(|(n, _)| load_rgb(&fixtures().join(format!("images/{n}.png"))).unwrap())
         .collect();
-    let texts = [
-        QUESTION,
-        "Which colour is the large square near the top left corner of this picture?",
-        "Count them.",
-        "Is there any text written anywhere in the image, and if so what does it say?",
-    ];
-    let questions: Vec<_> = images.iter().zip(texts).collect();
+    let questions: Vec<_> = images.iter().zip(BATCH_QUESTIONS.map(|(_, q)| q)).collect();
     let modes = assert_batches_match(&s, &rpn, &questions, &[0.3, 0.5, 0.7]);
     eprintln!("modes: {modes:?}");
 }

@@ -29,15 +29,34 @@ pub fn hot_map(rows: usize, cols: usize, hot: &[(usize, usize)]) -> Vec<f32> {
     m
 }
 
+/// The largest absolute difference of two equally long slices.
+pub fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// Images (fixture file stems) and questions of different lengths for the
+/// batch tests, sample by sample.
+pub const BATCH_QUESTIONS: [(&str, &str); 4] = [
+    ("wide", "What is in the picture?"),
+    (
+        "tall",
+        "Which colour is the large square near the top left corner of this picture?",
+    ),
+    ("big", "Count them."),
+    (
+        "wide",
+        "Is there any text written anywhere in the image, and if so what does it say?",
+    ),
+];
+
 /// Equal tokens and first-token logits within 1e-4.
 pub fn assert_same_answer(a: &TwoPassOutput, b: &TwoPassOutput, what: &str) {
     assert_eq!(a.tokens, b.tokens, "{what}: tokens");
-    let worst = a
-        .first_logits
-        .iter()
-        .zip(&b.first_logits)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_difference(&a.first_logits, &b.first_logits);
     eprintln!("{what}: max logit difference {worst:e}");
     assert!(
         worst <= 1e-4,
@@ -92,13 +111,8 @@ where
                     let what = format!(
                     "threshold {threshold}, sample {i}, batch-1 reuse {reuse}, batch reuse {batch_reuse}"
                 );
-                    let worst = one
-                        .roi_map
-                        .iter()
-                        .zip(&b.roi_map)
-                        .map(|(x, y)| (x - y).abs())
-                        .fold(0.0f32, f32::max);
                     assert_eq!(one.roi_map.len(), b.roi_map.len(), "{what}: map size");
+                    let worst = max_difference(&one.roi_map, &b.roi_map);
                     assert!(worst <= 1e-5, "{what}: RoI maps differ by {worst:e}");
                     assert_eq!(
                         (one.mode, one.crop, one.roi_tokens, &one.kept),

@@ -26,6 +26,13 @@ pub struct BatchArgs {
     /// A llava-hf folder whose tokenizer (and image token id) to use
     #[arg(long, default_value = "sdrpn-llava/tests/fixtures/tiny-llava-336")]
     tokenizer: PathBuf,
+    /// Branch layer K of the RPN (default: the LLaVA-1.5-7B preset's 15 of
+    /// 32 layers, scaled to the model's depth)
+    #[arg(long)]
+    branch: Option<usize>,
+    /// Twig layers of the RPN (the presets' 3)
+    #[arg(long, default_value_t = 3)]
+    twig: usize,
     /// Batch sizes to measure (1 runs each sample through the batch-1 path)
     #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     batch: Vec<usize>,
@@ -61,8 +68,9 @@ impl BackendJob for BatchArgs {
         if self.batch.contains(&0) {
             anyhow::bail!("--batch sizes must be at least 1");
         }
-        let (session, branch) = random_session::<B>(&self.config, &self.tokenizer, None, &device)?;
-        let rpn = session.init_rpn(branch, 3)?;
+        let (session, branch) =
+            random_session::<B>(&self.config, &self.tokenizer, self.branch, &device)?;
+        let rpn = session.init_rpn(branch, self.twig)?;
         let image = bench_image(self.image);
         let answer = AnswerOptions {
             max_new_tokens: self.new_tokens,

@@ -5,7 +5,7 @@
 //! Every batch holds questions of different lengths about one image.
 
 use super::bench::median;
-use super::bench_two_pass::{bench_image, parse_size, random_session};
+use super::bench_two_pass::RandomLlavaArgs;
 use burn::tensor::backend::Backend;
 use clap::Args;
 use sdrpn_core::backend::BackendJob;
@@ -14,25 +14,13 @@ use sdrpn_core::roi::RoiConfig;
 use sdrpn_train::batch::{generate_batch, PaddedBatch};
 use sdrpn_train::two_pass::{TwoPass, TwoPassOptions};
 use sdrpn_train::two_pass_batch::{answer_baseline_batch, answer_batch_with_roi};
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Arguments of `sdrpn bench batch`.
 #[derive(Debug, Clone, Args)]
 pub struct BatchArgs {
-    /// config.json of the llava-hf LLaVA model to build with random weights
-    #[arg(long, default_value = "experiments/bench/mid150m.json")]
-    config: PathBuf,
-    /// A llava-hf folder whose tokenizer (and image token id) to use
-    #[arg(long, default_value = "sdrpn-llava/tests/fixtures/tiny-llava-336")]
-    tokenizer: PathBuf,
-    /// Branch layer K of the RPN (default: the LLaVA-1.5-7B preset's 15 of
-    /// 32 layers, scaled to the model's depth)
-    #[arg(long)]
-    branch: Option<usize>,
-    /// Twig layers of the RPN (the presets' 3)
-    #[arg(long, default_value_t = 3)]
-    twig: usize,
+    #[command(flatten)]
+    model: RandomLlavaArgs,
     /// Batch sizes to measure (1 runs each sample through the batch-1 path)
     #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     batch: Vec<usize>,
@@ -42,9 +30,6 @@ pub struct BatchArgs {
     /// Timed rounds after one warm-up round (medians are reported)
     #[arg(long, default_value_t = 2)]
     iters: usize,
-    /// Source image size, WIDTHxHEIGHT
-    #[arg(long, default_value = "1024x768", value_parser = parse_size)]
-    image: (u32, u32),
     #[command(flatten)]
     device: super::common::DeviceArgs,
 }
@@ -68,10 +53,7 @@ impl BackendJob for BatchArgs {
         if self.batch.contains(&0) {
             anyhow::bail!("--batch sizes must be at least 1");
         }
-        let (session, branch) =
-            random_session::<B>(&self.config, &self.tokenizer, self.branch, &device)?;
-        let rpn = session.init_rpn(branch, self.twig)?;
-        let image = bench_image(self.image);
+        let (session, rpn, branch, image) = self.model.build::<B>(&device)?;
         let answer = AnswerOptions {
             max_new_tokens: self.new_tokens,
             stop_strings: Vec::new(),
@@ -128,7 +110,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<()> {
         iters: args.iters.max(1),
         ..args
     };
-    let (device, iters, config) = (args.device.clone(), args.iters, args.config.clone());
+    let (device, iters, config) = (args.device.clone(), args.iters, args.model.config.clone());
     let timings = device.run(args)?;
     println!(
         "batched answering: {} (random weights) on {} ({}), {} threads, median of {iters} rounds",

@@ -19,6 +19,7 @@ use sdrpn_core::backend::BackendJob;
 use sdrpn_core::cache::KvCache;
 use sdrpn_core::host::{AnswerOptions, HostPrompt, ModelFingerprint, RpnHost};
 use sdrpn_core::roi::{RoiConfig, RoiMode};
+use sdrpn_llava::host::LlavaRpn;
 use sdrpn_llava::session::LlavaSession;
 use sdrpn_llava::LlavaConfig;
 use sdrpn_train::two_pass::{TwoPass, TwoPassOptions};
@@ -28,20 +29,8 @@ use std::time::Instant;
 /// Arguments of `sdrpn bench two-pass`.
 #[derive(Debug, Clone, Args)]
 pub struct TwoPassArgs {
-    /// config.json of the llava-hf LLaVA model to build with random weights
-    #[arg(long, default_value = "experiments/bench/mid150m.json")]
-    config: PathBuf,
-    /// A llava-hf folder whose tokenizer (and image token id) to use; the
-    /// random model's vocabulary must cover its ids
-    #[arg(long, default_value = "sdrpn-llava/tests/fixtures/tiny-llava-336")]
-    tokenizer: PathBuf,
-    /// Branch layer K of the RPN (default: the LLaVA-1.5-7B preset's 15 of
-    /// 32 layers, scaled to the model's depth)
-    #[arg(long)]
-    branch: Option<usize>,
-    /// Twig layers of the RPN (the presets' 3)
-    #[arg(long, default_value_t = 3)]
-    twig: usize,
+    #[command(flatten)]
+    model: RandomLlavaArgs,
     /// Greedy answer tokens (at most; a random model rarely stops early)
     #[arg(long, default_value_t = 8)]
     new_tokens: usize,
@@ -49,18 +38,52 @@ pub struct TwoPassArgs {
     /// round runs every case once, in turn
     #[arg(long, default_value_t = 3)]
     iters: usize,
-    /// Source image size, WIDTHxHEIGHT
-    #[arg(long, default_value = "1024x768", value_parser = parse_size)]
-    image: (u32, u32),
     #[command(flatten)]
     device: super::common::DeviceArgs,
+}
+
+/// The random LLaVA model, the RPN's shape and the image a cost benchmark
+/// (`bench two-pass`, `bench batch`) runs on.
+#[derive(Debug, Clone, Args)]
+pub struct RandomLlavaArgs {
+    /// config.json of the llava-hf LLaVA model to build with random weights
+    #[arg(long, default_value = "experiments/bench/mid150m.json")]
+    pub config: PathBuf,
+    /// A llava-hf folder whose tokenizer (and image token id) to use; the
+    /// random model's vocabulary must cover its ids
+    #[arg(long, default_value = "sdrpn-llava/tests/fixtures/tiny-llava-336")]
+    pub tokenizer: PathBuf,
+    /// Branch layer K of the RPN (default: the LLaVA-1.5-7B preset's 15 of
+    /// 32 layers, scaled to the model's depth)
+    #[arg(long)]
+    pub branch: Option<usize>,
+    /// Twig layers of the RPN (the presets' 3)
+    #[arg(long, default_value_t = 3)]
+    pub twig: usize,
+    /// Source image size, WIDTHxHEIGHT
+    #[arg(long, default_value = "1024x768", value_parser = parse_size)]
+    pub image: (u32, u32),
+}
+
+impl RandomLlavaArgs {
+    /// The random session, its RPN (twig layers copied from the model), the
+    /// RPN's branch layer and the synthetic image.
+    pub fn build<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> anyhow::Result<(LlavaSession<B>, LlavaRpn<B>, usize, RgbImage)> {
+        let (session, branch) =
+            random_session::<B>(&self.config, &self.tokenizer, self.branch, device)?;
+        let rpn = session.init_rpn(branch, self.twig)?;
+        Ok((session, rpn, branch, bench_image(self.image)))
+    }
 }
 
 /// A LLaVA model of the llava-hf `config` with random weights (seed 0) and
 /// the tokenizer of the llava-hf folder `tokenizer` (its image token id
 /// replaces the config's), and the RPN branch layer: `branch`, or the
 /// LLaVA-1.5-7B preset's 15 of 32 layers scaled to the model's depth.
-pub fn random_session<B: Backend>(
+fn random_session<B: Backend>(
     config: &std::path::Path,
     tokenizer: &std::path::Path,
     branch: Option<usize>,
@@ -102,7 +125,7 @@ pub fn random_session<B: Backend>(
 }
 
 /// A synthetic `width x height` test image (gradients, no flat regions).
-pub fn bench_image((w, h): (u32, u32)) -> RgbImage {
+fn bench_image((w, h): (u32, u32)) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
         Rgb([
             (x % 256) as u8,
@@ -112,7 +135,7 @@ pub fn bench_image((w, h): (u32, u32)) -> RgbImage {
     })
 }
 
-pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
         .split_once('x')
         .ok_or_else(|| format!("{s:?}: expected WIDTHxHEIGHT, e.g. 1024x768"))?;
@@ -211,11 +234,8 @@ pub struct Rounds {
 impl BackendJob for TwoPassArgs {
     type Output = anyhow::Result<Rounds>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let (session, branch) =
-            random_session::<B>(&self.config, &self.tokenizer, self.branch, &device)?;
+        let (session, rpn, branch, image) = self.model.build::<B>(&device)?;
         let (layers, side) = (session.num_layers(), session.grid().rows);
-        let rpn = session.init_rpn(branch, self.twig)?;
-        let image = bench_image(self.image);
         let question = "What is written on the small sign next to the door?";
         let answer = AnswerOptions {
             max_new_tokens: self.new_tokens,
@@ -303,8 +323,8 @@ pub fn run(args: TwoPassArgs) -> anyhow::Result<()> {
         iters: args.iters.max(1),
         ..args
     };
-    let (device, iters, twig) = (args.device.clone(), args.iters, args.twig);
-    let config = args.config.clone();
+    let (device, iters, twig) = (args.device.clone(), args.iters, args.model.twig);
+    let config = args.model.config.clone();
     let rounds = device.run(args)?;
     println!(
         "two-pass cost: {} (random weights, {} layers, RPN K = {}, T = {twig}) on {} ({}), {} threads, median of {iters} rounds",

@@ -2,16 +2,16 @@
 //! predictions to a jsonl file as they come (a rerun continues where the last
 //! one stopped), then score them and measure throughput.
 
-use crate::benchmarks::{decode_image, Benchmark, Sample};
 use crate::eval_provenance::{changes, reset, EvalProvenance};
-use crate::scorers::{aggregate, SampleRecord, Summary};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use sdrpn_core::host::AnswerOptions;
+use sdrpn_eval::benchmarks::{decode_image, Benchmark, Sample};
+use sdrpn_eval::scorers::{aggregate, SampleRecord, Summary};
 use sdrpn_llava::host::LlamaRpn;
 use sdrpn_train::questions::ShardSpec;
 use sdrpn_train::two_pass::TwoPass;
-use sdrpn_train::two_pass::TwoPassOptions;
+use sdrpn_train::two_pass::{TwoPassOptions, ViCropRule};
 use sdrpn_train::two_pass_batch::{answer_baseline_batch, answer_batch_with_roi};
 use sdrpn_train::SdrpnConfig;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,65 @@ pub enum Method {
     Baseline,
     /// SD-RPN: RoI from the RPN, then the crop appended.
     Sdrpn,
+    /// ViCrop (rel-att): RoI from the ratio of the question's and a generic
+    /// question's attention to the image at one layer, ViCrop's square crop
+    /// around its peak, the crop appended (no training).
+    #[serde(rename = "vicrop-rel")]
+    #[value(name = "vicrop-rel")]
+    VicropRel,
+}
+
+impl Method {
+    /// The name in configs, files and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Baseline => "baseline",
+            Method::Sdrpn => "sdrpn",
+            Method::VicropRel => "vicrop-rel",
+        }
+    }
+}
+
+/// ViCrop's settings in an evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ViCropSpec {
+    /// The attention layer (0-based; default
+    /// [`ViCropRule::default_layer`] of the model's depth).
+    pub layer: Option<usize>,
+    /// The crop rule (base box size, generic question).
+    pub rule: ViCropRule,
+}
+
+impl ViCropSpec {
+    /// The defaults for a host whose vision input is `side` pixels square
+    /// (ViCrop's base box: 336 for LLaVA-1.5, 224 for Qwen2.5-VL).
+    pub fn with_box(side: f64) -> Self {
+        Self {
+            layer: None,
+            rule: ViCropRule {
+                base_box: side,
+                ..ViCropRule::default()
+            },
+        }
+    }
+
+    /// The settings for the checkpoint in `model`: `layer` and `base_box`
+    /// when given, the host's defaults otherwise.
+    pub fn for_model(
+        model: &Path,
+        layer: Option<usize>,
+        base_box: Option<f64>,
+    ) -> anyhow::Result<Self> {
+        let mut spec = Self::with_box(crate::host::HostKind::of(model)?.vicrop_box());
+        if let Some(b) = base_box {
+            if !(b.is_finite() && b >= 1.0) {
+                anyhow::bail!("ViCrop box side {b}: it must be at least 1 pixel");
+            }
+            spec.rule.base_box = b;
+        }
+        spec.layer = layer;
+        Ok(spec)
+    }
 }
 
 /// One answered sample, as stored in `predictions-<worker>.jsonl`.
@@ -80,7 +139,10 @@ pub struct EvalSpec {
     pub redo_on_change: bool,
     /// Samples answered together in one padded batch (1: one at a time).
     /// A batch's samples each record the batch's time divided evenly.
+    /// ViCrop answers one sample at a time whatever the batch.
     pub batch: usize,
+    /// ViCrop's settings (used by [`Method::VicropRel`]).
+    pub vicrop: ViCropSpec,
 }
 
 /// The score and speed of a finished evaluation.
@@ -230,7 +292,28 @@ pub fn run_eval<B: Backend, H: sdrpn_train::trainer::TrainHost<B>>(
             Some((rpn, options))
         }
         (Method::Sdrpn, None) => anyhow::bail!("--method sdrpn needs --rpn RUN"),
+        (Method::VicropRel, _) => None,
     };
+    let vicrop = (spec.method == Method::VicropRel).then(|| {
+        let layers = session.num_layers();
+        let layer = spec
+            .vicrop
+            .layer
+            .unwrap_or(ViCropRule::default_layer(layers));
+        let options = TwoPassOptions {
+            branch: layer + 1,
+            roi: Default::default(),
+            answer: answer.clone(),
+            reuse_prefix_cache: true,
+        };
+        (layer, options)
+    });
+    if let Some((layer, _)) = &vicrop {
+        let layers = session.num_layers();
+        if *layer >= layers {
+            anyhow::bail!("ViCrop layer {layer} is not below the model's {layers} layers");
+        }
+    }
     let total = mine.len();
     let mut handled = 0;
     for chunk in mine.chunks(spec.batch.max(1)) {
@@ -250,6 +333,15 @@ pub fn run_eval<B: Backend, H: sdrpn_train::trainer::TrainHost<B>>(
             .collect();
         let outs = match (&options, questions.as_slice()) {
             (_, []) => Vec::new(),
+            _ if vicrop.is_some() => {
+                let (layer, o) = vicrop.as_ref().expect("checked");
+                questions
+                    .iter()
+                    .map(|(img, q)| {
+                        session.answer_with_vicrop(img, q, *layer, &spec.vicrop.rule, o)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
             (None, [(img, q)]) => vec![session.answer_baseline(img, q, &answer)?],
             (None, _) => answer_baseline_batch(session, &questions, &answer)?,
             (Some((rpn, o)), [(img, q)]) => vec![session.answer_with_roi(rpn, img, q, o)?],

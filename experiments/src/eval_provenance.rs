@@ -3,8 +3,8 @@
 //! the RPN. `sdrpn eval` refuses to add answers to a folder made from other
 //! inputs; the experiment runner clears such a folder and redoes it.
 
-use crate::benchmarks::Sample;
 use crate::eval::{EvalSpec, Method};
+use sdrpn_eval::benchmarks::Sample;
 use sdrpn_llava::fingerprint::{Fnv64, ModelFingerprint};
 use sdrpn_train::provenance;
 use sdrpn_train::SdrpnConfig;
@@ -26,7 +26,9 @@ pub struct EvalProvenance {
     pub max_new_tokens: Option<usize>,
     /// The host model.
     pub model: ModelFingerprint,
-    /// Hash of the RPN's weights and inference settings (SD-RPN only).
+    /// Hash of the RoI source: the RPN's weights and inference settings
+    /// (SD-RPN), ViCrop's layer and crop rule (ViCrop); none for the
+    /// baseline.
     pub rpn: Option<String>,
     /// Hash of the samples' ids, prompts and answers.
     pub data: String,
@@ -42,15 +44,27 @@ impl EvalProvenance {
         rpn_config: Option<&SdrpnConfig>,
         samples: &[Sample],
     ) -> Self {
-        let rpn = rpn_config.map(|c| {
+        let vicrop = (spec.method == Method::VicropRel).then(|| {
             let mut h = Fnv64::default();
-            h.update(spec.rpn_weights.as_deref().unwrap_or("").as_bytes());
+            h.update(b"vicrop-rel\0");
             h.update(
-                serde_json::to_string(&c.inference)
+                serde_json::to_string(&spec.vicrop)
                     .unwrap_or_default()
                     .as_bytes(),
             );
             h.hex()
+        });
+        let rpn = vicrop.or_else(|| {
+            rpn_config.map(|c| {
+                let mut h = Fnv64::default();
+                h.update(spec.rpn_weights.as_deref().unwrap_or("").as_bytes());
+                h.update(
+                    serde_json::to_string(&c.inference)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                );
+                h.hex()
+            })
         });
         let mut data = Fnv64::default();
         for s in samples {
@@ -92,7 +106,7 @@ impl EvalProvenance {
         }
         out.extend(provenance::model_changes(&self.model, &other.model));
         if self.rpn != other.rpn {
-            out.push("the RPN or its inference settings".into());
+            out.push("the RPN or ViCrop settings".into());
         }
         if self.data != other.data {
             out.push("the benchmark's samples".into());

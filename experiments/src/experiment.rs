@@ -4,11 +4,12 @@
 //! Every step is resumable: a rerun skips finished labels, trainings and
 //! predictions.
 
-use crate::benchmarks::{load_samples, Benchmark};
-use crate::commands::host::{with_host_views, HostViews, HostViewsJob, QWEN_LABEL_SIDE};
+use crate::data_source::load_samples;
 use crate::eval::{run_eval, score_predictions, EvalReport, EvalSpec, Method};
+use crate::host::{with_host_views, HostViews, HostViewsJob, QWEN_LABEL_SIDE};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
+use sdrpn_eval::benchmarks::Benchmark;
 use sdrpn_train::config::{Overrides, SinkRule};
 use sdrpn_train::label::{run_labelling, LabelJob};
 use sdrpn_train::label_store::read_labels;
@@ -69,8 +70,15 @@ pub struct TrainSpec {
 pub struct RunSpec {
     /// Row name (also the key of published numbers).
     pub name: String,
-    /// baseline or sdrpn.
+    /// baseline, sdrpn or vicrop-rel.
     pub method: Method,
+    /// ViCrop's attention layer (vicrop-rel; default from the model's depth).
+    #[serde(default)]
+    pub vicrop_layer: Option<usize>,
+    /// ViCrop's base box side in source pixels (vicrop-rel; default: the
+    /// host's, 336 for LLaVA-1.5, 224 for Qwen2.5-VL).
+    #[serde(default)]
+    pub vicrop_box: Option<f64>,
     /// An existing trained RPN run (else one is trained when `train` is set).
     #[serde(default)]
     pub rpn: Option<PathBuf>,
@@ -227,6 +235,20 @@ impl ExperimentConfig {
                     r.name
                 );
             }
+            if r.method != Method::Sdrpn && sources != 0 {
+                anyhow::bail!(
+                    "run {:?} uses {}, which needs no RPN: remove `rpn`, `train` and `rpn_from`",
+                    r.name,
+                    r.method.name()
+                );
+            }
+            if r.method != Method::VicropRel && (r.vicrop_layer.is_some() || r.vicrop_box.is_some())
+            {
+                anyhow::bail!(
+                    "run {:?}: `vicrop_layer` and `vicrop_box` belong to vicrop-rel runs",
+                    r.name
+                );
+            }
             if let Some(from) = &r.rpn_from {
                 if !self.runs[..i]
                     .iter()
@@ -266,7 +288,7 @@ impl ExperimentConfig {
         Ok(match (&self.method_config, &self.preset) {
             (Some(p), _) => SdrpnConfig::load(p)?,
             (None, Some(name)) => SdrpnConfig::preset(name)?,
-            (None, None) => crate::commands::preset_for_model(&self.model)?,
+            (None, None) => crate::host::HostKind::preset(&self.model)?,
         })
     }
 }
@@ -412,7 +434,7 @@ fn run_on_host<B: Backend, H: TrainHost<B>>(
                 label_dir.display()
             ));
             std::fs::create_dir_all(label_dir)?;
-            crate::commands::write_source(label_dir, &images)?;
+            sdrpn_train::label_store::write_image_source(label_dir, &images)?;
             label_ids = Some(
                 questions
                     .iter()
@@ -445,7 +467,7 @@ fn run_on_host<B: Backend, H: TrainHost<B>>(
     for run in &config.runs {
         let run_dir = out.join(slug(&run.name));
         let rpn_dir = match (&run.rpn, &run.train, &run.rpn_from, run.method) {
-            (_, _, _, Method::Baseline) => None,
+            (_, _, _, Method::Baseline | Method::VicropRel) => None,
             (Some(dir), _, _, _) => Some(dir.clone()),
             (_, Some(train), _, _) => {
                 let labels = label_dir
@@ -502,6 +524,11 @@ fn run_on_host<B: Backend, H: TrainHost<B>>(
                     .transpose()?,
                 redo_on_change: true,
                 batch: config.batch.max(1),
+                vicrop: crate::eval::ViCropSpec::for_model(
+                    &config.model,
+                    run.vicrop_layer,
+                    run.vicrop_box,
+                )?,
             };
             log(&format!(
                 "{}: {} ({} samples)",
@@ -563,7 +590,7 @@ fn train_run<B: Backend, H: TrainHost<B>>(
     t.lr = train.lr.unwrap_or(t.lr);
     t.holdout = train.holdout.unwrap_or(t.holdout);
     if let Some(loss) = &train.loss {
-        t.loss = crate::commands::parse_loss(loss)?;
+        t.loss = loss.parse()?;
     }
     if train.denoise == Some(false) {
         method.labels.sink = SinkRule::Off;
@@ -572,7 +599,7 @@ fn train_run<B: Backend, H: TrainHost<B>>(
         session,
         &method,
         labels,
-        || crate::commands::read_source(labels.0),
+        || Ok(sdrpn_train::label_store::read_image_source(labels.0)?),
         dir,
         &run.name,
         log,

@@ -2,10 +2,10 @@
 //! benchmark-shaped samples, for the demo, smoke tests and CI (`synthetic:N`
 //! wherever a data path is expected). Nothing here is a real benchmark.
 
-use crate::benchmarks::writer::{write_parquet, Cell, Kind};
-use crate::benchmarks::{Benchmark, BenchmarkError};
 use anyhow::Context;
 use image::{Rgb, RgbImage};
+use sdrpn_eval::benchmarks::writer::{write_parquet, Cell, Kind};
+use sdrpn_eval::benchmarks::{Benchmark, BenchmarkError};
 use sdrpn_train::dataset::SplitMix;
 use std::path::{Path, PathBuf};
 
@@ -121,11 +121,29 @@ pub fn write_benchmark(
             ("category", Str),
             ("image", Image),
         ],
+        // HR-Bench's release stores the image as base64 text.
+        Benchmark::HrBench4k | Benchmark::HrBench8k => vec![
+            ("index", I64),
+            ("question", Str),
+            ("answer", Str),
+            ("A", Str),
+            ("B", Str),
+            ("C", Str),
+            ("D", Str),
+            ("category", Str),
+            ("cycle_category", Str),
+            ("image", Str),
+        ],
     };
     let rows: Vec<Vec<Cell>> = (0..count)
         .map(|i| {
             let (img, colour) = picture(rng);
-            let image = Cell::Image(Some(png(&img)), Some(format!("ball_{i}.png")));
+            let bytes = png(&img);
+            let base64_text = {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(&bytes)
+            };
+            let image = Cell::Image(Some(bytes), Some(format!("ball_{i}.png")));
             let other = COLOURS[(i + 1) % COLOURS.len()].0;
             match benchmark {
                 Benchmark::TextVqa => vec![
@@ -166,6 +184,20 @@ pub fn write_benchmark(
                         s("random"),
                         image,
                     ]
+                }
+                Benchmark::HrBench4k | Benchmark::HrBench8k => {
+                    // Four rotations of the options, as the release has.
+                    let mut options: Vec<&str> = vec![colour, other, "black", "purple"];
+                    options.rotate_right(i % 4);
+                    let answer = ["A", "B", "C", "D"][i % 4];
+                    let mut row = vec![Cell::I64(i as i64), s("What is the color of the ball?"), s(answer)];
+                    row.extend(options.iter().map(|o| s(o)));
+                    row.extend([
+                        s(if i % 2 == 0 { "single" } else { "cross" }),
+                        s(&(i % 4).to_string()),
+                        Cell::Str(base64_text),
+                    ]);
+                    row
                 }
             }
         })

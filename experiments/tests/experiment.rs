@@ -3,9 +3,9 @@
 //! both methods evaluated, tables written; a rerun resumes everything.
 
 use experiments::experiment::{run_experiment, slug, ExperimentConfig};
-use experiments::scorers::pope::{parse, YesNo};
-use experiments::scorers::vqa::vqa_accuracy;
-use experiments::scorers::vstar::vstar_score;
+use sdrpn_eval::scorers::pope::{parse, YesNo};
+use sdrpn_eval::scorers::vqa::vqa_accuracy;
+use sdrpn_eval::scorers::vstar::vstar_score;
 use std::path::{Path, PathBuf};
 
 type B = sdrpn_core::backend::CpuBackend;
@@ -72,7 +72,7 @@ fn the_tiny_experiment_runs_end_to_end_and_resumes() {
         lines.push(l.to_string())
     })
     .unwrap();
-    assert_eq!(cells.len(), 6, "2 runs x 3 benchmarks");
+    assert_eq!(cells.len(), 9, "3 runs x 3 benchmarks");
     for c in &cells {
         assert_eq!(c.report.samples, 6, "{} {}", c.run, c.benchmark);
         let folder = out.join(slug(&c.run)).join(&c.benchmark);
@@ -85,7 +85,25 @@ fn the_tiny_experiment_runs_end_to_end_and_resumes() {
             c.report.score
         );
         assert!(c.report.samples_per_s > 0.0);
-        assert!(c.published.is_some());
+        let unpublished = c.run == "+ ViCrop (rel-att)" && c.benchmark == "pope";
+        assert_eq!(
+            c.published.is_some(),
+            !unpublished,
+            "{} {}",
+            c.run,
+            c.benchmark
+        );
+    }
+    // ViCrop always crops (ViCrop's rule takes the whole image when even its
+    // smallest box covers it): every prediction is a bbox one.
+    for c in cells.iter().filter(|c| c.run == "+ ViCrop (rel-att)") {
+        assert_eq!(
+            c.report.modes.get("bbox"),
+            Some(&6),
+            "{}: {:?}",
+            c.benchmark,
+            c.report.modes
+        );
     }
     let sdrpn: usize = cells
         .iter()
@@ -95,12 +113,14 @@ fn the_tiny_experiment_runs_end_to_end_and_resumes() {
     assert_eq!(sdrpn, 18, "every SD-RPN prediction records its RoI mode");
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(
-        md.contains("| LLaVA-1.5 (baseline) |") && md.contains("| + SD-RPN |"),
+        md.contains("| LLaVA-1.5 (baseline) |")
+            && md.contains("| + ViCrop (rel-att) |")
+            && md.contains("| + SD-RPN |"),
         "{md}"
     );
     assert!(md.contains("(46.1)") && md.contains("1.00x"), "{md}");
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 7, "{csv}");
+    assert_eq!(csv.lines().count(), 10, "{csv}");
     assert!(out.join("sd-rpn/rpn/rpn.safetensors").is_file());
 
     // A rerun finds everything done: same scores, no retraining.

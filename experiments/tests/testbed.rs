@@ -1,5 +1,5 @@
 //! The testbed end to end on the shipped model at smoke sizes (CI): splits,
-//! head ranking, labels, RPN training, five answerers on the test split,
+//! head ranking, labels, RPN training, six answerers on the test split,
 //! localisation, results files and figures; then a rerun that must resume
 //! (nothing answered twice) and reproduce the numbers.
 
@@ -70,7 +70,7 @@ fn the_smoke_run_writes_every_result_and_resumes_to_the_same_numbers() {
     let answers = std::fs::read_to_string(out.join("answers.jsonl")).unwrap();
     assert_eq!(
         answers.lines().count(),
-        8 * 5,
+        8 * 6,
         "every question by every answerer"
     );
 

@@ -31,6 +31,7 @@ pub mod rng;
 pub mod roi;
 pub mod rope;
 pub mod rpn;
+pub mod vicrop;
 
 pub use error::{CoreError, Result};
 pub use grid::Grid;

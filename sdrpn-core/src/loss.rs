@@ -35,6 +35,9 @@ impl LossKind {
         }
     }
 
+    /// The names [`FromStr`](std::str::FromStr) accepts.
+    pub const NAMES: [&'static str; 3] = ["bce", "focal", "mse"];
+
     /// The loss of `logits` against `target` over the `valid` tokens.
     /// For BCE and focal the target is the 0/1 label; for MSE it is the
     /// normalised map `A' / max(A')`.
@@ -51,6 +54,24 @@ impl LossKind {
             LossKind::Bce => masked_bce_with_logits(logits, target, valid),
             LossKind::Focal { alpha, gamma } => masked_focal(logits, target, valid, alpha, gamma),
             LossKind::Mse => masked_mse(logits, target, valid),
+        }
+    }
+}
+
+/// A loss by name: `bce`, `focal` (alpha 0.9, gamma 2, the paper's option)
+/// or `mse`.
+impl std::str::FromStr for LossKind {
+    type Err = crate::error::CoreError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "bce" => Ok(LossKind::Bce),
+            "focal" => Ok(LossKind::focal()),
+            "mse" => Ok(LossKind::Mse),
+            other => Err(crate::error::CoreError::config(
+                "loss",
+                format!("unknown loss {other:?}: use bce, focal or mse"),
+            )),
         }
     }
 }
@@ -119,6 +140,20 @@ mod tests {
     }
     fn scalar(x: Tensor<B, 1>) -> f64 {
         x.into_scalar() as f64
+    }
+
+    #[test]
+    fn losses_parse_by_name_and_unknown_names_are_refused() {
+        for name in LossKind::NAMES {
+            assert!(name.parse::<LossKind>().is_ok(), "{name}");
+        }
+        assert_eq!("focal".parse::<LossKind>().unwrap(), LossKind::focal());
+        assert_eq!("mse".parse::<LossKind>().unwrap(), LossKind::Mse);
+        let err = "dice".parse::<LossKind>().unwrap_err().to_string();
+        assert!(
+            err.contains("\"dice\"") && err.contains("bce, focal or mse"),
+            "{err}"
+        );
     }
 
     #[test]

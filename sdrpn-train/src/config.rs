@@ -268,6 +268,32 @@ impl SdrpnConfig {
         }
     }
 
+    /// The preset for a host checkpoint, from its `config.json` `model_type`
+    /// (`llava` or `qwen2_5_vl`) and its number of language layers: the
+    /// paper's models by depth, `tiny` for test models of at most 8 layers.
+    pub fn preset_for_model(model_type: &str, num_layers: usize) -> Result<Self> {
+        let name = match (model_type, num_layers) {
+            ("llava", 32) => "llava-1.5-7b",
+            ("llava", 40) => "llava-1.5-13b",
+            ("qwen2_5_vl", 28) => "qwen2.5-vl-7b",
+            ("qwen2_5_vl", 36) => "qwen2.5-vl-3b",
+            ("llava" | "qwen2_5_vl", n) if n <= 8 => "tiny",
+            (other @ ("llava" | "qwen2_5_vl"), n) => {
+                return Err(TrainError::config(
+                    "preset",
+                    format!("no preset fits a {n}-layer {other} model: pass --config FILE (or --preset with overrides)"),
+                ))
+            }
+            (other, _) => {
+                return Err(TrainError::config(
+                    "preset",
+                    format!("no preset for model_type {other:?} (llava or qwen2_5_vl)"),
+                ))
+            }
+        };
+        Self::preset(name)
+    }
+
     /// Reads a TOML config file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
@@ -374,6 +400,23 @@ pub struct Overrides {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presets_are_found_by_model_type_and_depth() {
+        let by = |t: &str, n: usize| SdrpnConfig::preset_for_model(t, n);
+        assert_eq!(by("llava", 32).unwrap(), SdrpnConfig::llava_1_5_7b());
+        assert_eq!(by("llava", 40).unwrap(), SdrpnConfig::llava_1_5_13b());
+        assert_eq!(by("qwen2_5_vl", 28).unwrap(), SdrpnConfig::qwen2_5_vl_7b());
+        assert_eq!(by("qwen2_5_vl", 36).unwrap(), SdrpnConfig::qwen2_5_vl_3b());
+        assert_eq!(by("llava", 4).unwrap(), SdrpnConfig::tiny());
+        let err = by("llava", 24).unwrap_err().to_string();
+        assert!(
+            err.contains("24-layer") && err.contains("--config"),
+            "{err}"
+        );
+        let err = by("gpt2", 12).unwrap_err().to_string();
+        assert!(err.contains("\"gpt2\""), "{err}");
+    }
 
     #[test]
     fn presets_hold_the_paper_values_and_round_trip_through_toml() {

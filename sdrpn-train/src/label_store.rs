@@ -10,7 +10,9 @@
 //!   written to a temp file and renamed, so a shard is either complete or absent.
 //! - `index-<worker>.jsonl`: one line per labelled sample (record fields plus
 //!   `shard` and `row`), rebuilt from the shards at the start of each run;
-//! - `skipped-<worker>.jsonl`: samples that could not be labelled, with why.
+//! - `skipped-<worker>.jsonl`: samples that could not be labelled, with why;
+//! - `source.json`: `{"images": ABSOLUTE_FOLDER}`, where the labelling read
+//!   its images, so that training finds them without `--images`.
 //!
 //! Maps are stored raw (not denoised, not thresholded), so label ablations
 //! need no relabelling: the trainer builds labels on the fly.
@@ -58,6 +60,33 @@ pub struct Skipped {
     pub question_id: String,
     /// Why.
     pub reason: String,
+}
+
+/// Records in `out/source.json` the image folder the labelling reads (made
+/// absolute, so the record holds wherever training runs from).
+pub fn write_image_source(out: &Path, images: &Path) -> Result<()> {
+    let absolute = std::fs::canonicalize(images).map_err(|e| TrainError::io(images, e))?;
+    let json = serde_json::json!({ "images": absolute });
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let text = serde_json::to_string_pretty(&json).expect("a JSON value serialises");
+    crate::error::write_atomic(&out.join("source.json"), text.as_bytes())
+}
+
+/// The image folder recorded by [`write_image_source`] in a label folder.
+pub fn read_image_source(labels: &Path) -> Result<PathBuf> {
+    let path = labels.join("source.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        TrainError::format(
+            &path,
+            format!("{e} (pass --images to say where the images are)"),
+        )
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::format(&path, e.to_string()))?;
+    let images = json["images"]
+        .as_str()
+        .ok_or_else(|| TrainError::format(&path, "no \"images\" string"))?;
+    Ok(PathBuf::from(images))
 }
 
 fn shard_prefix(worker: &str) -> String {
@@ -395,6 +424,27 @@ fn index_line(r: &LabelRecord, shard: &str, row: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_image_source_round_trips_and_its_absence_is_named() {
+        let dir = std::env::temp_dir().join(format!("sdrpn-source-{}", std::process::id()));
+        let images = dir.join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        let labels = dir.join("labels");
+        let err = read_image_source(&labels).unwrap_err().to_string();
+        assert!(
+            err.contains("source.json") && err.contains("--images"),
+            "{err}"
+        );
+        write_image_source(&labels, &images).unwrap();
+        let read = read_image_source(&labels).unwrap();
+        assert!(read.is_absolute());
+        assert_eq!(read, std::fs::canonicalize(&images).unwrap());
+        std::fs::write(labels.join("source.json"), "{}").unwrap();
+        let err = read_image_source(&labels).unwrap_err().to_string();
+        assert!(err.contains("images"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     fn record(id: &str, p: usize, massive: bool) -> LabelRecord {
         LabelRecord {

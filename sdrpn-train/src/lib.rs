@@ -25,6 +25,7 @@ pub mod step;
 pub mod trainer;
 pub mod two_pass;
 pub mod two_pass_batch;
+pub mod vicrop;
 
 #[cfg(test)]
 pub(crate) mod test_backend {

@@ -15,6 +15,8 @@
 //! `reuse_prefix_cache = false` recomputes everything, as the reference
 //! code does on both hosts).
 
+use crate::vicrop::relative_maps;
+pub use crate::vicrop::ViCropRule;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -97,6 +99,8 @@ enum MapSource<'a, B: Backend, H: RpnHost<B>> {
     Given(&'a [f32]),
     /// A crop given by the caller (source pixels): no map, one box.
     Region(PixelBox),
+    /// ViCrop's rel-att map of layer `branch - 1` and its crop rule.
+    ViCrop(&'a ViCropRule),
 }
 
 // Manual impls: a derive would ask `B: Copy`.
@@ -224,6 +228,27 @@ pub trait TwoPass<B: Backend>: RpnHost<B> + Sized {
         two_pass(self, image, question, options, MapSource::Given(map))
     }
 
+    /// ViCrop's two passes (rel-att, [`ViCropRule`]): pass 1 runs layers
+    /// `0..=layer` on the prompt and on the generic question's prompt, the
+    /// ratio of their maps picks ViCrop's crop, pass 2 answers with the
+    /// crop's tokens appended (reusing pass 1's prefix like SD-RPN).
+    /// `options.branch` is ignored (the layer takes its place); `options.roi`
+    /// too.
+    fn answer_with_vicrop(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        layer: usize,
+        rule: &ViCropRule,
+        options: &TwoPassOptions,
+    ) -> Result<TwoPassOutput, Self::Error> {
+        let options = TwoPassOptions {
+            branch: layer + 1,
+            ..options.clone()
+        };
+        two_pass(self, image, question, &options, MapSource::ViCrop(rule))
+    }
+
     /// Two-pass answering with a given crop (source pixels) in place of the
     /// RPN's RoI: all its tokens are appended, as for one RPN box. For
     /// controls (the ground-truth box, a random or a centred one).
@@ -263,6 +288,19 @@ fn two_pass<B: Backend, H: RpnHost<B>>(
             let (probs, h) = host.roi_probabilities(rpn, &prompt, k, &mut cache)?;
             (Some(probs), h)
         }
+        MapSource::ViCrop(rule) => {
+            sdrpn_core::rpn::check_branch(k, 1, layers)?;
+            let (h, mut maps) = relative_maps(
+                host,
+                &prompt,
+                image,
+                question,
+                &[k - 1],
+                rule,
+                Some(&mut cache),
+            )?;
+            (maps.pop(), h)
+        }
         MapSource::Given(_) | MapSource::Region(_) => {
             if let MapSource::Given(map) = source {
                 grid.check_len("RoI map", map.len())?;
@@ -276,14 +314,25 @@ fn two_pass<B: Backend, H: RpnHost<B>>(
             (map, h)
         }
     };
-    let region = match source {
-        MapSource::Region(r) => Some(r),
-        _ => None,
-    };
     let pass1_ms = ms(t1);
 
     let t2 = Instant::now();
-    let crop = crop_stage(host, &prompt, image, probs.as_deref(), region, &options.roi)?;
+    let region = match source {
+        MapSource::Region(r) => Some(r),
+        MapSource::ViCrop(rule) => Some(sdrpn_core::vicrop::vicrop_box(
+            probs.as_deref().unwrap_or_default(),
+            grid,
+            image.width(),
+            image.height(),
+            rule.base_box,
+        )?),
+        _ => None,
+    };
+    let selection_map = match source {
+        MapSource::ViCrop(_) => None,
+        _ => probs.as_deref(),
+    };
+    let crop = crop_stage(host, &prompt, image, selection_map, region, &options.roi)?;
     let crop_ms = ms(t2);
     let probs = probs.unwrap_or_default();
     let CropStage {

@@ -111,7 +111,7 @@ impl BackendJob for DemoArgs {
             shard_size: 16,
             force: false,
             batch: 1,
-            qwen_square: super::host::QWEN_LABEL_SIDE,
+            qwen_square: crate::host::QWEN_LABEL_SIDE,
             method: method.clone(),
             device: self.device.clone(),
         }
@@ -141,7 +141,7 @@ impl BackendJob for DemoArgs {
             stop_after_epoch: None,
             // A rerun of the demo trains again from the start.
             force: true,
-            qwen_square: super::host::QWEN_LABEL_SIDE,
+            qwen_square: crate::host::QWEN_LABEL_SIDE,
             method: MethodArgs::default(),
             device: self.device.clone(),
         }
@@ -163,7 +163,10 @@ impl BackendJob for DemoArgs {
         let heatmap = out.join("heatmap.png");
         let (answer, _) = InferArgs {
             model,
-            rpn: run,
+            rpn: Some(run),
+            method: None,
+            vicrop_layer: None,
+            vicrop_box: None,
             image: image.clone(),
             question: vec!["What color is the ball?".into()],
             batch: 1,

@@ -1,14 +1,15 @@
 //! `sdrpn eval`: a benchmark, baseline or SD-RPN, resumable, scored.
 
 use super::common::DeviceArgs;
-use super::host::{with_host, HostJob};
-use crate::benchmarks::{load_samples, Benchmark};
-use crate::eval::{run_eval, score_predictions, EvalReport, EvalSpec, Method};
+use crate::data_source::load_samples;
+use crate::eval::{run_eval, score_predictions, EvalReport, EvalSpec, Method, ViCropSpec};
+use crate::host::{with_host, HostJob};
 use crate::progress::bar;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
 use sdrpn_core::backend::BackendJob;
+use sdrpn_eval::benchmarks::Benchmark;
 use sdrpn_llava::session::PromptOptions;
 use sdrpn_train::questions::ShardSpec;
 use sdrpn_train::trainer::load_rpn;
@@ -33,9 +34,17 @@ pub struct EvalArgs {
     /// Trained RPN run (needed for --method sdrpn)
     #[arg(long)]
     pub rpn: Option<PathBuf>,
-    /// baseline or sdrpn (default: sdrpn when --rpn is given)
+    /// baseline, sdrpn or vicrop-rel (default: sdrpn when --rpn is given)
     #[arg(long, value_enum)]
     pub method: Option<Method>,
+    /// ViCrop's attention layer, 0-based (default: 14 of 32 as ViCrop's
+    /// LLaVA-1.5-7B, 22 of 36, else the same share of the model's depth)
+    #[arg(long)]
+    pub vicrop_layer: Option<usize>,
+    /// ViCrop's base box side in source pixels (default: 336 for LLaVA,
+    /// 224 for Qwen2.5-VL, as ViCrop's code)
+    #[arg(long)]
+    pub vicrop_box: Option<f64>,
     /// RoI threshold (default: the benchmark's, from the paper)
     #[arg(long)]
     pub threshold: Option<f64>,
@@ -121,7 +130,7 @@ impl BackendJob for EvalArgs {
 struct Evaluation {
     args: EvalArgs,
     method: Method,
-    samples: Vec<crate::benchmarks::Sample>,
+    samples: Vec<sdrpn_eval::benchmarks::Sample>,
 }
 
 impl<B: Backend> HostJob<B> for Evaluation {
@@ -146,6 +155,7 @@ impl<B: Backend> HostJob<B> for Evaluation {
             },
             redo_on_change: args.force,
             batch: args.batch as usize,
+            vicrop: ViCropSpec::for_model(&args.model, args.vicrop_layer, args.vicrop_box)?,
         };
         let progress = bar(0, &format!("{} {:?}", args.benchmark, method));
         run_eval(

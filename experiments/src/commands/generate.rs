@@ -3,7 +3,7 @@
 //! Qwen2.5-VL).
 
 use super::common::DeviceArgs;
-use super::host::HostKind;
+use crate::host::HostKind;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;

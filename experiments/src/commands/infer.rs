@@ -1,8 +1,10 @@
-//! `sdrpn infer`: stage C, two-pass answering with the trained RPN.
+//! `sdrpn infer`: stage C, two-pass answering with the trained RPN (or
+//! ViCrop's training-free RoI, or the plain baseline).
 
 use super::common::DeviceArgs;
-use super::host::{with_host, HostJob, HostKind};
+use crate::eval::{Method, ViCropSpec};
 use crate::heatmap::{self, GridPlacement};
+use crate::host::{with_host, HostJob, HostKind};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
@@ -11,7 +13,7 @@ use sdrpn_core::host::{AnswerOptions, HostPrompt};
 use sdrpn_llava::preprocess::load_rgb;
 use sdrpn_train::trainer::load_rpn;
 use sdrpn_train::two_pass::TwoPass;
-use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput};
+use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput, ViCropRule};
 use sdrpn_train::two_pass_batch::{answer_baseline_batch, answer_batch_with_roi};
 use std::path::PathBuf;
 
@@ -21,9 +23,19 @@ pub struct InferArgs {
     /// Checkpoint folder: llava-hf LLaVA-1.5 or HF Qwen2.5-VL (by config.json's model_type)
     #[arg(long)]
     pub model: PathBuf,
-    /// Run folder written by `sdrpn train` (holds the RPN and its config)
+    /// Run folder written by `sdrpn train` (holds the RPN and its config);
+    /// needed by --method sdrpn, the default when it is given
     #[arg(long)]
-    pub rpn: PathBuf,
+    pub rpn: Option<PathBuf>,
+    /// baseline, sdrpn or vicrop-rel (default: sdrpn with --rpn, else baseline)
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// ViCrop's attention layer, 0-based (default: from the model's depth)
+    #[arg(long)]
+    pub vicrop_layer: Option<usize>,
+    /// ViCrop's base box side in source pixels (default: 336 LLaVA, 224 Qwen)
+    #[arg(long)]
+    pub vicrop_box: Option<f64>,
     /// Image file
     #[arg(long)]
     pub image: PathBuf,
@@ -37,7 +49,8 @@ pub struct InferArgs {
     /// RoI threshold (default: the run's, 0.15)
     #[arg(long)]
     pub threshold: Option<f64>,
-    /// Skip the RPN: the plain baseline (same answer as `sdrpn generate`)
+    /// Skip the RPN: the plain baseline (same answer as `sdrpn generate`;
+    /// the same as --method baseline)
     #[arg(long)]
     pub no_roi: bool,
     /// Write the image with the RoI map and crop box to this PNG (one question only)
@@ -71,9 +84,18 @@ impl BackendJob for InferArgs {
         if let Some(path) = &self.heatmap {
             heatmap::check_writable(path)?;
         }
+        let method = self.method();
+        if method == Method::Sdrpn && self.rpn.is_none() {
+            anyhow::bail!("--method sdrpn needs --rpn RUN (a `sdrpn train` output)");
+        }
         let image = load_rgb(&self.image)?;
-        let run_config = sdrpn_train::SdrpnConfig::load(&self.rpn.join("config.toml"))
-            .with_context(|| format!("{} is not a `sdrpn train` run", self.rpn.display()))?;
+        // The run's settings (prompt, answer length), or the model's preset.
+        let run_config = match &self.rpn {
+            Some(run) => sdrpn_train::SdrpnConfig::load(&run.join("config.toml"))
+                .with_context(|| format!("{} is not a `sdrpn train` run", run.display()))?,
+            None => HostKind::preset(&self.model)?,
+        };
+        let vicrop = ViCropSpec::for_model(&self.model, self.vicrop_layer, self.vicrop_box)?;
         let (model, prompt) = (self.model.clone(), run_config.prompt);
         let placement = match HostKind::of(&model)? {
             HostKind::Llava => GridPlacement::Square(prompt.image_mode),
@@ -88,17 +110,34 @@ impl BackendJob for InferArgs {
             None,
             Inference {
                 args: self,
+                method,
                 image,
                 run_config,
                 placement,
+                vicrop,
             },
         )
+    }
+}
+
+impl InferArgs {
+    /// The method asked for (or implied by --rpn and --no-roi).
+    pub fn method(&self) -> Method {
+        match (self.no_roi, self.method, &self.rpn) {
+            (true, _, _) => Method::Baseline,
+            (false, Some(m), _) => m,
+            (false, None, Some(_)) => Method::Sdrpn,
+            (false, None, None) => Method::Baseline,
+        }
     }
 }
 
 /// Two-pass answering on a loaded host.
 struct Inference {
     args: InferArgs,
+    method: Method,
+    /// ViCrop's settings (used by vicrop-rel).
+    vicrop: ViCropSpec,
     image: image::RgbImage,
     run_config: sdrpn_train::SdrpnConfig,
     /// How the host's grid sits on the image (for `--heatmap`).
@@ -125,10 +164,20 @@ impl<B: Backend> HostJob<B> for Inference {
             .map(|q| Ok(session.prepare(image, q)?.grid()))
             .collect::<Result<Vec<_>, H::Error>>()
             .map_err(|e| anyhow::anyhow!(sdrpn_train::error::describe(&e)))?;
-        let rpn = match args.no_roi {
-            true => None,
-            false => Some(load_rpn(&session, &args.rpn, args.force)?),
+        let rpn = match (self.method, &args.rpn) {
+            (Method::Sdrpn, Some(run)) => Some(load_rpn(&session, run, args.force)?),
+            _ => None,
         };
+        let vicrop_layer = self
+            .vicrop
+            .layer
+            .unwrap_or(ViCropRule::default_layer(session.num_layers()));
+        if self.method == Method::VicropRel && vicrop_layer >= session.num_layers() {
+            anyhow::bail!(
+                "--vicrop-layer {vicrop_layer} is not below the model's {} layers",
+                session.num_layers()
+            );
+        }
         let options = rpn.as_ref().map(|(config, _)| {
             let mut roi = config.inference.roi.clone();
             if let Some(t) = args.threshold {
@@ -146,6 +195,26 @@ impl<B: Backend> HostJob<B> for Inference {
             let questions: Vec<(&image::RgbImage, &str)> =
                 chunk.iter().map(|q| (image, q.as_str())).collect();
             let answered = match (&rpn, &options, questions.as_slice()) {
+                _ if self.method == Method::VicropRel => {
+                    let o = TwoPassOptions {
+                        branch: vicrop_layer + 1,
+                        roi: Default::default(),
+                        answer: answer.clone(),
+                        reuse_prefix_cache: true,
+                    };
+                    questions
+                        .iter()
+                        .map(|(_, q)| {
+                            session.answer_with_vicrop(
+                                image,
+                                q,
+                                vicrop_layer,
+                                &self.vicrop.rule,
+                                &o,
+                            )
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                }
                 (None, _, [(_, q)]) => vec![session.answer_baseline(image, q, &answer)?],
                 (None, _, _) => answer_baseline_batch(&session, &questions, &answer)?,
                 (Some((_, rpn)), Some(o), [(_, q)]) => {

@@ -3,7 +3,7 @@
 
 use super::common::DeviceArgs;
 use super::generate::PromptArgs;
-use super::host::HostKind;
+use crate::host::HostKind;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;

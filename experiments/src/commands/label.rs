@@ -1,16 +1,16 @@
 //! `sdrpn label`: stage A, pseudo-label maps from the frozen model's attention.
 
-use super::common::{preset_for_model, DeviceArgs, MethodArgs};
-use super::host::{with_host, HostJob, QWEN_LABEL_SIDE};
+use super::common::{DeviceArgs, MethodArgs};
+use crate::host::{with_host, HostJob, QWEN_LABEL_SIDE};
 use crate::progress::bar;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use burn::tensor::backend::Backend;
 use clap::Args;
 use sdrpn_core::backend::BackendJob;
 use sdrpn_train::label::{run_labelling, LabelJob, LabelProgress};
 use sdrpn_train::questions::{read_questions, ShardSpec};
 use sdrpn_train::SdrpnConfig;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `sdrpn label`.
 #[derive(Debug, Clone, Args)]
@@ -69,40 +69,12 @@ fn map_settings(c: &SdrpnConfig) -> String {
     )
 }
 
-/// Where the labelling read its images, for the trainer.
-pub fn write_source(out: &Path, images: &Path) -> anyhow::Result<()> {
-    let abs = std::fs::canonicalize(images)
-        .with_context(|| format!("image folder {}", images.display()))?;
-    let json = serde_json::json!({ "images": abs });
-    std::fs::create_dir_all(out)?;
-    std::fs::write(
-        out.join("source.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    Ok(())
-}
-
-/// The image folder recorded by `sdrpn label`.
-pub fn read_source(labels: &Path) -> anyhow::Result<PathBuf> {
-    let path = labels.join("source.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{} (pass --images to say where the images are)",
-            path.display()
-        )
-    })?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| path.display().to_string())?;
-    let images = json["images"]
-        .as_str()
-        .with_context(|| format!("{}: no \"images\"", path.display()))?;
-    Ok(PathBuf::from(images))
-}
-
 impl LabelArgs {
     /// The resolved config (checked against an existing label folder's).
     pub fn config(&self) -> anyhow::Result<SdrpnConfig> {
-        let mut config = self.method.resolve(|| preset_for_model(&self.model))?;
+        let mut config = self
+            .method
+            .resolve(|| crate::host::HostKind::preset(&self.model))?;
         if let Some(n) = self.max_new_tokens {
             config.labels.max_new_tokens = n;
         }
@@ -135,7 +107,7 @@ impl BackendJob for LabelArgs {
                 b.reason
             );
         }
-        write_source(&self.out, &self.images)?;
+        sdrpn_train::label_store::write_image_source(&self.out, &self.images)?;
         let job = LabelJob {
             questions,
             images: self.images.clone(),

@@ -11,16 +11,12 @@ mod devices;
 mod eval;
 mod experiment;
 mod generate;
-pub mod host;
 mod infer;
 mod inspect;
 mod label;
 mod score;
 mod testbed;
 mod train;
-
-pub use common::{parse_loss, preset_for_model};
-pub use label::{read_source, write_source};
 
 use clap::{Parser, Subcommand};
 use sdrpn_core::backend::DeviceSpec;

@@ -1,8 +1,8 @@
 //! `sdrpn score`: score a jsonl file of predictions with one metric.
 
-use crate::scorers::{aggregate, Metric, SampleRecord};
 use anyhow::{bail, Context};
 use clap::Args;
+use sdrpn_eval::scorers::{aggregate, Metric, SampleRecord};
 use serde::Deserialize;
 use std::io::BufRead;
 use std::path::PathBuf;

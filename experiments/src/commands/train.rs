@@ -1,13 +1,13 @@
 //! `sdrpn train`: stage B, the RPN trained on the labels with burn-train.
 
 use super::common::{DeviceArgs, MethodArgs};
-use super::host::{with_host, HostJob, QWEN_LABEL_SIDE};
-use super::label::read_source;
+use crate::host::{with_host, HostJob, QWEN_LABEL_SIDE};
 use crate::progress::TrainBar;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
 use sdrpn_core::backend::BackendJob;
+use sdrpn_train::label_store::read_image_source;
 use sdrpn_train::label_store::read_labels;
 use sdrpn_train::trainer::{train_rpn, TrainReport, TrainRequest};
 use sdrpn_train::SdrpnConfig;
@@ -110,7 +110,7 @@ impl TrainArgs {
             t.lr = lr;
         }
         if let Some(loss) = &self.loss {
-            t.loss = super::common::parse_loss(loss)?;
+            t.loss = loss.parse()?;
         }
         Ok(config)
     }
@@ -122,7 +122,7 @@ impl BackendJob for TrainArgs {
         let config = self.config()?;
         let images = match &self.images {
             Some(p) => p.clone(),
-            None => read_source(&self.labels)?,
+            None => read_image_source(&self.labels)?,
         };
         let (_, records) = read_labels(&self.labels)?;
         let paths = sdrpn_train::trainer::RunPaths {

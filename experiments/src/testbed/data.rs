@@ -5,9 +5,9 @@
 
 use super::pretrain::prompt_text;
 use super::task::Sample;
-use crate::benchmarks::writer::{write_parquet, Cell, Kind};
 use crate::synthetic::png;
 use anyhow::Context;
+use sdrpn_eval::benchmarks::writer::{write_parquet, Cell, Kind};
 use std::path::{Path, PathBuf};
 
 /// Where a written split lives.
@@ -84,8 +84,8 @@ pub fn write_split(dir: &Path, samples: &[Sample]) -> anyhow::Result<SplitFiles>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::benchmarks::{loader::load, Benchmark};
     use crate::testbed::task::{Family, Split, TaskConfig};
+    use sdrpn_eval::benchmarks::{loader::load, Benchmark};
 
     #[test]
     fn a_split_reads_back_through_the_textvqa_loader_with_the_eval_prompt() {

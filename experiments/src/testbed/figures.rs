@@ -3,7 +3,7 @@
 //!   target's box (green) and SD-RPN's crop (red); its pseudo-labels
 //!   (foreground red, background blue, ignored grey); the RPN's map;
 //! - `figure-accuracy.png`: accuracy per family, one bar per answerer in
-//!   table order (baseline, sdrpn, oracle, random, centre), values drawn
+//!   table order (baseline, sdrpn, vicrop-rel, oracle, random, centre), values drawn
 //!   above the bars with the testbed's digit font.
 
 use super::font::{draw_number, number_size};
@@ -156,9 +156,10 @@ pub fn write_figures<B: burn::tensor::backend::Backend>(
 }
 
 /// Bar colours in table order.
-const BAR_COLOURS: [[u8; 3]; 5] = [
+const BAR_COLOURS: [[u8; 3]; Answerer::ALL.len()] = [
     [120, 120, 120],
     [220, 40, 40],
+    [150, 60, 180],
     [40, 160, 40],
     [60, 90, 220],
     [230, 160, 20],
@@ -167,15 +168,16 @@ const BAR_COLOURS: [[u8; 3]; 5] = [
 /// Accuracy per family as grouped bars with their values on top.
 fn write_accuracy(results: &Results, path: &Path) -> anyhow::Result<()> {
     let (bar, gap, height) = (28u32, 24u32, 220u32);
+    let bars = Answerer::ALL.len() as u32;
     let groups = results.accuracy.len() as u32;
-    let width = groups * (5 * bar + gap) + gap;
+    let width = groups * (bars * bar + gap) + gap;
     let top = 30u32;
     let mut img = RgbImage::from_pixel(width, height + top + 10, Rgb([255, 255, 255]));
     for (g, acc) in results.accuracy.values().enumerate() {
         for (k, who) in Answerer::ALL.iter().enumerate() {
             let value = acc.get(*who).clamp(0.0, 100.0);
             let h = (value / 100.0 * height as f64).round() as u32;
-            let x0 = gap + g as u32 * (5 * bar + gap) + k as u32 * bar;
+            let x0 = gap + g as u32 * (bars * bar + gap) + k as u32 * bar;
             for y in (top + height - h)..(top + height) {
                 for x in x0 + 2..x0 + bar - 2 {
                     img.put_pixel(x, y, Rgb(BAR_COLOURS[k]));
@@ -188,7 +190,9 @@ fn write_accuracy(results: &Results, path: &Path) -> anyhow::Result<()> {
             draw_number(&mut img, &digits, tx, ty, 2, [0, 0, 0]);
         }
         // Baseline of the group.
-        for x in gap + g as u32 * (5 * bar + gap)..gap + g as u32 * (5 * bar + gap) + 5 * bar {
+        for x in
+            gap + g as u32 * (bars * bar + gap)..gap + g as u32 * (bars * bar + gap) + bars * bar
+        {
             img.put_pixel(x, top + height, Rgb([0, 0, 0]));
         }
     }

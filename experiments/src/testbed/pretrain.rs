@@ -24,7 +24,6 @@ use super::micro::{IMAGE_SIDE, PATCH};
 use super::scene::PALETTE;
 use super::task::{Family, Sample, TaskConfig};
 use super::views::{global_view, zoom_around, zoom_view, Target, View, IGNORE, NO_CODE};
-use crate::benchmarks::mirrors::SHORT_ANSWER;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
@@ -32,6 +31,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use sdrpn_core::rng::SplitMix;
+use sdrpn_eval::benchmarks::mirrors::SHORT_ANSWER;
 use sdrpn_llava::cache::KvCache;
 use sdrpn_llava::model::Llava;
 use sdrpn_llava::prompt::Template;
@@ -231,7 +231,7 @@ impl Item {
 
 /// Prompt text of a question, as the TextVQA loader builds it.
 pub fn prompt_text(question: &str) -> String {
-    crate::pytext::capitalize(question) + SHORT_ANSWER
+    sdrpn_eval::pytext::capitalize(question) + SHORT_ANSWER
 }
 
 /// The shape question about the object of colour `colour`.

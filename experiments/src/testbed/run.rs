@@ -16,14 +16,16 @@ use super::heads::{rank_heads, selection_of, HeadScore, Probe};
 use super::localise::{iou, target_cells};
 use super::scene::box_contains;
 use super::task::{Family, Sample, Split, TaskConfig};
-use crate::benchmarks::{decode_image, load_samples, Benchmark};
-use crate::scorers::{aggregate, Metric, SampleRecord};
+use crate::data_source::load_samples;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use image::RgbImage;
 use sdrpn_core::crop::PixelBox;
+use sdrpn_core::host::{HostPrompt, RpnHost};
 use sdrpn_core::labels::Label;
 use sdrpn_core::rng::SplitMix;
+use sdrpn_eval::benchmarks::{decode_image, Benchmark};
+use sdrpn_eval::scorers::{aggregate, Metric, SampleRecord};
 use sdrpn_llava::session::{AnswerOptions, LlavaSession, PromptOptions};
 use sdrpn_train::error::write_atomic;
 use sdrpn_train::label::{run_labelling, LabelJob};
@@ -31,7 +33,7 @@ use sdrpn_train::label_store::read_labels;
 use sdrpn_train::questions::{read_questions, ShardSpec};
 use sdrpn_train::trainer::load_rpn;
 use sdrpn_train::two_pass::TwoPass;
-use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput};
+use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput, ViCropRule};
 use sdrpn_train::SdrpnConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -108,13 +110,17 @@ pub enum Answerer {
     Random,
     /// A box of the ground truth's size at the centre.
     Centre,
+    /// ViCrop (rel-att) at the layer chosen on the validation split.
+    #[serde(rename = "vicrop-rel")]
+    ViCrop,
 }
 
 impl Answerer {
     /// All, in table order.
-    pub const ALL: [Answerer; 5] = [
+    pub const ALL: [Answerer; 6] = [
         Answerer::Baseline,
         Answerer::Sdrpn,
+        Answerer::ViCrop,
         Answerer::Oracle,
         Answerer::Random,
         Answerer::Centre,
@@ -127,6 +133,7 @@ impl Answerer {
             Answerer::Oracle => "oracle",
             Answerer::Random => "random",
             Answerer::Centre => "centre",
+            Answerer::ViCrop => "vicrop-rel",
         }
     }
 }
@@ -163,6 +170,9 @@ pub struct FamilyAccuracy {
     pub random: f64,
     /// Centre box of the same size.
     pub centre: f64,
+    /// ViCrop (rel-att).
+    #[serde(default)]
+    pub vicrop: f64,
 }
 
 impl FamilyAccuracy {
@@ -173,6 +183,7 @@ impl FamilyAccuracy {
             Answerer::Oracle => &mut self.oracle,
             Answerer::Random => &mut self.random,
             Answerer::Centre => &mut self.centre,
+            Answerer::ViCrop => &mut self.vicrop,
         } = value;
     }
     /// The value of `who`.
@@ -183,6 +194,7 @@ impl FamilyAccuracy {
             Answerer::Oracle => self.oracle,
             Answerer::Random => self.random,
             Answerer::Centre => self.centre,
+            Answerer::ViCrop => self.vicrop,
         }
     }
 }
@@ -219,6 +231,16 @@ pub struct Results {
     pub localisation: Localisation,
     /// SD-RPN's samples per second over the baseline's, same run.
     pub throughput_ratio: f64,
+    /// ViCrop's samples per second over the baseline's, same run.
+    #[serde(default)]
+    pub vicrop_throughput_ratio: f64,
+    /// ViCrop's attention layer, chosen on the validation split.
+    #[serde(default)]
+    pub vicrop_layer: usize,
+    /// Share of validation crops holding the target's centre, per layer
+    /// (how [`Results::vicrop_layer`] was chosen).
+    #[serde(default)]
+    pub vicrop_layer_hits: Vec<f64>,
     /// Test questions.
     pub test_samples: usize,
     /// The grounding heads used (`layer:heads`), from the ranking.
@@ -300,6 +322,78 @@ fn heads<B: Backend>(
     let scores = rank_heads(session, &probes, ratio, 8, |_, _| {})?;
     write_atomic(&path, serde_json::to_string_pretty(&scores)?.as_bytes())?;
     Ok(scores)
+}
+
+/// For each layer of the model, the share of validation questions whose
+/// ViCrop crop (rel-att at that layer) holds the target box's centre;
+/// cached in `vicrop-layers.json`. ViCrop chose its layer on validation
+/// data the same way (its README:163).
+fn vicrop_layers<B: Backend>(
+    session: &LlavaSession<B>,
+    validation: &[Sample],
+    rule: &ViCropRule,
+    out: &Path,
+    log: &mut dyn FnMut(&str),
+) -> anyhow::Result<Vec<f64>> {
+    let path = out.join("vicrop-layers.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return serde_json::from_str(&text).with_context(|| path.display().to_string());
+    }
+    log(&format!(
+        "choosing ViCrop's layer on {} validation questions",
+        validation.len()
+    ));
+    let layers: Vec<usize> = (0..session.num_layers()).collect();
+    let mut hits = vec![0usize; layers.len()];
+    for sample in validation {
+        let probe = probe_of(sample);
+        let prompt = session.prepare(&probe.image, &probe.prompt)?;
+        let (_, maps) = sdrpn_train::vicrop::relative_maps(
+            session,
+            &prompt,
+            &probe.image,
+            &probe.prompt,
+            &layers,
+            rule,
+            None,
+        )?;
+        let (cx, cy) = super::scene::box_centre(&probe.target);
+        for (layer, map) in maps.iter().enumerate() {
+            let crop = sdrpn_core::vicrop::vicrop_box(
+                map,
+                prompt.grid(),
+                probe.image.width(),
+                probe.image.height(),
+                rule.base_box,
+            )?;
+            if (crop.x0 as f32..crop.x1 as f32).contains(&cx)
+                && (crop.y0 as f32..crop.y1 as f32).contains(&cy)
+            {
+                hits[layer] += 1;
+            }
+        }
+    }
+    let shares: Vec<f64> = hits
+        .iter()
+        .map(|&h| h as f64 / validation.len().max(1) as f64)
+        .collect();
+    write_atomic(&path, serde_json::to_string_pretty(&shares)?.as_bytes())?;
+    Ok(shares)
+}
+
+/// The layer with the largest share (the lowest on ties).
+fn best_layer(shares: &[f64]) -> usize {
+    shares
+        .iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &s)| {
+            if s > best.1 {
+                (i, s)
+            } else {
+                best
+            }
+        })
+        .0
 }
 
 /// The probe of a sample: its image, the eval prompt, its target box.
@@ -421,6 +515,8 @@ struct Answering<'a, B: Backend> {
     rpn: &'a sdrpn_llava::host::LlavaRpn<B>,
     options: TwoPassOptions,
     seed: u64,
+    /// ViCrop's layer and rule.
+    vicrop: (usize, ViCropRule),
 }
 
 impl<B: Backend> Answering<'_, B> {
@@ -441,6 +537,10 @@ impl<B: Backend> Answering<'_, B> {
             Answerer::Random | Answerer::Centre => {
                 let region = control_box(who, target, image.width(), self.seed, id);
                 s.answer_with_region(image, prompt, region, &self.options)?
+            }
+            Answerer::ViCrop => {
+                let (layer, rule) = &self.vicrop;
+                s.answer_with_vicrop(image, prompt, *layer, rule, &self.options)?
             }
         };
         let code = sample.scene.objects[sample.target].label_box(sample.glyph_scale);
@@ -493,6 +593,9 @@ pub fn run_testbed<B: Backend>(
     );
     let ratio = testbed_method("0:0")?.labels.thresholds.fg_ratio;
     let ranking = heads(&session, &splits.validation, ratio, out, log)?;
+    let vicrop_rule = ViCropRule::default();
+    let vicrop_hits = vicrop_layers(&session, &splits.validation, &vicrop_rule, out, log)?;
+    let vicrop_layer = best_layer(&vicrop_hits);
     let grounding = selection_of(&ranking, settings.heads);
     let mut method = testbed_method(&grounding)?;
     method.train.epochs = settings.epochs;
@@ -521,6 +624,7 @@ pub fn run_testbed<B: Backend>(
             reuse_prefix_cache: config.inference.reuse_prefix_cache,
         },
         seed: settings.seed,
+        vicrop: (vicrop_layer, vicrop_rule),
     };
     let answers_path = out.join("answers.jsonl");
     let mut answers: Vec<Answered> = crate::eval::read_appended_jsonl(&answers_path)?;
@@ -573,6 +677,7 @@ pub fn run_testbed<B: Backend>(
         },
         &grounding,
         &ranking,
+        (vicrop_layer, &vicrop_hits),
         model,
         start.elapsed().as_secs_f64(),
     )?;
@@ -598,11 +703,12 @@ pub fn run_testbed<B: Backend>(
 fn summarise(
     settings: &RunSettings,
     test: &[Sample],
-    loaded: &[crate::benchmarks::Sample],
+    loaded: &[sdrpn_eval::benchmarks::Sample],
     answers: &[Answered],
     mut localisation: Localisation,
     grounding: &str,
     ranking: &[HeadScore],
+    vicrop: (usize, &[f64]),
     model: &Path,
     seconds: f64,
 ) -> anyhow::Result<Results> {
@@ -659,12 +765,16 @@ fn summarise(
     localisation.crop_hit_rate = share(&|a| a.hit);
     localisation.crop_rate = share(&|a| a.crop.is_some());
     let throughput_ratio = ms[&Answerer::Baseline] / ms[&Answerer::Sdrpn].max(1e-9);
+    let vicrop_throughput_ratio = ms[&Answerer::Baseline] / ms[&Answerer::ViCrop].max(1e-9);
     Ok(Results {
         seed: settings.seed,
         seconds,
         accuracy,
         localisation,
         throughput_ratio,
+        vicrop_throughput_ratio,
+        vicrop_layer: vicrop.0,
+        vicrop_layer_hits: vicrop.1.to_vec(),
         test_samples: sdrpn.len(),
         grounding_heads: grounding.to_string(),
         head_ranking: ranking.iter().take(10).cloned().collect(),
@@ -706,7 +816,8 @@ pub fn markdown(r: &Results) -> String {
         "\nLocalisation: pseudo-label precision {:.2}, recall {:.2} ({:.0}% of training samples rejected); \
          RPN crop IoU with the target (median) {:.2}; crop holds the target's code {:.0}% (cropped {:.0}%).\n\n\
          Grounding heads (ranked on validation): `{}`. Throughput of SD-RPN relative to the baseline: {:.2}x. \
-         Run time {:.0} s.\n",
+         ViCrop (rel-att) reads layer {} (chosen on validation: its crops hold the target's centre {:.0}% of the time); \
+         its throughput relative to the baseline: {:.2}x. Run time {:.0} s.\n",
         l.pseudo_label_precision,
         l.pseudo_label_recall,
         100.0 * l.pseudo_label_rejected,
@@ -715,6 +826,9 @@ pub fn markdown(r: &Results) -> String {
         100.0 * l.crop_rate,
         r.grounding_heads,
         r.throughput_ratio,
+        r.vicrop_layer,
+        100.0 * r.vicrop_layer_hits.get(r.vicrop_layer).copied().unwrap_or(0.0),
+        r.vicrop_throughput_ratio,
         r.seconds
     ));
     md

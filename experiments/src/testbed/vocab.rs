@@ -5,8 +5,8 @@
 //! `tokenizer.json` that HF's `PreTrainedTokenizerFast` loads as well.
 
 use super::scene::{Shape, PALETTE};
-use crate::benchmarks::mirrors::SHORT_ANSWER;
 use anyhow::Context;
+use sdrpn_eval::benchmarks::mirrors::SHORT_ANSWER;
 use sdrpn_llava::prompt::VICUNA_SYSTEM;
 use std::path::Path;
 use tokenizers::Tokenizer;

@@ -518,6 +518,77 @@ mod tests {
         }
     }
 
+    /// HR-Bench's release: base64 JPEG text (PNG here: any format decodes)
+    /// in `image`, options in columns A-D, int64 `index`.
+    fn hrbench(benchmark: Benchmark) -> Case {
+        use base64::Engine;
+        use Kind::*;
+        let b64 = |rgb| {
+            s(&base64::engine::general_purpose::STANDARD
+                .encode(crate::benchmarks::testutil::png_bytes(2, 2, rgb)))
+        };
+        let row = |i: i64, q: &str, answer: &str, d: Cell, cycle: &str, image: Cell| {
+            vec![
+                Cell::I64(i),
+                s(q),
+                s(answer),
+                s("single"),
+                s("27B"),
+                s("37B"),
+                s("27D"),
+                d,
+                s(cycle),
+                image,
+            ]
+        };
+        Case {
+            benchmark,
+            columns: vec![
+                ("index", I64),
+                ("question", Str),
+                ("answer", Str),
+                ("category", Str),
+                ("A", Str),
+                ("B", Str),
+                ("C", Str),
+                ("D", Str),
+                ("cycle_category", Str),
+                ("image", Str),
+            ],
+            rows: vec![
+                row(0, " What is the number? ", "A", s("27E"), "0", b64(RED)),
+                // A null option is dropped (3 options).
+                row(1, "Which one?", "C", Cell::Null, "1", b64(GREEN)),
+                row(2, "Which one?", "D", Cell::Null, "2", b64(BLUE)),
+                row(3, "Which one?", "A", s("x"), "3", s("not base64!")),
+            ],
+            compression: Compression::SNAPPY,
+            want: vec![
+                Want {
+                    category: Some("single"),
+                    dataset: Some("0"),
+                    ..want(
+                        "0",
+                        "What is the number?\nA. 27B\nB. 37B\nC. 27D\nD. 27E\nAnswer the option letter directly.",
+                        &["A", "27B", "37B", "27D", "27E"],
+                        RED,
+                    )
+                },
+                Want {
+                    category: Some("single"),
+                    dataset: Some("1"),
+                    ..want(
+                        "1",
+                        "Which one?\nA. 27B\nB. 37B\nC. 27D\nAnswer the option letter directly.",
+                        &["C", "27B", "37B", "27D"],
+                        GREEN,
+                    )
+                },
+            ],
+            skipped: vec![(2, "not one of the 3 option letters"), (3, "not base64")],
+        }
+    }
+
     fn check(case: &Case, loaded: &Loaded) {
         let b = case.benchmark;
         assert_eq!(loaded.samples.len(), case.want.len(), "{b}: {loaded:?}");
@@ -564,6 +635,8 @@ mod tests {
             ocrbench(),
             vstar(),
             pope(),
+            hrbench(Benchmark::HrBench4k),
+            hrbench(Benchmark::HrBench8k),
         ];
         for b in Benchmark::ALL {
             assert!(cases.iter().any(|c| c.benchmark == b), "no case for {b}");
@@ -576,6 +649,23 @@ mod tests {
             assert_eq!(loaded.files, std::slice::from_ref(&path));
             check(case, &loaded);
         }
+    }
+
+    #[test]
+    fn an_hrbench_release_folder_reads_the_split_file_only() {
+        let case = hrbench(Benchmark::HrBench4k);
+        let dir = TempDir::new("load");
+        let four = dir.path().join("hr_bench_4k.parquet");
+        let eight = dir.path().join("hr_bench_8k.parquet");
+        write_parquet(&four, &case.columns, &case.rows, case.compression);
+        write_parquet(&eight, &case.columns, &case.rows[..1], case.compression);
+        assert_eq!(
+            load(Benchmark::HrBench4k, dir.path()).unwrap().files,
+            [four]
+        );
+        let loaded = load(Benchmark::HrBench8k, dir.path()).unwrap();
+        assert_eq!(loaded.files, [eight]);
+        assert_eq!(loaded.samples.len(), 1);
     }
 
     #[test]

@@ -19,6 +19,35 @@ pub enum HostKind {
 }
 
 impl HostKind {
+    /// The method preset that fits the checkpoint in `dir`: its host and
+    /// depth (LLaVA: 32 layers 7B, 40 13B; Qwen2.5-VL: 28 layers 7B, 36 3B;
+    /// up to 8: tiny), by [`sdrpn_train::SdrpnConfig::preset_for_model`].
+    pub fn preset(dir: &Path) -> anyhow::Result<sdrpn_train::SdrpnConfig> {
+        let (model_type, layers) = match Self::of(dir)? {
+            Self::Llava => (
+                "llava",
+                sdrpn_llava::LlavaConfig::from_dir(dir)?.text.num_layers,
+            ),
+            Self::Qwen => (
+                "qwen2_5_vl",
+                sdrpn_qwen::QwenConfig::from_dir(dir)?.text.num_layers,
+            ),
+        };
+        Ok(sdrpn_train::SdrpnConfig::preset_for_model(
+            model_type, layers,
+        )?)
+    }
+
+    /// ViCrop's base box side for this host in source pixels (its
+    /// `bbox_size`, `run.py`:41-46): the vision input side, 336 for
+    /// LLaVA-1.5, 224 for Qwen2.5-VL.
+    pub fn vicrop_box(self) -> f64 {
+        match self {
+            Self::Llava => 336.0,
+            Self::Qwen => 224.0,
+        }
+    }
+
     /// The host of the checkpoint in `dir`.
     pub fn of(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("config.json");

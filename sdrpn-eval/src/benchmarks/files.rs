@@ -12,7 +12,9 @@
 //! 2. split: files whose name starts with `<split>-` or `<split>.`
 //!    (`validation-00000-of-00003.parquet`), or under a folder named after
 //!    the split (the Hub's `refs/convert/parquet` layout,
-//!    `default/test/0000.parquet`).
+//!    `default/test/0000.parquet`), or the split's file of the dataset's
+//!    own release ([`Benchmark::release_file`]: HR-Bench's
+//!    `hr_bench_4k.parquet`).
 //!
 //! So pointing at a whole `lmms-lab/textvqa` snapshot reads only its
 //! validation files, and pointing at a folder of hand-picked files reads
@@ -90,7 +92,7 @@ fn select(benchmark: Benchmark, root: &Path, files: Vec<PathBuf>) -> Vec<PathBuf
         let named = name
             .strip_prefix(split)
             .is_some_and(|rest| rest.starts_with('-') || rest.starts_with('.'));
-        named || folders(root, f).contains(&split)
+        named || folders(root, f).contains(&split) || benchmark.release_file() == Some(name)
     })
 }
 

@@ -12,14 +12,18 @@
 //! | OCRBench | `echo840/OCRBench` (test) | row index | `question.strip()` | `answer` (list) | `question_type` / `dataset` |
 //! | V* | `lmms-lab/vstar-bench` (test) | `question_id` | see [`super::vstar`] | `[label.strip().upper()]` | `category` |
 //! | POPE | `lmms-lab/POPE` (test) | `question_id` | `question.strip()` + [`SHORT_ANSWER`] | `[answer.lower().strip()]` | `category` |
+//! | HR-Bench 4K/8K | `DreamMr/HR-Bench` (`hr_bench_4k.parquet`, `hr_bench_8k.parquet`) | `index` | [`hrbench_prompt`] | `[answer, A, B, C, D]` | `category` / `cycle_category` |
 //!
 //! Every mirror stores the image as the `datasets` `Image` struct in column
-//! `image`. Sources (lmms-eval `lmms_eval/tasks/...`): `textvqa/utils.py` +
+//! `image`, but HR-Bench: a base64 JPEG string, decoded to bytes at load
+//! (an 8K sample holds ~2-3 MB of JPEG from then on, and ~100 MB of RGB
+//! only while it is answered: decoded once, shared by both passes). Sources (lmms-eval `lmms_eval/tasks/...`): `textvqa/utils.py` +
 //! `_default_template_textvqa_yaml`; `docvqa/utils.py` +
 //! `_default_template_docvqa_yaml`; `infovqa/utils.py` +
 //! `_default_template_infovqa_yaml`; `chartqa/utils.py` + `chartqa.yaml`;
 //! `ocrbench/utils.py` + `ocrbench.yaml`; `vstar_bench/utils.py` +
-//! `_default_template_yaml`; `pope/utils.py` + `pope.yaml`.
+//! `_default_template_yaml`; `pope/utils.py` + `pope.yaml`;
+//! `hrbench/utils.py` + `hrbench4k.yaml` (lmms-eval 75571cf).
 //!
 //! Rows are skipped (never fatal) when a field is null or of the wrong type,
 //! the answer list is empty, or a POPE answer is not yes/no (the reference
@@ -54,7 +58,22 @@ pub fn columns(benchmark: Benchmark) -> (&'static [&'static str], &'static [&'st
             &["image", "question", "answer"],
             &["question_id", "category"],
         ),
+        Benchmark::HrBench4k | Benchmark::HrBench8k => (
+            &["image", "question", "answer", "A", "B"],
+            &["index", "C", "D", "category", "cycle_category"],
+        ),
     }
+}
+
+/// HR-Bench's prompt (`hrbench_doc_to_text`, utils.py:45-53): the stripped
+/// question, one `"{letter}. {text}"` line per option, then
+/// "Answer the option letter directly.".
+pub fn hrbench_prompt(question: &str, options: &[String]) -> String {
+    let mut prompt = format!("{}\n", text::strip(question));
+    for (letter, option) in ('A'..='Z').zip(options) {
+        prompt += &format!("{letter}. {option}\n");
+    }
+    prompt + "Answer the option letter directly."
 }
 
 /// A non-empty answer list.
@@ -135,6 +154,32 @@ pub(crate) fn to_sample(
                 id_or_index(rec, "question_id", index)?,
                 text::strip(&rec.string("question")?).to_owned() + SHORT_ANSWER,
                 vec![answer],
+            )
+        }
+        Benchmark::HrBench4k | Benchmark::HrBench8k => {
+            category = rec.opt_string("category")?;
+            dataset = rec.opt_string("cycle_category")?;
+            // Options A.. in order, a null one dropped (utils.py:40-42).
+            let mut options = Vec::new();
+            for letter in ["A", "B", "C", "D"] {
+                if let Some(option) = rec.opt_string(letter)? {
+                    options.push(option);
+                }
+            }
+            let answer = rec.string("answer")?;
+            if !('A'..='Z')
+                .take(options.len())
+                .any(|l| answer == l.to_string())
+            {
+                return Err(format!(
+                    "`answer` is {answer:?}, not one of the {} option letters",
+                    options.len()
+                ));
+            }
+            (
+                id_or_index(rec, "index", index)?,
+                hrbench_prompt(&rec.string("question")?, &options),
+                std::iter::once(answer).chain(options).collect(),
             )
         }
     };

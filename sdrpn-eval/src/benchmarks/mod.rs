@@ -23,7 +23,6 @@ pub mod llava;
 pub mod loader;
 pub mod mirrors;
 pub mod sample;
-pub mod source;
 mod table;
 #[cfg(test)]
 mod testutil;
@@ -36,4 +35,3 @@ pub use error::BenchmarkError;
 pub use llava::load_llava_jsonl;
 pub use loader::load;
 pub use sample::{decode_image, ImageSource, Loaded, Sample};
-pub use source::load_samples;

@@ -11,6 +11,7 @@
 //! | `ocrbench` | OCRBench | [`ocrbench`] |
 //! | `vstar` | V* Bench | [`vstar`] |
 //! | `pope` | POPE | [`pope`] |
+//! | `hrbench` | HR-Bench 4K, 8K | [`hrbench`] |
 //!
 //! [`score_sample`] scores one prediction (stripped first, as the harness
 //! does) and [`aggregate`] turns per-sample records into the headline
@@ -22,6 +23,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod anls;
+pub mod hrbench;
 pub mod ocrbench;
 pub mod pope;
 use crate::pytext;
@@ -44,17 +46,20 @@ pub enum Metric {
     Vstar,
     /// POPE yes/no (accuracy, precision, recall, F1).
     Pope,
+    /// HR-Bench option letter accuracy, averaged over option rotations.
+    HrBench,
 }
 
 impl Metric {
     /// Every metric, in declaration order.
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 7] = [
         Metric::Vqa,
         Metric::Anls,
         Metric::Relaxed,
         Metric::Ocrbench,
         Metric::Vstar,
         Metric::Pope,
+        Metric::HrBench,
     ];
 
     /// The name accepted by [`FromStr`].
@@ -66,6 +71,7 @@ impl Metric {
             Metric::Ocrbench => "ocrbench",
             Metric::Vstar => "vstar",
             Metric::Pope => "pope",
+            Metric::HrBench => "hrbench",
         }
     }
 }
@@ -84,7 +90,7 @@ impl fmt::Display for UnknownMetric {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown metric {:?} (expected one of vqa, anls, relaxed, ocrbench, vstar, pope)",
+            "unknown metric {:?} (expected one of vqa, anls, relaxed, ocrbench, vstar, pope, hrbench)",
             self.0
         )
     }
@@ -109,8 +115,9 @@ impl FromStr for Metric {
 /// harness does. `answers` are the ground truths: all human answers for
 /// VQA, all accepted answers for ANLS and OCRBench, the single target for
 /// ChartQA (any of several counts), the label letter for V*, and "yes"/"no"
-/// for POPE (V* and POPE use the first answer). `dataset` is the OCRBench
-/// source dataset (`"HME100k"` switches rules) and is ignored elsewhere.
+/// for POPE (V* and POPE use the first answer), the answer letter followed
+/// by the option texts for HR-Bench. `dataset` is the OCRBench source
+/// dataset (`"HME100k"` switches rules) and is ignored elsewhere.
 pub fn score_sample(
     metric: Metric,
     prediction: &str,
@@ -125,6 +132,7 @@ pub fn score_sample(
         Metric::Ocrbench => ocrbench::ocrbench_score(pred, answers, dataset),
         Metric::Vstar => vstar::vstar_score(pred, answers),
         Metric::Pope => pope::pope_score(pred, answers),
+        Metric::HrBench => hrbench::hrbench_score(pred, answers),
     }
 }
 
@@ -133,7 +141,8 @@ pub fn score_sample(
 pub struct SampleRecord {
     pub prediction: String,
     pub answers: Vec<String>,
-    /// OCRBench source dataset (e.g. `"HME100k"`).
+    /// OCRBench source dataset (e.g. `"HME100k"`); HR-Bench: the row's
+    /// option rotation (`cycle_category`), which the average runs over.
     pub dataset: Option<String>,
     /// Breakdown key (V*: `direct_attributes` / `relative_position`; POPE:
     /// `adversarial` / `popular` / `random`; OCRBench: question type; ...).
@@ -159,7 +168,8 @@ pub struct Summary {
     /// Number of records.
     pub n: usize,
     /// The headline number, x100: the mean per-sample score for vqa, anls,
-    /// relaxed and vstar (V*: the micro average); matches / n for OCRBench
+    /// relaxed and vstar (V*: the micro average); for hrbench the mean over
+    /// option rotations of each rotation's mean; matches / n for OCRBench
     /// (the published "score out of 1000" is [`Summary::score_sum`] when
     /// n = 1000); F1 for POPE. 0 when there are no records.
     pub headline: f64,
@@ -180,6 +190,15 @@ fn summarize(metric: Metric, records: &[&SampleRecord]) -> Summary {
         0.0
     } else {
         score_sum / n as f64 * 100.0
+    };
+    let mean_x100 = if metric == Metric::HrBench {
+        hrbench::rotation_mean(
+            records
+                .iter()
+                .map(|r| (r.dataset.as_deref().unwrap_or(""), r.score(metric))),
+        ) * 100.0
+    } else {
+        mean_x100
     };
     let pope = (metric == Metric::Pope).then(|| {
         pope::pope_stats(records.iter().map(|r| {
@@ -236,7 +255,7 @@ impl fmt::Display for Summary {
                 p.other,
                 self.n
             )?,
-            (None, Metric::Ocrbench | Metric::Vstar | Metric::Relaxed) => write!(
+            (None, Metric::Ocrbench | Metric::Vstar | Metric::Relaxed | Metric::HrBench) => write!(
                 f,
                 "{} {:.2} ({}/{})",
                 self.metric, self.headline, self.score_sum, self.n

@@ -129,6 +129,14 @@ impl Record {
     pub fn image(&self, name: &str, base: &Path) -> Result<ImageSource, String> {
         match self.field(name)? {
             Field::Bytes(b) => Ok(ImageSource::Bytes(b.data().to_vec())),
+            // A base64-encoded image file (HR-Bench's release).
+            Field::Str(text) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map(ImageSource::Bytes)
+                    .map_err(|e| format!("`{name}` is a string but not base64 image bytes ({e})"))
+            }
             Field::Group(row) => {
                 let part = |key: &str| {
                     row.get_column_iter()
@@ -159,7 +167,7 @@ impl Record {
             }
             Field::Null => Err(format!("`{name}` is null")),
             other => Err(format!(
-                "`{name}`: expected an image struct or binary, found {}",
+                "`{name}`: expected an image struct, binary or base64 text, found {}",
                 kind(other)
             )),
         }

@@ -24,11 +24,16 @@ pub enum Benchmark {
     VStar,
     /// POPE test, `lmms-lab/POPE`.
     Pope,
+    /// HR-Bench 4K (800: 200 questions x 4 option rotations),
+    /// `DreamMr/HR-Bench` (`hr_bench_4k.parquet`).
+    HrBench4k,
+    /// HR-Bench 8K (800), `DreamMr/HR-Bench` (`hr_bench_8k.parquet`).
+    HrBench8k,
 }
 
 impl Benchmark {
     /// Every benchmark, in declaration order.
-    pub const ALL: [Benchmark; 7] = [
+    pub const ALL: [Benchmark; 9] = [
         Benchmark::TextVqa,
         Benchmark::DocVqa,
         Benchmark::InfoVqa,
@@ -36,6 +41,8 @@ impl Benchmark {
         Benchmark::OcrBench,
         Benchmark::VStar,
         Benchmark::Pope,
+        Benchmark::HrBench4k,
+        Benchmark::HrBench8k,
     ];
 
     /// The name accepted by [`FromStr`] and printed by [`fmt::Display`].
@@ -48,6 +55,8 @@ impl Benchmark {
             Benchmark::OcrBench => "ocrbench",
             Benchmark::VStar => "vstar",
             Benchmark::Pope => "pope",
+            Benchmark::HrBench4k => "hrbench4k",
+            Benchmark::HrBench8k => "hrbench8k",
         }
     }
 
@@ -60,23 +69,33 @@ impl Benchmark {
             Benchmark::OcrBench => Metric::Ocrbench,
             Benchmark::VStar => Metric::Vstar,
             Benchmark::Pope => Metric::Pope,
+            Benchmark::HrBench4k | Benchmark::HrBench8k => Metric::HrBench,
         }
     }
 
-    /// Greedy generation budget (the `docs/EVAL.md` table).
+    /// Greedy generation budget (the `docs/EVAL.md` table). HR-Bench asks
+    /// for an option letter like V*: lmms-eval leaves its budget at the
+    /// wrapper's 1024, which only a model that never stops would use.
     pub fn max_new_tokens(self) -> usize {
         match self {
             Benchmark::TextVqa | Benchmark::DocVqa | Benchmark::InfoVqa => 32,
-            Benchmark::ChartQa | Benchmark::VStar | Benchmark::Pope => 16,
+            Benchmark::ChartQa
+            | Benchmark::VStar
+            | Benchmark::Pope
+            | Benchmark::HrBench4k
+            | Benchmark::HrBench8k => 16,
             Benchmark::OcrBench => 128,
         }
     }
 
-    /// The RPN box threshold for the 7B model (SPEC section 4).
+    /// The RPN box threshold for the 7B model (SPEC section 4; HR-Bench:
+    /// 0.1, the reference's `examples/A6000/reproduce.sh`).
     pub fn default_threshold(self) -> f64 {
         match self {
             Benchmark::TextVqa | Benchmark::InfoVqa | Benchmark::ChartQa | Benchmark::Pope => 0.15,
-            Benchmark::DocVqa | Benchmark::VStar => 0.10,
+            Benchmark::DocVqa | Benchmark::VStar | Benchmark::HrBench4k | Benchmark::HrBench8k => {
+                0.10
+            }
             Benchmark::OcrBench => 0.05,
         }
     }
@@ -90,6 +109,7 @@ impl Benchmark {
             Benchmark::OcrBench => "echo840/OCRBench",
             Benchmark::VStar => "lmms-lab/vstar-bench",
             Benchmark::Pope => "lmms-lab/POPE",
+            Benchmark::HrBench4k | Benchmark::HrBench8k => "DreamMr/HR-Bench",
         }
     }
 
@@ -99,6 +119,7 @@ impl Benchmark {
         match self {
             Benchmark::DocVqa => Some("DocVQA"),
             Benchmark::InfoVqa => Some("InfographicVQA"),
+            Benchmark::HrBench4k | Benchmark::HrBench8k => Some("hrbench_version_split"),
             _ => None,
         }
     }
@@ -108,6 +129,19 @@ impl Benchmark {
         match self {
             Benchmark::TextVqa | Benchmark::DocVqa | Benchmark::InfoVqa => "validation",
             Benchmark::ChartQa | Benchmark::OcrBench | Benchmark::VStar | Benchmark::Pope => "test",
+            Benchmark::HrBench4k => "hrbench_4k",
+            Benchmark::HrBench8k => "hrbench_8k",
+        }
+    }
+
+    /// The file of the dataset's own release that holds the split, when the
+    /// release is not laid out by split (HR-Bench: `hr_bench_4k.parquet`
+    /// beside `hr_bench_8k.parquet`).
+    pub fn release_file(self) -> Option<&'static str> {
+        match self {
+            Benchmark::HrBench4k => Some("hr_bench_4k.parquet"),
+            Benchmark::HrBench8k => Some("hr_bench_8k.parquet"),
+            _ => None,
         }
     }
 }
@@ -141,7 +175,17 @@ mod tests {
         let names: Vec<String> = Benchmark::ALL.iter().map(|b| b.to_string()).collect();
         assert_eq!(
             names,
-            ["textvqa", "docvqa", "infovqa", "chartqa", "ocrbench", "vstar", "pope"]
+            [
+                "textvqa",
+                "docvqa",
+                "infovqa",
+                "chartqa",
+                "ocrbench",
+                "vstar",
+                "pope",
+                "hrbench4k",
+                "hrbench8k"
+            ]
         );
         let err = "TextVQA".parse::<Benchmark>().unwrap_err();
         assert!(err.to_string().contains("\"TextVQA\""), "{err}");
@@ -158,6 +202,20 @@ mod tests {
             (Benchmark::OcrBench, Metric::Ocrbench, 128, 0.05, "test"),
             (Benchmark::VStar, Metric::Vstar, 16, 0.10, "test"),
             (Benchmark::Pope, Metric::Pope, 16, 0.15, "test"),
+            (
+                Benchmark::HrBench4k,
+                Metric::HrBench,
+                16,
+                0.10,
+                "hrbench_4k",
+            ),
+            (
+                Benchmark::HrBench8k,
+                Metric::HrBench,
+                16,
+                0.10,
+                "hrbench_8k",
+            ),
         ];
         assert_eq!(table.len(), Benchmark::ALL.len());
         for &(b, metric, tokens, threshold, split) in table {

@@ -2,8 +2,8 @@
 //! question file (`.jsonl`, with an image folder), `synthetic:N`, or testbed
 //! questions (`testbed:SPLIT:N...`, TextVQA schema).
 
-use super::{load, load_llava_jsonl, Benchmark, Loaded};
 use anyhow::Context;
+use sdrpn_eval::benchmarks::{load, load_llava_jsonl, Benchmark, Loaded};
 use std::path::Path;
 
 /// Loads the samples named by `data` for `benchmark`.

@@ -289,7 +289,6 @@ fn two_pass<B: Backend, H: RpnHost<B>>(
             (Some(probs), h)
         }
         MapSource::ViCrop(rule) => {
-            sdrpn_core::rpn::check_branch(k, 1, layers)?;
             let (h, mut maps) = relative_maps(
                 host,
                 &prompt,

@@ -97,14 +97,23 @@ pub fn relative_maps<B: Backend, H: RpnHost<B>>(
 /// The head-averaged attention row of `prompt`'s last position over its
 /// visual tokens at each of `layers` (ascending), running layers
 /// `0..=max(layers)` (into `cache` when given).
-fn attention_rows<B: Backend, H: RpnHost<B>>(
+pub fn attention_rows<B: Backend, H: RpnHost<B>>(
     host: &H,
     prompt: &H::Prompt,
     layers: &[usize],
     cache: Option<&mut KvCache<B>>,
 ) -> Result<(Tensor<B, 3>, Vec<Vec<f32>>), H::Error> {
     let last = *layers.last().expect("at least one layer");
-    sdrpn_core::rpn::check_branch(last + 1, 1, host.num_layers())?;
+    if last >= host.num_layers() || layers.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(sdrpn_core::CoreError::config(
+            "ViCrop layers",
+            format!(
+                "{layers:?} must ascend and lie below the model's {} layers",
+                host.num_layers()
+            ),
+        )
+        .into());
+    }
     let (h, kept) = host.run_layers_keeping(
         prompt.embeds(),
         0,

@@ -16,7 +16,7 @@ use sdrpn_train::two_pass::{TwoPass, TwoPassOutput};
 #[path = "two_pass_checks/mod.rs"]
 mod two_pass_checks;
 use two_pass_checks::{
-    assert_batches_match, assert_same_answer, hot_map, options, BATCH_QUESTIONS,
+    assert_batches_match, assert_same_answer, hot_map, max_difference, options, BATCH_QUESTIONS,
 };
 
 const QUESTION: &str = "What is in the picture?";
@@ -238,4 +238,76 @@ fn a_padded_batch_answers_as_each_question_does_alone() {
         last.contains(&RoiMode::None) && last.contains(&RoiMode::Bbox),
         "threshold 0.8 should mix crops and none in one batch: {last:?}"
     );
+}
+
+/// ViCrop (rel-att): its maps are HF's attention rows (the last prompt
+/// position over the image, head mean), the ratio to the generic
+/// question's, its crop is `vicrop_box` of that ratio, and pass 2 answers
+/// as a given region does (the same insertion as an SD-RPN box), with and
+/// without prefix reuse.
+#[test]
+fn vicrop_maps_are_hf_attention_rows_and_its_crop_is_answered_like_a_given_region() {
+    use sdrpn_core::host::{HostPrompt, RpnHost};
+    use sdrpn_train::two_pass::ViCropRule;
+    use sdrpn_train::vicrop::{attention_rows, relative_maps};
+
+    let s = session();
+    let reference = Reference::open("llava_pad_vicuna");
+    let image = load_rgb(&fixtures().join("images").join(reference.meta("image"))).unwrap();
+    let question = reference.meta("question");
+    let prompt = s.prepare(&image, question).unwrap();
+    assert_eq!(prompt.text(), reference.meta("prompt"));
+    let layers = [0, 1, 2, 3];
+    // The last layer too (ViCrop may read any layer).
+    assert!(s.answer_with_vicrop(&image, question, 3, &ViCropRule::default(), &options(true)).is_ok());
+    assert!(s.answer_with_vicrop(&image, question, 4, &ViCropRule::default(), &options(true)).is_err());
+    let (_, rows) = attention_rows(&s, &prompt, &layers, None).unwrap();
+    let (shape, hf) = reference.get("lm_attentions_last_rows");
+    let (heads, kept, keys) = (shape[1], shape[2], shape[3]);
+    let start: usize = reference.meta("image_token_start").parse().unwrap();
+    assert_eq!(prompt.visual(), start..start + 36);
+    for (l, row) in rows.iter().enumerate() {
+        let expected: Vec<f64> = (0..36)
+            .map(|p| {
+                (0..heads)
+                    .map(|h| hf[((l * heads + h) * kept + kept - 1) * keys + start + p])
+                    .sum::<f64>()
+                    / heads as f64
+            })
+            .collect();
+        let err = max_abs_error(row, &expected);
+        assert!(err < 1e-6, "layer {l}: head-mean row differs from HF by {err:e}");
+    }
+
+    // 50x83 image: a cell spans 83/6 px; a 20-px base box is one cell.
+    let rule = ViCropRule {
+        base_box: 20.0,
+        ..ViCropRule::default()
+    };
+    let (_, rel) = relative_maps(&s, &prompt, &image, question, &[2], &rule, None).unwrap();
+    let generic = s.prepare(&image, &rule.generic_for(question)).unwrap();
+    assert!(generic.text().contains("Write a general description of the image."));
+    let (_, generic_rows) = attention_rows(&s, &generic, &[2], None).unwrap();
+    for ((r, q), g) in rel[0].iter().zip(&rows[2]).zip(&generic_rows[0]) {
+        assert!((r - q / g).abs() <= 1e-6 * r.abs(), "{r} vs {q} / {g}");
+    }
+
+    let with_reuse = s
+        .answer_with_vicrop(&image, question, 2, &rule, &options(true))
+        .unwrap();
+    let crop = sdrpn_core::vicrop::vicrop_box(&rel[0], prompt.grid(), 50, 83, 20.0).unwrap();
+    assert_eq!(with_reuse.crop, Some(crop));
+    assert!(crop.width() < 50 && crop.height() < 83, "a real crop: {crop:?}");
+    assert_eq!(with_reuse.mode, RoiMode::Bbox);
+    assert_eq!(with_reuse.roi_tokens, 36);
+    assert!(max_difference(&with_reuse.roi_map, &rel[0]) <= 1e-6 * 36.0);
+    let without = s
+        .answer_with_vicrop(&image, question, 2, &rule, &options(false))
+        .unwrap();
+    assert_same_answer(&with_reuse, &without, "ViCrop reuse vs recompute");
+    let region = s
+        .answer_with_region(&image, question, crop, &options(true))
+        .unwrap();
+    assert_same_answer(&with_reuse, &region, "ViCrop vs its crop given");
+    assert_eq!(s.num_layers(), 4);
 }

@@ -76,7 +76,7 @@ impl ViCropSpec {
         layer: Option<usize>,
         base_box: Option<f64>,
     ) -> anyhow::Result<Self> {
-        let mut spec = Self::with_box(crate::host::HostKind::of(model)?.vicrop_box());
+        let mut spec = Self::with_box(crate::host::HostKind::vicrop_box(model)?);
         if let Some(b) = base_box {
             if !(b.is_finite() && b >= 1.0) {
                 anyhow::bail!("ViCrop box side {b}: it must be at least 1 pixel");

@@ -38,14 +38,14 @@ impl HostKind {
         )?)
     }
 
-    /// ViCrop's base box side for this host in source pixels (its
-    /// `bbox_size`, `run.py`:41-46): the vision input side, 336 for
-    /// LLaVA-1.5, 224 for Qwen2.5-VL.
-    pub fn vicrop_box(self) -> f64 {
-        match self {
-            Self::Llava => 336.0,
+    /// ViCrop's base box side in source pixels for the checkpoint in `dir`
+    /// (its `bbox_size`, `run.py`:41-46): LLaVA's vision input side (336
+    /// for LLaVA-1.5), 224 for Qwen2.5-VL (which has no fixed input side).
+    pub fn vicrop_box(dir: &Path) -> anyhow::Result<f64> {
+        Ok(match Self::of(dir)? {
+            Self::Llava => sdrpn_llava::LlavaConfig::from_dir(dir)?.vision.image_size as f64,
             Self::Qwen => 224.0,
-        }
+        })
     }
 
     /// The host of the checkpoint in `dir`.

@@ -259,8 +259,12 @@ fn vicrop_maps_are_hf_attention_rows_and_its_crop_is_answered_like_a_given_regio
     assert_eq!(prompt.text(), reference.meta("prompt"));
     let layers = [0, 1, 2, 3];
     // The last layer too (ViCrop may read any layer).
-    assert!(s.answer_with_vicrop(&image, question, 3, &ViCropRule::default(), &options(true)).is_ok());
-    assert!(s.answer_with_vicrop(&image, question, 4, &ViCropRule::default(), &options(true)).is_err());
+    assert!(s
+        .answer_with_vicrop(&image, question, 3, &ViCropRule::default(), &options(true))
+        .is_ok());
+    assert!(s
+        .answer_with_vicrop(&image, question, 4, &ViCropRule::default(), &options(true))
+        .is_err());
     let (_, rows) = attention_rows(&s, &prompt, &layers, None).unwrap();
     let (shape, hf) = reference.get("lm_attentions_last_rows");
     let (heads, kept, keys) = (shape[1], shape[2], shape[3]);
@@ -276,7 +280,10 @@ fn vicrop_maps_are_hf_attention_rows_and_its_crop_is_answered_like_a_given_regio
             })
             .collect();
         let err = max_abs_error(row, &expected);
-        assert!(err < 1e-6, "layer {l}: head-mean row differs from HF by {err:e}");
+        assert!(
+            err < 1e-6,
+            "layer {l}: head-mean row differs from HF by {err:e}"
+        );
     }
 
     // 50x83 image: a cell spans 83/6 px; a 20-px base box is one cell.
@@ -286,7 +293,9 @@ fn vicrop_maps_are_hf_attention_rows_and_its_crop_is_answered_like_a_given_regio
     };
     let (_, rel) = relative_maps(&s, &prompt, &image, question, &[2], &rule, None).unwrap();
     let generic = s.prepare(&image, &rule.generic_for(question)).unwrap();
-    assert!(generic.text().contains("Write a general description of the image."));
+    assert!(generic
+        .text()
+        .contains("Write a general description of the image."));
     let (_, generic_rows) = attention_rows(&s, &generic, &[2], None).unwrap();
     for ((r, q), g) in rel[0].iter().zip(&rows[2]).zip(&generic_rows[0]) {
         assert!((r - q / g).abs() <= 1e-6 * r.abs(), "{r} vs {q} / {g}");
@@ -297,7 +306,10 @@ fn vicrop_maps_are_hf_attention_rows_and_its_crop_is_answered_like_a_given_regio
         .unwrap();
     let crop = sdrpn_core::vicrop::vicrop_box(&rel[0], prompt.grid(), 50, 83, 20.0).unwrap();
     assert_eq!(with_reuse.crop, Some(crop));
-    assert!(crop.width() < 50 && crop.height() < 83, "a real crop: {crop:?}");
+    assert!(
+        crop.width() < 50 && crop.height() < 83,
+        "a real crop: {crop:?}"
+    );
     assert_eq!(with_reuse.mode, RoiMode::Bbox);
     assert_eq!(with_reuse.roi_tokens, 36);
     assert!(max_difference(&with_reuse.roi_map, &rel[0]) <= 1e-6 * 36.0);

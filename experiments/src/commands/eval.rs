@@ -41,8 +41,8 @@ pub struct EvalArgs {
     /// LLaVA-1.5-7B, 22 of 36, else the same share of the model's depth)
     #[arg(long)]
     pub vicrop_layer: Option<usize>,
-    /// ViCrop's base box side in source pixels (default: 336 for LLaVA,
-    /// 224 for Qwen2.5-VL, as ViCrop's code)
+    /// ViCrop's base box side in source pixels (default: the LLaVA model's
+    /// vision input side, 336 for LLaVA-1.5; 224 for Qwen2.5-VL, as ViCrop's code)
     #[arg(long)]
     pub vicrop_box: Option<f64>,
     /// RoI threshold (default: the benchmark's, from the paper)

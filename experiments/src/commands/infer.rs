@@ -33,7 +33,8 @@ pub struct InferArgs {
     /// ViCrop's attention layer, 0-based (default: from the model's depth)
     #[arg(long)]
     pub vicrop_layer: Option<usize>,
-    /// ViCrop's base box side in source pixels (default: 336 LLaVA, 224 Qwen)
+    /// ViCrop's base box side in source pixels (default: the LLaVA model's
+    /// vision input side, 336 for LLaVA-1.5; 224 for Qwen2.5-VL)
     #[arg(long)]
     pub vicrop_box: Option<f64>,
     /// Image file

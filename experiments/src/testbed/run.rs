@@ -593,7 +593,11 @@ pub fn run_testbed<B: Backend>(
     );
     let ratio = testbed_method("0:0")?.labels.thresholds.fg_ratio;
     let ranking = heads(&session, &splits.validation, ratio, out, log)?;
-    let vicrop_rule = ViCropRule::default();
+    // ViCrop's base box is the model's input side (168 px here).
+    let vicrop_rule = ViCropRule {
+        base_box: crate::host::HostKind::vicrop_box(model)?,
+        ..ViCropRule::default()
+    };
     let vicrop_hits = vicrop_layers(&session, &splits.validation, &vicrop_rule, out, log)?;
     let vicrop_layer = best_layer(&vicrop_hits);
     let grounding = selection_of(&ranking, settings.heads);

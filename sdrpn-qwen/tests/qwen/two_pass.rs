@@ -159,3 +159,35 @@ fn a_padded_batch_of_different_grids_answers_as_each_question_does_alone() {
     let modes = assert_batches_match(&s, &rpn, &questions, &[0.3, 0.5, 0.7]);
     eprintln!("modes: {modes:?}");
 }
+
+/// ViCrop (rel-att) through the Qwen host: the crop is ViCrop's rule on the
+/// returned map over the image's own 5x9 grid, and pass 2 answers as that
+/// region given, with and without prefix reuse.
+#[test]
+fn vicrop_on_qwen_crops_by_its_rule_and_answers_like_the_region_given() {
+    use sdrpn_train::two_pass::ViCropRule;
+    let s = session();
+    let img = image();
+    let rule = ViCropRule {
+        base_box: 60.0,
+        ..ViCropRule::default()
+    };
+    let layer = s.num_layers() - 1;
+    let with_reuse = s
+        .answer_with_vicrop(&img, QUESTION, layer, &rule, &options(true))
+        .unwrap();
+    assert_eq!(with_reuse.roi_map.len(), 45);
+    let grid = s.prepare(&img, QUESTION).unwrap().grid();
+    let crop = sdrpn_core::vicrop::vicrop_box(&with_reuse.roi_map, grid, 320, 180, 60.0).unwrap();
+    assert_eq!(with_reuse.crop, Some(crop));
+    assert!(crop.width() < 320, "a real crop: {crop:?}");
+    assert_eq!(with_reuse.mode, RoiMode::Bbox);
+    let without = s
+        .answer_with_vicrop(&img, QUESTION, layer, &rule, &options(false))
+        .unwrap();
+    assert_same_answer(&with_reuse, &without, "Qwen ViCrop reuse vs recompute");
+    let region = s
+        .answer_with_region(&img, QUESTION, crop, &options(true))
+        .unwrap();
+    assert_same_answer(&with_reuse, &region, "Qwen ViCrop vs its crop given");
+}

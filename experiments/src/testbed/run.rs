@@ -774,15 +774,15 @@ fn summarise(
     };
     localisation.crop_hit_rate = share(&|a| a.hit);
     localisation.crop_rate = share(&|a| a.crop.is_some());
-    let vicrop: Vec<&Answered> = answers
+    let by_vicrop: Vec<&Answered> = answers
         .iter()
         .filter(|a| a.answerer == Answerer::ViCrop)
         .collect();
-    let mut vicrop_ious: Vec<f64> = vicrop.iter().map(|a| a.iou).collect();
+    let mut vicrop_ious: Vec<f64> = by_vicrop.iter().map(|a| a.iou).collect();
     vicrop_ious.sort_by(f64::total_cmp);
     localisation.vicrop_iou_median = median(&vicrop_ious);
     localisation.vicrop_hit_rate =
-        vicrop.iter().filter(|a| a.hit).count() as f64 / vicrop.len().max(1) as f64;
+        by_vicrop.iter().filter(|a| a.hit).count() as f64 / by_vicrop.len().max(1) as f64;
     let throughput_ratio = ms[&Answerer::Baseline] / ms[&Answerer::Sdrpn].max(1e-9);
     let vicrop_throughput_ratio = ms[&Answerer::Baseline] / ms[&Answerer::ViCrop].max(1e-9);
     Ok(Results {

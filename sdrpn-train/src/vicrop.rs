@@ -66,6 +66,10 @@ impl ViCropRule {
     }
 }
 
+/// The output states of the last layer run (`[1, T, D]`) and one map of
+/// `P` values per asked layer.
+pub type StatesAndMaps<B> = (Tensor<B, 3>, Vec<Vec<f32>>);
+
 /// ViCrop's rel-att map at each of `layers` (ascending) for `question` about
 /// `image`: the head-averaged attention of the prompt's last position to its
 /// visual tokens ([`head_mean_row`]) divided by the same for the rule's
@@ -82,7 +86,7 @@ pub fn relative_maps<B: Backend, H: RpnHost<B>>(
     layers: &[usize],
     rule: &ViCropRule,
     cache: Option<&mut KvCache<B>>,
-) -> Result<(Tensor<B, 3>, Vec<Vec<f32>>), H::Error> {
+) -> Result<StatesAndMaps<B>, H::Error> {
     let (h, maps) = attention_rows(host, prompt, layers, cache)?;
     let generic = host.prepare(image, &rule.generic_for(question))?;
     let (_, generic) = attention_rows(host, &generic, layers, None)?;
@@ -102,7 +106,7 @@ pub fn attention_rows<B: Backend, H: RpnHost<B>>(
     prompt: &H::Prompt,
     layers: &[usize],
     cache: Option<&mut KvCache<B>>,
-) -> Result<(Tensor<B, 3>, Vec<Vec<f32>>), H::Error> {
+) -> Result<StatesAndMaps<B>, H::Error> {
     let last = *layers.last().expect("at least one layer");
     if last >= host.num_layers() || layers.windows(2).any(|w| w[0] >= w[1]) {
         return Err(sdrpn_core::CoreError::config(

@@ -303,3 +303,60 @@ fn label_train_and_infer_run_on_a_qwen_checkpoint() {
     assert_eq!(both[1]["question"], "Which colour is the top left corner?");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `infer --method vicrop-rel` needs no RPN: it prints ViCrop's map over the
+/// image's grid, a crop and the bbox mode; a layer past the model is refused
+/// by name, and so is `--method sdrpn` without `--rpn`.
+#[test]
+fn infer_answers_with_vicrop_without_an_rpn() {
+    let model = fixtures().join("tiny-qwen");
+    let image = fixtures().join("images/big.png");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+            .args(["infer", "--model"])
+            .arg(&model)
+            .arg("--image")
+            .arg(&image)
+            .args([
+                "--question",
+                "What is in the picture?",
+                "--json",
+                "--max-new-tokens",
+                "3",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--method", "vicrop-rel", "--vicrop-box", "60"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mode"], "bbox");
+    let map = json["roi_map"].as_array().unwrap();
+    assert_eq!(
+        (map.len(), map[0].as_array().unwrap().len()),
+        (5, 9),
+        "{json}"
+    );
+    let crop: Vec<u64> = json["crop"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(crop[2] - crop[0] < 320, "a real crop: {crop:?}");
+    let out = run(&["--method", "vicrop-rel", "--vicrop-layer", "99"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--vicrop-layer 99") && err.contains("layers"),
+        "{err}"
+    );
+    let out = run(&["--method", "sdrpn"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --rpn"));
+}

@@ -79,3 +79,23 @@ impl MethodArgs {
         Ok(config)
     }
 }
+
+/// ViCrop's settings on the command line (`--method vicrop-rel`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ViCropArgs {
+    /// ViCrop's attention layer, 0-based (default: 14 of 32 as ViCrop's
+    /// LLaVA-1.5-7B, 22 of 36, else the same share of the model's depth)
+    #[arg(long)]
+    pub vicrop_layer: Option<usize>,
+    /// ViCrop's base box side in source pixels (default: the LLaVA model's
+    /// vision input side, 336 for LLaVA-1.5; 224 for Qwen2.5-VL)
+    #[arg(long)]
+    pub vicrop_box: Option<f64>,
+}
+
+impl ViCropArgs {
+    /// The settings for the checkpoint in `model`.
+    pub fn spec(&self, model: &std::path::Path) -> anyhow::Result<crate::eval::ViCropSpec> {
+        crate::eval::ViCropSpec::for_model(model, self.vicrop_layer, self.vicrop_box)
+    }
+}

@@ -1,8 +1,8 @@
 //! `sdrpn eval`: a benchmark, baseline or SD-RPN, resumable, scored.
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, ViCropArgs};
 use crate::data_source::load_samples;
-use crate::eval::{run_eval, score_predictions, EvalReport, EvalSpec, Method, ViCropSpec};
+use crate::eval::{run_eval, score_predictions, EvalReport, EvalSpec, Method};
 use crate::host::{with_host, HostJob};
 use crate::progress::bar;
 use anyhow::Context;
@@ -37,14 +37,8 @@ pub struct EvalArgs {
     /// baseline, sdrpn or vicrop-rel (default: sdrpn when --rpn is given)
     #[arg(long, value_enum)]
     pub method: Option<Method>,
-    /// ViCrop's attention layer, 0-based (default: 14 of 32 as ViCrop's
-    /// LLaVA-1.5-7B, 22 of 36, else the same share of the model's depth)
-    #[arg(long)]
-    pub vicrop_layer: Option<usize>,
-    /// ViCrop's base box side in source pixels (default: the LLaVA model's
-    /// vision input side, 336 for LLaVA-1.5; 224 for Qwen2.5-VL, as ViCrop's code)
-    #[arg(long)]
-    pub vicrop_box: Option<f64>,
+    #[command(flatten)]
+    pub vicrop: ViCropArgs,
     /// RoI threshold (default: the benchmark's, from the paper)
     #[arg(long)]
     pub threshold: Option<f64>,
@@ -155,7 +149,7 @@ impl<B: Backend> HostJob<B> for Evaluation {
             },
             redo_on_change: args.force,
             batch: args.batch as usize,
-            vicrop: ViCropSpec::for_model(&args.model, args.vicrop_layer, args.vicrop_box)?,
+            vicrop: args.vicrop.spec(&args.model)?,
         };
         let progress = bar(0, &format!("{} {:?}", args.benchmark, method));
         run_eval(

@@ -1,7 +1,7 @@
 //! `sdrpn infer`: stage C, two-pass answering with the trained RPN (or
 //! ViCrop's training-free RoI, or the plain baseline).
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, ViCropArgs};
 use crate::eval::{Method, ViCropSpec};
 use crate::heatmap::{self, GridPlacement};
 use crate::host::{with_host, HostJob, HostKind};
@@ -30,13 +30,8 @@ pub struct InferArgs {
     /// baseline, sdrpn or vicrop-rel (default: sdrpn with --rpn, else baseline)
     #[arg(long, value_enum)]
     pub method: Option<Method>,
-    /// ViCrop's attention layer, 0-based (default: from the model's depth)
-    #[arg(long)]
-    pub vicrop_layer: Option<usize>,
-    /// ViCrop's base box side in source pixels (default: the LLaVA model's
-    /// vision input side, 336 for LLaVA-1.5; 224 for Qwen2.5-VL)
-    #[arg(long)]
-    pub vicrop_box: Option<f64>,
+    #[command(flatten)]
+    pub vicrop: ViCropArgs,
     /// Image file
     #[arg(long)]
     pub image: PathBuf,
@@ -96,7 +91,7 @@ impl BackendJob for InferArgs {
                 .with_context(|| format!("{} is not a `sdrpn train` run", run.display()))?,
             None => HostKind::preset(&self.model)?,
         };
-        let vicrop = ViCropSpec::for_model(&self.model, self.vicrop_layer, self.vicrop_box)?;
+        let vicrop = self.vicrop.spec(&self.model)?;
         let (model, prompt) = (self.model.clone(), run_config.prompt);
         let placement = match HostKind::of(&model)? {
             HostKind::Llava => GridPlacement::Square(prompt.image_mode),

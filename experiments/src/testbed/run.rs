@@ -316,18 +316,28 @@ fn heads<B: Backend>(
     out: &Path,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Vec<HeadScore>> {
-    let path = out.join("heads.json");
-    if let Ok(text) = std::fs::read_to_string(&path) {
+    cached_json(&out.join("heads.json"), || {
+        log(&format!(
+            "ranking heads on {} validation questions",
+            validation.len()
+        ));
+        let probes: Vec<Probe> = validation.iter().map(probe_of).collect();
+        rank_heads(session, &probes, ratio, 8, |_, _| {})
+    })
+}
+
+/// The value stored as JSON in `path`, or else `compute`'s, stored there
+/// (atomically) for the next run.
+fn cached_json<T: Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
+    compute: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if let Ok(text) = std::fs::read_to_string(path) {
         return serde_json::from_str(&text).with_context(|| path.display().to_string());
     }
-    log(&format!(
-        "ranking heads on {} validation questions",
-        validation.len()
-    ));
-    let probes: Vec<Probe> = validation.iter().map(probe_of).collect();
-    let scores = rank_heads(session, &probes, ratio, 8, |_, _| {})?;
-    write_atomic(&path, serde_json::to_string_pretty(&scores)?.as_bytes())?;
-    Ok(scores)
+    let value = compute()?;
+    write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
+    Ok(value)
 }
 
 /// For each layer of the model, the share of validation questions whose
@@ -341,10 +351,18 @@ fn vicrop_layers<B: Backend>(
     out: &Path,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Vec<f64>> {
-    let path = out.join("vicrop-layers.json");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return serde_json::from_str(&text).with_context(|| path.display().to_string());
-    }
+    cached_json(&out.join("vicrop-layers.json"), || {
+        vicrop_layer_shares(session, validation, rule, log)
+    })
+}
+
+/// [`vicrop_layers`] computed.
+fn vicrop_layer_shares<B: Backend>(
+    session: &LlavaSession<B>,
+    validation: &[Sample],
+    rule: &ViCropRule,
+    log: &mut dyn FnMut(&str),
+) -> anyhow::Result<Vec<f64>> {
     log(&format!(
         "choosing ViCrop's layer on {} validation questions",
         validation.len()
@@ -379,12 +397,10 @@ fn vicrop_layers<B: Backend>(
             }
         }
     }
-    let shares: Vec<f64> = hits
+    Ok(hits
         .iter()
         .map(|&h| h as f64 / validation.len().max(1) as f64)
-        .collect();
-    write_atomic(&path, serde_json::to_string_pretty(&shares)?.as_bytes())?;
-    Ok(shares)
+        .collect())
 }
 
 /// The layer with the largest share (the lowest on ties).

@@ -86,6 +86,29 @@ impl ViCropSpec {
         spec.layer = layer;
         Ok(spec)
     }
+
+    /// The layer to read on a model of `num_layers` (the given one, checked,
+    /// or [`ViCropRule::default_layer`]) and the two-pass options that
+    /// answer with `answer` (pass 1 runs layers `0..=layer`; prefix reuse on).
+    pub fn resolve(
+        &self,
+        num_layers: usize,
+        answer: &AnswerOptions,
+    ) -> anyhow::Result<(usize, TwoPassOptions)> {
+        let layer = self.layer.unwrap_or(ViCropRule::default_layer(num_layers));
+        if layer >= num_layers {
+            anyhow::bail!(
+                "--vicrop-layer {layer} (vicrop_layer in an experiment config) is not below the model's {num_layers} layers"
+            );
+        }
+        let options = TwoPassOptions {
+            branch: layer + 1,
+            roi: Default::default(),
+            answer: answer.clone(),
+            reuse_prefix_cache: true,
+        };
+        Ok((layer, options))
+    }
 }
 
 /// One answered sample, as stored in `predictions-<worker>.jsonl`.
@@ -294,26 +317,10 @@ pub fn run_eval<B: Backend, H: sdrpn_train::trainer::TrainHost<B>>(
         (Method::Sdrpn, None) => anyhow::bail!("--method sdrpn needs --rpn RUN"),
         (Method::VicropRel, _) => None,
     };
-    let vicrop = (spec.method == Method::VicropRel).then(|| {
-        let layers = session.num_layers();
-        let layer = spec
-            .vicrop
-            .layer
-            .unwrap_or(ViCropRule::default_layer(layers));
-        let options = TwoPassOptions {
-            branch: layer + 1,
-            roi: Default::default(),
-            answer: answer.clone(),
-            reuse_prefix_cache: true,
-        };
-        (layer, options)
-    });
-    if let Some((layer, _)) = &vicrop {
-        let layers = session.num_layers();
-        if *layer >= layers {
-            anyhow::bail!("ViCrop layer {layer} is not below the model's {layers} layers");
-        }
-    }
+    let vicrop = match spec.method {
+        Method::VicropRel => Some(spec.vicrop.resolve(session.num_layers(), &answer)?),
+        _ => None,
+    };
     let total = mine.len();
     let mut handled = 0;
     for chunk in mine.chunks(spec.batch.max(1)) {

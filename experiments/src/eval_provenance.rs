@@ -44,28 +44,23 @@ impl EvalProvenance {
         rpn_config: Option<&SdrpnConfig>,
         samples: &[Sample],
     ) -> Self {
-        let vicrop = (spec.method == Method::VicropRel).then(|| {
+        let hash = |first: &[u8], settings: String| {
             let mut h = Fnv64::default();
-            h.update(b"vicrop-rel\0");
-            h.update(
-                serde_json::to_string(&spec.vicrop)
-                    .unwrap_or_default()
-                    .as_bytes(),
-            );
+            h.update(first);
+            h.update(settings.as_bytes());
             h.hex()
-        });
-        let rpn = vicrop.or_else(|| {
-            rpn_config.map(|c| {
-                let mut h = Fnv64::default();
-                h.update(spec.rpn_weights.as_deref().unwrap_or("").as_bytes());
-                h.update(
-                    serde_json::to_string(&c.inference)
-                        .unwrap_or_default()
-                        .as_bytes(),
-                );
-                h.hex()
-            })
-        });
+        };
+        let rpn = match (spec.method, rpn_config) {
+            (Method::VicropRel, _) => Some(hash(
+                b"vicrop-rel\0",
+                serde_json::to_string(&spec.vicrop).unwrap_or_default(),
+            )),
+            (_, Some(c)) => Some(hash(
+                spec.rpn_weights.as_deref().unwrap_or("").as_bytes(),
+                serde_json::to_string(&c.inference).unwrap_or_default(),
+            )),
+            (_, None) => None,
+        };
         let mut data = Fnv64::default();
         for s in samples {
             for part in [&s.id, &s.prompt] {

@@ -504,6 +504,8 @@ fn run_on_host<B: Backend, H: TrainHost<B>>(
             }
             None => None,
         };
+        let vicrop =
+            crate::eval::ViCropSpec::for_model(&config.model, run.vicrop_layer, run.vicrop_box)?;
         for (name, data) in &config.benchmarks {
             let benchmark: Benchmark = name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
             let loaded = load_samples(benchmark, &data.data, data.images.as_deref())?;
@@ -524,11 +526,7 @@ fn run_on_host<B: Backend, H: TrainHost<B>>(
                     .transpose()?,
                 redo_on_change: true,
                 batch: config.batch.max(1),
-                vicrop: crate::eval::ViCropSpec::for_model(
-                    &config.model,
-                    run.vicrop_layer,
-                    run.vicrop_box,
-                )?,
+                vicrop: vicrop.clone(),
             };
             log(&format!(
                 "{}: {} ({} samples)",

@@ -13,7 +13,7 @@ use sdrpn_core::host::{AnswerOptions, HostPrompt};
 use sdrpn_llava::preprocess::load_rgb;
 use sdrpn_train::trainer::load_rpn;
 use sdrpn_train::two_pass::TwoPass;
-use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput, ViCropRule};
+use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput};
 use sdrpn_train::two_pass_batch::{answer_baseline_batch, answer_batch_with_roi};
 use std::path::PathBuf;
 
@@ -164,16 +164,10 @@ impl<B: Backend> HostJob<B> for Inference {
             (Method::Sdrpn, Some(run)) => Some(load_rpn(&session, run, args.force)?),
             _ => None,
         };
-        let vicrop_layer = self
-            .vicrop
-            .layer
-            .unwrap_or(ViCropRule::default_layer(session.num_layers()));
-        if self.method == Method::VicropRel && vicrop_layer >= session.num_layers() {
-            anyhow::bail!(
-                "--vicrop-layer {vicrop_layer} is not below the model's {} layers",
-                session.num_layers()
-            );
-        }
+        let vicrop = match self.method {
+            Method::VicropRel => Some(self.vicrop.resolve(session.num_layers(), &answer)?),
+            _ => None,
+        };
         let options = rpn.as_ref().map(|(config, _)| {
             let mut roi = config.inference.roi.clone();
             if let Some(t) = args.threshold {
@@ -191,23 +185,12 @@ impl<B: Backend> HostJob<B> for Inference {
             let questions: Vec<(&image::RgbImage, &str)> =
                 chunk.iter().map(|q| (image, q.as_str())).collect();
             let answered = match (&rpn, &options, questions.as_slice()) {
-                _ if self.method == Method::VicropRel => {
-                    let o = TwoPassOptions {
-                        branch: vicrop_layer + 1,
-                        roi: Default::default(),
-                        answer: answer.clone(),
-                        reuse_prefix_cache: true,
-                    };
+                _ if vicrop.is_some() => {
+                    let (layer, o) = vicrop.as_ref().expect("checked");
                     questions
                         .iter()
                         .map(|(_, q)| {
-                            session.answer_with_vicrop(
-                                image,
-                                q,
-                                vicrop_layer,
-                                &self.vicrop.rule,
-                                &o,
-                            )
+                            session.answer_with_vicrop(image, q, *layer, &self.vicrop.rule, o)
                         })
                         .collect::<Result<Vec<_>, _>>()?
                 }

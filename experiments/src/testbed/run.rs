@@ -778,27 +778,13 @@ fn summarise(
                 .sum(),
         );
     }
-    let sdrpn: Vec<&Answered> = answers
-        .iter()
-        .filter(|a| a.answerer == Answerer::Sdrpn)
-        .collect();
-    let mut ious: Vec<f64> = sdrpn.iter().map(|a| a.iou).collect();
-    ious.sort_by(f64::total_cmp);
-    localisation.rpn_iou_median = median(&ious);
-    let share = |f: &dyn Fn(&Answered) -> bool| {
-        sdrpn.iter().filter(|a| f(a)).count() as f64 / sdrpn.len().max(1) as f64
-    };
-    localisation.crop_hit_rate = share(&|a| a.hit);
-    localisation.crop_rate = share(&|a| a.crop.is_some());
-    let by_vicrop: Vec<&Answered> = answers
-        .iter()
-        .filter(|a| a.answerer == Answerer::ViCrop)
-        .collect();
-    let mut vicrop_ious: Vec<f64> = by_vicrop.iter().map(|a| a.iou).collect();
-    vicrop_ious.sort_by(f64::total_cmp);
-    localisation.vicrop_iou_median = median(&vicrop_ious);
-    localisation.vicrop_hit_rate =
-        by_vicrop.iter().filter(|a| a.hit).count() as f64 / by_vicrop.len().max(1) as f64;
+    let sdrpn = CropStats::of(answers, Answerer::Sdrpn);
+    localisation.rpn_iou_median = sdrpn.iou_median;
+    localisation.crop_hit_rate = sdrpn.hit_rate;
+    localisation.crop_rate = sdrpn.crop_rate;
+    let vicrop_crops = CropStats::of(answers, Answerer::ViCrop);
+    localisation.vicrop_iou_median = vicrop_crops.iou_median;
+    localisation.vicrop_hit_rate = vicrop_crops.hit_rate;
     let throughput_ratio = ms[&Answerer::Baseline] / ms[&Answerer::Sdrpn].max(1e-9);
     let vicrop_throughput_ratio = ms[&Answerer::Baseline] / ms[&Answerer::ViCrop].max(1e-9);
     Ok(Results {
@@ -810,12 +796,41 @@ fn summarise(
         vicrop_throughput_ratio,
         vicrop_layer: vicrop.0,
         vicrop_layer_hits: vicrop.1.to_vec(),
-        test_samples: sdrpn.len(),
+        test_samples: sdrpn.answers,
         grounding_heads: grounding.to_string(),
         head_ranking: ranking.iter().take(10).cloned().collect(),
         settings: settings.clone(),
         model: model.to_path_buf(),
     })
+}
+
+/// How one answerer's crops lie on the test split.
+struct CropStats {
+    /// Questions it answered.
+    answers: usize,
+    /// Median IoU of its crop with the target (0 without a crop).
+    iou_median: f64,
+    /// Share of its crops holding the target's code.
+    hit_rate: f64,
+    /// Share of questions it cropped at all.
+    crop_rate: f64,
+}
+
+impl CropStats {
+    fn of(answers: &[Answered], who: Answerer) -> Self {
+        let mine: Vec<&Answered> = answers.iter().filter(|a| a.answerer == who).collect();
+        let mut ious: Vec<f64> = mine.iter().map(|a| a.iou).collect();
+        ious.sort_by(f64::total_cmp);
+        let share = |f: &dyn Fn(&Answered) -> bool| {
+            mine.iter().filter(|a| f(a)).count() as f64 / mine.len().max(1) as f64
+        };
+        Self {
+            answers: mine.len(),
+            iou_median: median(&ious),
+            hit_rate: share(&|a| a.hit),
+            crop_rate: share(&|a| a.crop.is_some()),
+        }
+    }
 }
 
 /// The median of sorted values (0 when empty).

@@ -33,6 +33,7 @@ use std::path::Path;
 
 use super::{text, vstar, Benchmark, Sample};
 use crate::benchmarks::table::Record;
+use crate::scorers::hrbench::option_letters;
 
 /// The short-answer post-prompt (TextVQA, DocVQA, InfoVQA, POPE).
 pub const SHORT_ANSWER: &str = "\nAnswer the question using a single word or phrase.";
@@ -70,7 +71,7 @@ pub fn columns(benchmark: Benchmark) -> (&'static [&'static str], &'static [&'st
 /// "Answer the option letter directly.".
 pub fn hrbench_prompt(question: &str, options: &[String]) -> String {
     let mut prompt = format!("{}\n", text::strip(question));
-    for (letter, option) in ('A'..='Z').zip(options) {
+    for (letter, option) in option_letters(options.len()).zip(options) {
         prompt += &format!("{letter}. {option}\n");
     }
     prompt + "Answer the option letter directly."
@@ -167,10 +168,7 @@ pub(crate) fn to_sample(
                 }
             }
             let answer = rec.string("answer")?;
-            if !('A'..='Z')
-                .take(options.len())
-                .any(|l| answer == l.to_string())
-            {
+            if !option_letters(options.len()).any(|l| l == answer) {
                 return Err(format!(
                     "`answer` is {answer:?}, not one of the {} option letters",
                     options.len()

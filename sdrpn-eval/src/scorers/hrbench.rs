@@ -40,8 +40,9 @@ const REFUSALS: [&str; 4] = [
     "Cannot determine the answer",
 ];
 
-/// The option letters, in order, of `count` options.
-fn letters(count: usize) -> impl Iterator<Item = String> {
+/// The letters of `count` options, in order: A, B, ... (the keys of
+/// lmms-eval's options dict, `utils.py`:40-42).
+pub fn option_letters(count: usize) -> impl Iterator<Item = String> {
     ('A'..='Z').take(count).map(String::from)
 }
 
@@ -59,7 +60,7 @@ pub fn infer_option(prediction: &str, options: usize) -> Option<String> {
         .map(|c| if ".()[],:;!*#{}".contains(c) { ' ' } else { c })
         .collect();
     let tokens: Vec<&str> = pytext::split(&cleaned).collect();
-    let named: Vec<String> = letters(options)
+    let named: Vec<String> = option_letters(options)
         .filter(|l| tokens.contains(&l.as_str()))
         .collect();
     match named.len() {
@@ -73,7 +74,7 @@ pub fn infer_option(prediction: &str, options: usize) -> Option<String> {
 /// lower-cased prediction, `None` when none or several do.
 pub fn infer_text(prediction: &str, options: &[String]) -> Option<String> {
     let lowered = pytext::lower(prediction);
-    let mut found = letters(options.len())
+    let mut found = option_letters(options.len())
         .zip(options)
         .filter(|(_, text)| lowered.contains(&pytext::lower(text)));
     match (found.next(), found.next()) {

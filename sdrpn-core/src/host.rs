@@ -218,6 +218,22 @@ pub trait RpnHost<B: Backend> {
         keep: &[usize],
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>);
 
+    /// The post-softmax attention `A` of decoder layer `layer` over a
+    /// prompt whose input to that layer is `h` (at rotary `positions`, no
+    /// cache), and the gradient `dA` of the log-probability of the greedy
+    /// next token at the last position with respect to it: ViCrop's
+    /// grad-att ingredients, by autodiff through the frozen layers
+    /// `layer..L` and the head (no parameter gradients).
+    ///
+    /// # Shapes
+    /// - `h`: `[1, T, D]` -> (`A`, `dA`), both `[1, H, T, T]`
+    fn attention_gradient(
+        &self,
+        h: Tensor<B, 3>,
+        positions: &Positions,
+        layer: usize,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>), Self::Error>;
+
     /// Embeddings of one token per sample.
     ///
     /// # Shapes

@@ -244,6 +244,18 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
             .run_keeping(h, start, positions, layers, cache, keep)
     }
 
+    fn attention_gradient(
+        &self,
+        h: Tensor<B, 3>,
+        positions: &Positions,
+        layer: usize,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
+        Ok(self
+            .model
+            .language
+            .attention_gradient(h, positions, layer)?)
+    }
+
     fn embed_tokens(&self, ids: &[u32]) -> Tensor<B, 3> {
         self.model.language.embed_each(ids)
     }

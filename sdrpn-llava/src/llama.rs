@@ -6,8 +6,10 @@ use crate::config::LlamaConfig;
 use crate::nn::{scaled_softmax_f32, split_heads, RmsNorm};
 use crate::taps::{Captured, Taps};
 use crate::weights::TensorLoader;
+use burn::backend::Autodiff;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use sdrpn_core::fast_cpu::{merge_heads, silu};
@@ -133,9 +135,10 @@ impl<B: Backend> LlamaAttention<B> {
 
     /// Attention over the pass's new positions and everything in `cache`
     /// (if given, the new keys/values are appended to it). Returns the
-    /// output and, when `keep_probs`, the post-softmax probabilities.
+    /// output and, unless `probs` is [`ProbsUse::Discard`], the post-softmax
+    /// probabilities.
     ///
-    /// Without `keep_probs` a causal pass over more than [`QUERY_BLOCK`]
+    /// When they are discarded a causal pass over more than [`QUERY_BLOCK`]
     /// tokens runs in blocks of queries, each against only the keys it can
     /// see (about half the products and exponentials of the full square);
     /// the masked scores it skips have probability exactly 0, so the output
@@ -148,7 +151,7 @@ impl<B: Backend> LlamaAttention<B> {
         x: Tensor<B, 3>,
         pass: &PassContext<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
-        keep_probs: bool,
+        probs_use: ProbsUse,
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let [n, t, _] = x.dims();
@@ -169,7 +172,9 @@ impl<B: Backend> LlamaAttention<B> {
         let s = k.dims()[2];
         let bias = pass.causal_bias.as_ref();
         let blocks = match bias {
-            Some(_) if !keep_probs && t > QUERY_BLOCK => (0..t).step_by(QUERY_BLOCK).collect(),
+            Some(_) if probs_use == ProbsUse::Discard && t > QUERY_BLOCK => {
+                (0..t).step_by(QUERY_BLOCK).collect()
+            }
             _ => vec![0],
         };
         let mut kept = None;
@@ -191,9 +196,12 @@ impl<B: Backend> LlamaAttention<B> {
                 let [nb, _, _, _] = b.dims();
                 b.clone().slice([0..nb, 0..1, r0..r1, 0..end])
             });
-            let probs = self.probabilities(q, k, bias.as_ref());
+            let mut probs = self.probabilities(q, k, bias.as_ref());
+            if probs_use == ProbsUse::Leaf {
+                probs = probs.detach().require_grad();
+            }
             contexts.push(self.context(probs.clone(), v));
-            if keep_probs {
+            if probs_use != ProbsUse::Discard {
                 kept = Some(probs);
             }
         }
@@ -253,6 +261,21 @@ impl<B: Backend> LlamaAttention<B> {
                 .reshape([n, h, t, hd])
         }
     }
+}
+
+/// What an attention pass does with its post-softmax probabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbsUse {
+    /// Nothing (a long causal pass then runs in query blocks).
+    Discard,
+    /// Returns them with the output.
+    Keep,
+    /// Returns them as an autodiff leaf that the output is computed from:
+    /// after `backward` of anything computed from the output,
+    /// `probs.grad(&grads)` is its gradient with respect to the
+    /// probabilities (HF's `torch.autograd.grad(loss, attentions[l])`), and
+    /// backward stops there. Without autodiff the same as `Keep`.
+    Leaf,
 }
 
 /// Queries per block of a causal pass whose probabilities nobody keeps (see
@@ -347,20 +370,20 @@ impl<B: Backend> LlamaDecoderLayer<B> {
     }
 
     /// # Shapes
-    /// - `x`: `[N, T, D]` -> (`[N, T, D]`, probabilities `[N, H, T, S]` when
-    ///   `keep_probs`)
+    /// - `x`: `[N, T, D]` -> (`[N, T, D]`, probabilities `[N, H, T, S]`
+    ///   unless discarded)
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         pass: &PassContext<B>,
         cache: Option<(&mut KvCache<B>, usize)>,
-        keep_probs: bool,
+        probs_use: ProbsUse,
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let (attn, probs) = self.self_attn.forward(
             self.input_layernorm.forward(x.clone()),
             pass,
             cache,
-            keep_probs,
+            probs_use,
         );
         let x = x + attn;
         let out = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
@@ -371,7 +394,7 @@ impl<B: Backend> LlamaDecoderLayer<B> {
 impl<B: Backend> sdrpn_core::rpn::TwigLayer<B> for LlamaDecoderLayer<B> {
     fn forward_twig(&self, x: Tensor<B, 3>, positions: &Positions) -> Tensor<B, 3> {
         let pass = self.pass_context(0, positions, &x.device());
-        self.forward(x, &pass, None, false).0
+        self.forward(x, &pass, None, ProbsUse::Discard).0
     }
 }
 
@@ -485,7 +508,10 @@ impl<B: Backend> LlamaModel<B> {
                 h,
                 &pass,
                 cache.as_deref_mut().map(|c| (c, i)),
-                taps.keeps_attention(i),
+                match taps.keeps_attention(i) {
+                    true => ProbsUse::Keep,
+                    false => ProbsUse::Discard,
+                },
             );
             h = out;
             if let Some(kept) = probs.and_then(|p| taps.select(i, &p, start)) {
@@ -570,6 +596,65 @@ impl<B: Backend> LlamaModel<B> {
     /// - `h`: `[N, T, D]` -> `[N, T, V]`
     pub fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         self.lm_head.forward(h)
+    }
+
+    /// ViCrop's grad-att ingredients at decoder layer `layer`: its
+    /// post-softmax attention `A` over a prompt whose input to that layer is
+    /// `h` (at rotary `positions`, no cache), and the gradient `dA` of the
+    /// log-probability of the greedy next token (the argmax at the last
+    /// position, after the final norm and head) with respect to it: HF's
+    /// `torch.autograd.grad(-CrossEntropy(logits[:, -1], argmax),
+    /// attentions[layer])`. Burn autodiff through layers `layer..L` on
+    /// untracked copies of their weights (no parameter gradients; backward
+    /// stops at `A`); layers before `layer` are not run.
+    ///
+    /// # Shapes
+    /// - `h`: `[1, T, D]` -> (`A`, `dA`), both `[1, H, T, T]`
+    pub fn attention_gradient(
+        &self,
+        h: Tensor<B, 3>,
+        positions: &Positions,
+        layer: usize,
+    ) -> sdrpn_core::Result<(Tensor<B, 4>, Tensor<B, 4>)> {
+        let Some(first) = self.layers.get(layer) else {
+            return Err(sdrpn_core::CoreError::config(
+                "attention gradient layer",
+                format!(
+                    "{layer} is not below the model's {} layers",
+                    self.layers.len()
+                ),
+            ));
+        };
+        let [n, t, d] = h.dims();
+        if n != 1 || positions.len() != t {
+            return Err(sdrpn_core::CoreError::config(
+                "attention gradient input",
+                format!(
+                    "one sample of {} positions, got {n} of {t}",
+                    positions.len()
+                ),
+            ));
+        }
+        let first: LlamaDecoderLayer<Autodiff<B>> = first.clone().train();
+        let x = Tensor::<Autodiff<B>, 3>::from_inner(h);
+        let pass = first.pass_context(0, positions, &x.device());
+        let (mut x, probs) = first.forward(x, &pass, None, ProbsUse::Leaf);
+        let probs = probs.expect("a leaf is kept");
+        for later in &self.layers[layer + 1..] {
+            let later: LlamaDecoderLayer<Autodiff<B>> = later.clone().train();
+            x = later.forward(x, &pass, None, ProbsUse::Discard).0;
+        }
+        let norm: RmsNorm<Autodiff<B>> = self.norm.clone().train();
+        let head: Linear<Autodiff<B>> = self.lm_head.clone().train();
+        let logits = head.forward(norm.forward(x.slice([0..1, t - 1..t, 0..d])));
+        let vocab = logits.dims()[2];
+        let log_probs = log_softmax(logits.reshape([1, vocab]), 1);
+        let greedy = log_probs.clone().argmax(1);
+        let grads = log_probs.gather(1, greedy).sum().backward();
+        let grad = probs
+            .grad(&grads)
+            .unwrap_or_else(|| probs.clone().inner().zeros_like());
+        Ok((probs.inner(), grad))
     }
 
     /// Logits of the last position of the last sample of normed hidden
@@ -659,7 +744,7 @@ mod tests {
             &Positions::prefix(7),
             &device,
         );
-        let (out_g, probs_g) = gqa.forward(x.clone(), &whole, None, true);
+        let (out_g, probs_g) = gqa.forward(x.clone(), &whole, None, ProbsUse::Keep);
         let whole_mha = PassContext::new(
             (4, 4, 4),
             (10000.0, None),
@@ -667,7 +752,7 @@ mod tests {
             &Positions::prefix(7),
             &device,
         );
-        let (out_m, probs_m) = mha.forward(x.clone(), &whole_mha, None, true);
+        let (out_m, probs_m) = mha.forward(x.clone(), &whole_mha, None, ProbsUse::Keep);
         close(probs_g.unwrap(), probs_m.unwrap());
         close(out_g.clone().unsqueeze(), out_m.unsqueeze());
 
@@ -684,7 +769,7 @@ mod tests {
             x.clone().slice([0..1, 0..5, 0..16]),
             &first,
             Some((&mut cache, 0)),
-            false,
+            ProbsUse::Discard,
         );
         let second = PassContext::new(
             (4, 2, 4),
@@ -697,7 +782,7 @@ mod tests {
             x.slice([0..1, 5..7, 0..16]),
             &second,
             Some((&mut cache, 0)),
-            false,
+            ProbsUse::Discard,
         );
         close(
             tail.unsqueeze(),
@@ -736,19 +821,24 @@ mod tests {
                 )
             };
             for start in [0, 20] {
-                let run = |keep: bool| {
+                let run = |keep: ProbsUse| {
                     let mut cache = KvCache::new(1);
                     if start > 0 {
                         let head = x.clone().slice([0..2, 0..start, 0..16]);
-                        layer.forward(head, &pass(0, start), Some((&mut cache, 0)), false);
+                        layer.forward(
+                            head,
+                            &pass(0, start),
+                            Some((&mut cache, 0)),
+                            ProbsUse::Discard,
+                        );
                     }
                     let tail = x.clone().slice([0..2, start..start + t, 0..16]);
                     let (out, probs) =
                         layer.forward(tail, &pass(start, t), Some((&mut cache, 0)), keep);
-                    assert_eq!(probs.is_some(), keep);
+                    assert_eq!(probs.is_some(), keep == ProbsUse::Keep);
                     out
                 };
-                let (blocked, full) = (run(false), run(true));
+                let (blocked, full) = (run(ProbsUse::Discard), run(ProbsUse::Keep));
                 let diff: f32 = (blocked - full).abs().max().into_scalar();
                 assert!(diff < 1e-6, "kv heads {kv_heads}, start {start}: {diff}");
             }

@@ -15,8 +15,8 @@
 //! `reuse_prefix_cache = false` recomputes everything, as the reference
 //! code does on both hosts).
 
-use crate::vicrop::relative_maps;
-pub use crate::vicrop::ViCropRule;
+use crate::vicrop::{gradient_map, relative_maps};
+pub use crate::vicrop::{ViCropMap, ViCropRule};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -99,7 +99,7 @@ enum MapSource<'a, B: Backend, H: RpnHost<B>> {
     Given(&'a [f32]),
     /// A crop given by the caller (source pixels): no map, one box.
     Region(PixelBox),
-    /// ViCrop's rel-att map of layer `branch - 1` and its crop rule.
+    /// ViCrop's map (rel-att or grad-att) of layer `branch - 1` and its crop rule.
     ViCrop(&'a ViCropRule),
 }
 
@@ -228,10 +228,12 @@ pub trait TwoPass<B: Backend>: RpnHost<B> + Sized {
         two_pass(self, image, question, options, MapSource::Given(map))
     }
 
-    /// ViCrop's two passes (rel-att, [`ViCropRule`]): pass 1 runs layers
-    /// `0..=layer` on the prompt and on the generic question's prompt, the
-    /// ratio of their maps picks ViCrop's crop, pass 2 answers with the
-    /// crop's tokens appended (reusing pass 1's prefix like SD-RPN).
+    /// ViCrop's two passes ([`ViCropRule`]): pass 1 runs layers `0..=layer`
+    /// on the prompt and, for rel-att, on the generic question's prompt
+    /// (the ratio of their maps picks ViCrop's crop), or, for grad-att,
+    /// layers `layer..L` once more with autodiff (the gradient-weighted map
+    /// picks it); pass 2 answers with the crop's tokens appended (reusing
+    /// pass 1's prefix like SD-RPN).
     /// `options.branch` is ignored (the layer takes its place); `options.roi`
     /// too.
     fn answer_with_vicrop(
@@ -288,18 +290,24 @@ fn two_pass<B: Backend, H: RpnHost<B>>(
             let (probs, h) = host.roi_probabilities(rpn, &prompt, k, &mut cache)?;
             (Some(probs), h)
         }
-        MapSource::ViCrop(rule) => {
-            let (h, mut maps) = relative_maps(
-                host,
-                &prompt,
-                image,
-                question,
-                &[k - 1],
-                rule,
-                Some(&mut cache),
-            )?;
-            (maps.pop(), h)
-        }
+        MapSource::ViCrop(rule) => match rule.map {
+            ViCropMap::Relative => {
+                let (h, mut maps) = relative_maps(
+                    host,
+                    &prompt,
+                    image,
+                    question,
+                    &[k - 1],
+                    rule,
+                    Some(&mut cache),
+                )?;
+                (maps.pop(), h)
+            }
+            ViCropMap::Gradient => {
+                let (h, map) = gradient_map(host, &prompt, k - 1, Some(&mut cache))?;
+                (Some(map), h)
+            }
+        },
         MapSource::Given(_) | MapSource::Region(_) => {
             if let MapSource::Given(map) = source {
                 grid.check_len("RoI map", map.len())?;

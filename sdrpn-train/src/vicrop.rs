@@ -1,8 +1,9 @@
-//! ViCrop's rel-att maps on any host (the RoI source of the paper's
-//! comparison method, [`sdrpn_core::vicrop`]): the crop is chosen by
+//! ViCrop's rel-att and grad-att maps on any host (the RoI sources of the
+//! paper's comparison method, [`sdrpn_core::vicrop`]): the crop is chosen by
 //! `sdrpn_core::vicrop::vicrop_box` and answered by
 //! [`crate::two_pass::TwoPass::answer_with_vicrop`].
 
+use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use image::RgbImage;
@@ -12,14 +13,29 @@ use sdrpn_core::readback::floats;
 use sdrpn_core::vicrop::{head_mean_row, relative_attention};
 use serde::Serialize;
 
-/// ViCrop's training-free RoI source (rel-att, [`sdrpn_core::vicrop`]):
-/// the attention of the last prompt position to the image at one layer,
-/// averaged over heads, divided by the same map for a generic question;
-/// ViCrop's square crop around its peak; the crop's tokens appended after
-/// the image's, as for an SD-RPN box (ViCrop also gives the crop as a second
-/// image right after the original).
+/// Which of ViCrop's training-free maps picks the crop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViCropMap {
+    /// rel-att: the attention of the last prompt position to the image at
+    /// one layer, averaged over heads, divided by the same map for a generic
+    /// question ([`relative_maps`]).
+    #[default]
+    Relative,
+    /// grad-att: that attention weighted by the positive part of the
+    /// gradient of the greedy first answer token's log-probability with
+    /// respect to it, averaged over heads, not divided ([`gradient_map`]).
+    Gradient,
+}
+
+/// ViCrop's training-free RoI source ([`sdrpn_core::vicrop`]): one of its
+/// maps at one layer ([`ViCropMap`]); ViCrop's square crop around its peak;
+/// the crop's tokens appended after the image's, as for an SD-RPN box
+/// (ViCrop also gives the crop as a second image right after the original).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ViCropRule {
+    /// rel-att or grad-att.
+    pub map: ViCropMap,
     /// The crop's base side in source pixels (ViCrop's `bbox_size`: 336 for
     /// LLaVA-1.5, 224 for Qwen2.5-VL).
     pub base_box: f64,
@@ -33,6 +49,7 @@ pub struct ViCropRule {
 impl Default for ViCropRule {
     fn default() -> Self {
         Self {
+            map: ViCropMap::Relative,
             base_box: 336.0,
             generic_question: sdrpn_core::vicrop::GENERIC_QUESTION.to_string(),
         }
@@ -107,17 +124,7 @@ pub fn attention_rows<B: Backend, H: RpnHost<B>>(
     layers: &[usize],
     cache: Option<&mut KvCache<B>>,
 ) -> Result<StatesAndMaps<B>, H::Error> {
-    let last = *layers.last().expect("at least one layer");
-    if last >= host.num_layers() || layers.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(sdrpn_core::CoreError::config(
-            "ViCrop layers",
-            format!(
-                "{layers:?} must ascend and lie below the model's {} layers",
-                host.num_layers()
-            ),
-        )
-        .into());
-    }
+    let last = check_layers(host, layers)?;
     let (h, kept) = host.run_layers_keeping(
         prompt.embeds(),
         0,
@@ -131,4 +138,56 @@ pub fn attention_rows<B: Backend, H: RpnHost<B>>(
         .map(|probs| floats(head_mean_row(probs, prompt.query(), prompt.visual())))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((h, rows))
+}
+
+/// ViCrop's grad-att map at `layer` for `prompt`
+/// (`gradient_attention_llava`, `llava_methods.py`:16-54): `A * relu(dA)`
+/// of the layer's attention `A` and the gradient `dA` of the greedy first
+/// answer token's log-probability ([`RpnHost::attention_gradient`]), the
+/// last prompt row over the visual tokens, averaged over heads
+/// ([`head_mean_row`]); no generic question. Runs layers `0..=layer` of the
+/// prompt (into `cache` when given) and layers `layer..L` once more with
+/// autodiff.
+///
+/// # Shapes
+/// - returns (the output of layer `layer` `[1, T, D]`, `P` values)
+pub fn gradient_map<B: Backend, H: RpnHost<B>>(
+    host: &H,
+    prompt: &H::Prompt,
+    layer: usize,
+    mut cache: Option<&mut KvCache<B>>,
+) -> Result<(Tensor<B, 3>, Vec<f32>), H::Error> {
+    check_layers(host, &[layer])?;
+    let positions = prompt.positions();
+    let before = host.run_layers(
+        prompt.embeds(),
+        0,
+        &positions,
+        0..layer,
+        cache.as_deref_mut(),
+    );
+    let (a, grad) = host.attention_gradient(before.clone(), &positions, layer)?;
+    let h = host.run_layers(before, 0, &positions, layer..layer + 1, cache);
+    let weighted = a * relu(grad);
+    Ok((
+        h,
+        floats(head_mean_row(weighted, prompt.query(), prompt.visual()))?,
+    ))
+}
+
+/// The last of `layers`, which must ascend and lie below the host's depth.
+fn check_layers<B: Backend, H: RpnHost<B>>(host: &H, layers: &[usize]) -> Result<usize, H::Error> {
+    match layers.last() {
+        Some(&last) if last < host.num_layers() && layers.windows(2).all(|w| w[0] < w[1]) => {
+            Ok(last)
+        }
+        _ => Err(sdrpn_core::CoreError::config(
+            "ViCrop layers",
+            format!(
+                "{layers:?} must ascend and lie below the model's {} layers",
+                host.num_layers()
+            ),
+        )
+        .into()),
+    }
 }

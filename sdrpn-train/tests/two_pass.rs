@@ -323,3 +323,82 @@ fn vicrop_maps_are_hf_attention_rows_and_its_crop_is_answered_like_a_given_regio
     assert_same_answer(&with_reuse, &region, "ViCrop vs its crop given");
     assert_eq!(s.num_layers(), 4);
 }
+
+/// ViCrop (grad-att): the attention gradient by Burn autodiff through the
+/// frozen layers equals HF's `torch.autograd.grad` of the greedy token's
+/// log-probability at every layer (fixture by
+/// `scripts/make_vicrop_grad_fixture.py`), the map equals ViCrop's
+/// `A * relu(dA)` head mean, its crop is `vicrop_box` of that map, and pass
+/// 2 answers as that crop given, with and without prefix reuse.
+#[test]
+fn vicrop_gradient_maps_are_hf_autograd_and_its_crop_is_answered_like_a_given_region() {
+    use sdrpn_core::host::{HostPrompt, RpnHost};
+    use sdrpn_core::readback::floats;
+    use sdrpn_train::two_pass::{ViCropMap, ViCropRule};
+    use sdrpn_train::vicrop::gradient_map;
+
+    let s = session();
+    let reference = Reference::open("llava_pad_vicuna");
+    let hf = Reference::open("vicrop_grad_att");
+    let image = load_rgb(&fixtures().join("images").join(reference.meta("image"))).unwrap();
+    let question = reference.meta("question");
+    let prompt = s.prepare(&image, question).unwrap();
+    assert_eq!(prompt.text(), reference.meta("prompt"));
+    let positions = prompt.positions();
+    let t = prompt.len();
+    let (grad_shape, hf_grads) = hf.get("attention_grad_last_row");
+    let (_, hf_maps) = hf.get("grad_att_map");
+    let heads = grad_shape[1];
+    assert_eq!(grad_shape, &vec![4, heads, t]);
+    let mut maps = Vec::new();
+    for layer in 0..4 {
+        let before = s.run_layers(prompt.embeds(), 0, &positions, 0..layer, None);
+        let (a, grad) = s.attention_gradient(before, &positions, layer).unwrap();
+        assert_eq!(a.dims(), [1, heads, t, t]);
+        let last = floats(grad.slice([0..1, 0..heads, t - 1..t, 0..t])).unwrap();
+        let expected = &hf_grads[layer * heads * t..(layer + 1) * heads * t];
+        let err = relative_error(&last, expected);
+        eprintln!("layer {layer}: dA relative error {err:e}");
+        assert!(
+            err < 1e-4,
+            "layer {layer}: dA differs from HF by {err:e} (relative)"
+        );
+        let (_, map) = gradient_map(&s, &prompt, layer, None).unwrap();
+        let err = max_abs_error(&map, &hf_maps[layer * 36..(layer + 1) * 36]);
+        assert!(
+            err < 1e-6,
+            "layer {layer}: grad-att map differs from HF by {err:e}"
+        );
+        assert!(
+            map.iter().any(|&v| v > 0.0),
+            "layer {layer}: an all-zero map"
+        );
+        maps.push(map);
+    }
+    assert!(gradient_map(&s, &prompt, 4, None).is_err());
+
+    let rule = ViCropRule {
+        map: ViCropMap::Gradient,
+        base_box: 20.0,
+        ..ViCropRule::default()
+    };
+    let with_reuse = s
+        .answer_with_vicrop(&image, question, 1, &rule, &options(true))
+        .unwrap();
+    let crop = sdrpn_core::vicrop::vicrop_box(&maps[1], prompt.grid(), 50, 83, 20.0).unwrap();
+    assert_eq!(with_reuse.crop, Some(crop));
+    assert!(
+        crop.width() < 50 && crop.height() < 83,
+        "a real crop: {crop:?}"
+    );
+    assert_eq!(with_reuse.mode, RoiMode::Bbox);
+    assert!(max_difference(&with_reuse.roi_map, &maps[1]) <= 1e-6 * 36.0);
+    let without = s
+        .answer_with_vicrop(&image, question, 1, &rule, &options(false))
+        .unwrap();
+    assert_same_answer(&with_reuse, &without, "ViCrop grad reuse vs recompute");
+    let region = s
+        .answer_with_region(&image, question, crop, &options(true))
+        .unwrap();
+    assert_same_answer(&with_reuse, &region, "ViCrop grad vs its crop given");
+}

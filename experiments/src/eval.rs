@@ -11,7 +11,7 @@ use sdrpn_eval::scorers::{aggregate, SampleRecord, Summary};
 use sdrpn_llava::host::LlamaRpn;
 use sdrpn_train::questions::ShardSpec;
 use sdrpn_train::two_pass::TwoPass;
-use sdrpn_train::two_pass::{TwoPassOptions, ViCropRule};
+use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput, ViCropMap, ViCropRule};
 use sdrpn_train::two_pass_batch::{answer_baseline_batch, answer_batch_with_roi};
 use sdrpn_train::SdrpnConfig;
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,12 @@ pub enum Method {
     #[serde(rename = "vicrop-rel")]
     #[value(name = "vicrop-rel")]
     VicropRel,
+    /// ViCrop (grad-att): RoI from the question's attention to the image at
+    /// one layer weighted by the positive gradient of the first answer
+    /// token's log-probability (Burn autodiff), then as vicrop-rel.
+    #[serde(rename = "vicrop-grad")]
+    #[value(name = "vicrop-grad")]
+    VicropGrad,
 }
 
 impl Method {
@@ -42,6 +48,16 @@ impl Method {
             Method::Baseline => "baseline",
             Method::Sdrpn => "sdrpn",
             Method::VicropRel => "vicrop-rel",
+            Method::VicropGrad => "vicrop-grad",
+        }
+    }
+
+    /// ViCrop's map, for the ViCrop methods.
+    pub fn vicrop_map(self) -> Option<ViCropMap> {
+        match self {
+            Method::VicropRel => Some(ViCropMap::Relative),
+            Method::VicropGrad => Some(ViCropMap::Gradient),
+            Method::Baseline | Method::Sdrpn => None,
         }
     }
 }
@@ -87,27 +103,62 @@ impl ViCropSpec {
         Ok(spec)
     }
 
-    /// The layer to read on a model of `num_layers` (the given one, checked,
-    /// or [`ViCropRule::default_layer`]) and the two-pass options that
-    /// answer with `answer` (pass 1 runs layers `0..=layer`; prefix reuse on).
+    /// ViCrop as `method` answers on a model of `num_layers` (none for the
+    /// other methods): the layer (the given one, checked, or
+    /// [`ViCropRule::default_layer`]), the rule with the method's map, and
+    /// the two-pass options that answer with `answer` (pass 1 runs layers
+    /// `0..=layer`; prefix reuse on).
     pub fn resolve(
         &self,
+        method: Method,
         num_layers: usize,
         answer: &AnswerOptions,
-    ) -> anyhow::Result<(usize, TwoPassOptions)> {
+    ) -> anyhow::Result<Option<ViCropRun>> {
+        let Some(map) = method.vicrop_map() else {
+            return Ok(None);
+        };
         let layer = self.layer.unwrap_or(ViCropRule::default_layer(num_layers));
         if layer >= num_layers {
             anyhow::bail!(
                 "--vicrop-layer {layer} (vicrop_layer in an experiment config) is not below the model's {num_layers} layers"
             );
         }
-        let options = TwoPassOptions {
-            branch: layer + 1,
-            roi: Default::default(),
-            answer: answer.clone(),
-            reuse_prefix_cache: true,
-        };
-        Ok((layer, options))
+        Ok(Some(ViCropRun {
+            layer,
+            rule: ViCropRule {
+                map,
+                ..self.rule.clone()
+            },
+            options: TwoPassOptions {
+                branch: layer + 1,
+                roi: Default::default(),
+                answer: answer.clone(),
+                reuse_prefix_cache: true,
+            },
+        }))
+    }
+}
+
+/// ViCrop resolved for one model ([`ViCropSpec::resolve`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViCropRun {
+    /// The attention layer read.
+    pub layer: usize,
+    /// The map, box and generic question.
+    pub rule: ViCropRule,
+    /// The answering pass's settings.
+    pub options: TwoPassOptions,
+}
+
+impl ViCropRun {
+    /// Answers `question` about `image` on `host` with ViCrop's two passes.
+    pub fn answer<B: Backend, H: sdrpn_core::host::RpnHost<B>>(
+        &self,
+        host: &H,
+        image: &image::RgbImage,
+        question: &str,
+    ) -> Result<TwoPassOutput, H::Error> {
+        host.answer_with_vicrop(image, question, self.layer, &self.rule, &self.options)
     }
 }
 
@@ -164,7 +215,7 @@ pub struct EvalSpec {
     /// A batch's samples each record the batch's time divided evenly.
     /// ViCrop answers one sample at a time whatever the batch.
     pub batch: usize,
-    /// ViCrop's settings (used by [`Method::VicropRel`]).
+    /// ViCrop's settings (used by the ViCrop methods).
     pub vicrop: ViCropSpec,
 }
 
@@ -315,12 +366,11 @@ pub fn run_eval<B: Backend, H: sdrpn_train::trainer::TrainHost<B>>(
             Some((rpn, options))
         }
         (Method::Sdrpn, None) => anyhow::bail!("--method sdrpn needs --rpn RUN"),
-        (Method::VicropRel, _) => None,
+        (Method::VicropRel | Method::VicropGrad, _) => None,
     };
-    let vicrop = match spec.method {
-        Method::VicropRel => Some(spec.vicrop.resolve(session.num_layers(), &answer)?),
-        _ => None,
-    };
+    let vicrop = spec
+        .vicrop
+        .resolve(spec.method, session.num_layers(), &answer)?;
     let total = mine.len();
     let mut handled = 0;
     for chunk in mine.chunks(spec.batch.max(1)) {
@@ -341,12 +391,10 @@ pub fn run_eval<B: Backend, H: sdrpn_train::trainer::TrainHost<B>>(
         let outs = match (&options, questions.as_slice()) {
             (_, []) => Vec::new(),
             _ if vicrop.is_some() => {
-                let (layer, o) = vicrop.as_ref().expect("checked");
+                let vicrop = vicrop.as_ref().expect("checked");
                 questions
                     .iter()
-                    .map(|(img, q)| {
-                        session.answer_with_vicrop(img, q, *layer, &spec.vicrop.rule, o)
-                    })
+                    .map(|(img, q)| vicrop.answer(session, img, q))
                     .collect::<Result<Vec<_>, _>>()?
             }
             (None, [(img, q)]) => vec![session.answer_baseline(img, q, &answer)?],

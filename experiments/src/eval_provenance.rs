@@ -51,8 +51,8 @@ impl EvalProvenance {
             h.hex()
         };
         let rpn = match (spec.method, rpn_config) {
-            (Method::VicropRel, _) => Some(hash(
-                b"vicrop-rel\0",
+            (Method::VicropRel | Method::VicropGrad, _) => Some(hash(
+                format!("{}\0", spec.method.name()).as_bytes(),
                 serde_json::to_string(&spec.vicrop).unwrap_or_default(),
             )),
             (_, Some(c)) => Some(hash(

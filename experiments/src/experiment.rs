@@ -70,12 +70,12 @@ pub struct TrainSpec {
 pub struct RunSpec {
     /// Row name (also the key of published numbers).
     pub name: String,
-    /// baseline, sdrpn or vicrop-rel.
+    /// baseline, sdrpn, vicrop-rel or vicrop-grad.
     pub method: Method,
-    /// ViCrop's attention layer (vicrop-rel; default from the model's depth).
+    /// ViCrop's attention layer (vicrop-rel, vicrop-grad; default from the model's depth).
     #[serde(default)]
     pub vicrop_layer: Option<usize>,
-    /// ViCrop's base box side in source pixels (vicrop-rel; default: the
+    /// ViCrop's base box side in source pixels (ViCrop runs; default: the
     /// host's, 336 for LLaVA-1.5, 224 for Qwen2.5-VL).
     #[serde(default)]
     pub vicrop_box: Option<f64>,
@@ -242,10 +242,11 @@ impl ExperimentConfig {
                     r.method.name()
                 );
             }
-            if r.method != Method::VicropRel && (r.vicrop_layer.is_some() || r.vicrop_box.is_some())
+            if r.method.vicrop_map().is_none()
+                && (r.vicrop_layer.is_some() || r.vicrop_box.is_some())
             {
                 anyhow::bail!(
-                    "run {:?}: `vicrop_layer` and `vicrop_box` belong to vicrop-rel runs",
+                    "run {:?}: `vicrop_layer` and `vicrop_box` belong to vicrop-rel and vicrop-grad runs",
                     r.name
                 );
             }
@@ -467,7 +468,7 @@ fn run_on_host<B: Backend, H: TrainHost<B>>(
     for run in &config.runs {
         let run_dir = out.join(slug(&run.name));
         let rpn_dir = match (&run.rpn, &run.train, &run.rpn_from, run.method) {
-            (_, _, _, Method::Baseline | Method::VicropRel) => None,
+            (_, _, _, Method::Baseline | Method::VicropRel | Method::VicropGrad) => None,
             (Some(dir), _, _, _) => Some(dir.clone()),
             (_, Some(train), _, _) => {
                 let labels = label_dir

@@ -1,5 +1,5 @@
 //! The testbed end to end on the shipped model at smoke sizes (CI): splits,
-//! head ranking, labels, RPN training, six answerers on the test split,
+//! head ranking, labels, RPN training, seven answerers on the test split,
 //! localisation, results files and figures; then a rerun that must resume
 //! (nothing answered twice) and reproduce the numbers.
 
@@ -39,7 +39,15 @@ fn the_smoke_run_writes_every_result_and_resumes_to_the_same_numbers() {
     // Smoke sizes: 4 test questions per family, two families.
     assert_eq!(results["test_samples"], 8);
     for family in ["reading", "control", "overall"] {
-        for who in ["baseline", "sdrpn", "oracle", "random", "centre"] {
+        for who in [
+            "baseline",
+            "sdrpn",
+            "vicrop",
+            "vicrop_grad",
+            "oracle",
+            "random",
+            "centre",
+        ] {
             let v = results["accuracy"][family][who].as_f64();
             assert!(
                 v.is_some_and(|v| (0.0..=100.0).contains(&v)),
@@ -57,6 +65,19 @@ fn the_smoke_run_writes_every_result_and_resumes_to_the_same_numbers() {
         assert!(v.is_some_and(|v| (0.0..=1.0).contains(&v)), "{key} = {v:?}");
     }
     assert!(results["throughput_ratio"].as_f64().unwrap() > 0.0);
+    for vicrop in ["vicrop-rel", "vicrop-grad"] {
+        let v = &results["vicrop"][vicrop];
+        assert!(
+            v["throughput_ratio"].as_f64().unwrap() > 0.0,
+            "{vicrop}: {v}"
+        );
+        assert!(v["layer"].as_u64().unwrap() < 6, "{vicrop}: {v}");
+        assert_eq!(
+            v["layer_hits"].as_array().unwrap().len(),
+            6,
+            "{vicrop}: {v}"
+        );
+    }
     let heads: sdrpn_core::HeadSelection = results["grounding_heads"]
         .as_str()
         .unwrap()
@@ -70,7 +91,7 @@ fn the_smoke_run_writes_every_result_and_resumes_to_the_same_numbers() {
     let answers = std::fs::read_to_string(out.join("answers.jsonl")).unwrap();
     assert_eq!(
         answers.lines().count(),
-        8 * 6,
+        8 * 7,
         "every question by every answerer"
     );
 

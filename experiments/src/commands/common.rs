@@ -80,7 +80,7 @@ impl MethodArgs {
     }
 }
 
-/// ViCrop's settings on the command line (`--method vicrop-rel`).
+/// ViCrop's settings on the command line (`--method vicrop-rel` or `vicrop-grad`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ViCropArgs {
     /// ViCrop's attention layer, 0-based (default: 14 of 32 as ViCrop's

@@ -34,7 +34,7 @@ pub struct EvalArgs {
     /// Trained RPN run (needed for --method sdrpn)
     #[arg(long)]
     pub rpn: Option<PathBuf>,
-    /// baseline, sdrpn or vicrop-rel (default: sdrpn when --rpn is given)
+    /// baseline, sdrpn, vicrop-rel or vicrop-grad (default: sdrpn when --rpn is given)
     #[arg(long, value_enum)]
     pub method: Option<Method>,
     #[command(flatten)]

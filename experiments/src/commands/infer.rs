@@ -27,7 +27,7 @@ pub struct InferArgs {
     /// needed by --method sdrpn, the default when it is given
     #[arg(long)]
     pub rpn: Option<PathBuf>,
-    /// baseline, sdrpn or vicrop-rel (default: sdrpn with --rpn, else baseline)
+    /// baseline, sdrpn, vicrop-rel or vicrop-grad (default: sdrpn with --rpn, else baseline)
     #[arg(long, value_enum)]
     pub method: Option<Method>,
     #[command(flatten)]
@@ -132,7 +132,7 @@ impl InferArgs {
 struct Inference {
     args: InferArgs,
     method: Method,
-    /// ViCrop's settings (used by vicrop-rel).
+    /// ViCrop's settings (used by vicrop-rel and vicrop-grad).
     vicrop: ViCropSpec,
     image: image::RgbImage,
     run_config: sdrpn_train::SdrpnConfig,
@@ -164,10 +164,9 @@ impl<B: Backend> HostJob<B> for Inference {
             (Method::Sdrpn, Some(run)) => Some(load_rpn(&session, run, args.force)?),
             _ => None,
         };
-        let vicrop = match self.method {
-            Method::VicropRel => Some(self.vicrop.resolve(session.num_layers(), &answer)?),
-            _ => None,
-        };
+        let vicrop = self
+            .vicrop
+            .resolve(self.method, session.num_layers(), &answer)?;
         let options = rpn.as_ref().map(|(config, _)| {
             let mut roi = config.inference.roi.clone();
             if let Some(t) = args.threshold {
@@ -186,12 +185,10 @@ impl<B: Backend> HostJob<B> for Inference {
                 chunk.iter().map(|q| (image, q.as_str())).collect();
             let answered = match (&rpn, &options, questions.as_slice()) {
                 _ if vicrop.is_some() => {
-                    let (layer, o) = vicrop.as_ref().expect("checked");
+                    let vicrop = vicrop.as_ref().expect("checked");
                     questions
                         .iter()
-                        .map(|(_, q)| {
-                            session.answer_with_vicrop(image, q, *layer, &self.vicrop.rule, o)
-                        })
+                        .map(|(_, q)| vicrop.answer(&session, image, q))
                         .collect::<Result<Vec<_>, _>>()?
                 }
                 (None, _, [(_, q)]) => vec![session.answer_baseline(image, q, &answer)?],

@@ -3,8 +3,8 @@
 //!   target's box (green) and SD-RPN's crop (red); its pseudo-labels
 //!   (foreground red, background blue, ignored grey); the RPN's map;
 //! - `figure-accuracy.png`: accuracy per family, one bar per answerer in
-//!   table order (baseline, sdrpn, vicrop-rel, oracle, random, centre), values drawn
-//!   above the bars with the testbed's digit font.
+//!   table order (baseline, sdrpn, vicrop-rel, vicrop-grad, oracle, random,
+//!   centre), values drawn above the bars with the testbed's digit font.
 
 use super::font::{draw_number, number_size};
 use super::run::{Answered, Answerer, Results};
@@ -160,6 +160,7 @@ const BAR_COLOURS: [[u8; 3]; Answerer::ALL.len()] = [
     [120, 120, 120],
     [220, 40, 40],
     [150, 60, 180],
+    [200, 120, 220],
     [40, 160, 40],
     [60, 90, 220],
     [230, 160, 20],

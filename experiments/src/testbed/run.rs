@@ -33,7 +33,7 @@ use sdrpn_train::label_store::read_labels;
 use sdrpn_train::questions::{read_questions, ShardSpec};
 use sdrpn_train::trainer::load_rpn;
 use sdrpn_train::two_pass::TwoPass;
-use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput, ViCropRule};
+use sdrpn_train::two_pass::{TwoPassOptions, TwoPassOutput, ViCropMap, ViCropRule};
 use sdrpn_train::SdrpnConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -112,15 +112,19 @@ pub enum Answerer {
     Centre,
     /// ViCrop (rel-att) at the layer chosen on the validation split.
     #[serde(rename = "vicrop-rel")]
-    ViCrop,
+    ViCropRel,
+    /// ViCrop (grad-att) at the layer chosen on the validation split.
+    #[serde(rename = "vicrop-grad")]
+    ViCropGrad,
 }
 
 impl Answerer {
     /// All, in table order.
-    pub const ALL: [Answerer; 6] = [
+    pub const ALL: [Answerer; 7] = [
         Answerer::Baseline,
         Answerer::Sdrpn,
-        Answerer::ViCrop,
+        Answerer::ViCropRel,
+        Answerer::ViCropGrad,
         Answerer::Oracle,
         Answerer::Random,
         Answerer::Centre,
@@ -133,7 +137,17 @@ impl Answerer {
             Answerer::Oracle => "oracle",
             Answerer::Random => "random",
             Answerer::Centre => "centre",
-            Answerer::ViCrop => "vicrop-rel",
+            Answerer::ViCropRel => "vicrop-rel",
+            Answerer::ViCropGrad => "vicrop-grad",
+        }
+    }
+
+    /// ViCrop's map, for the ViCrop answerers.
+    pub fn vicrop_map(self) -> Option<ViCropMap> {
+        match self {
+            Answerer::ViCropRel => Some(ViCropMap::Relative),
+            Answerer::ViCropGrad => Some(ViCropMap::Gradient),
+            _ => None,
         }
     }
 }
@@ -173,6 +187,9 @@ pub struct FamilyAccuracy {
     /// ViCrop (rel-att).
     #[serde(default)]
     pub vicrop: f64,
+    /// ViCrop (grad-att).
+    #[serde(default)]
+    pub vicrop_grad: f64,
 }
 
 impl FamilyAccuracy {
@@ -183,7 +200,8 @@ impl FamilyAccuracy {
             Answerer::Oracle => &mut self.oracle,
             Answerer::Random => &mut self.random,
             Answerer::Centre => &mut self.centre,
-            Answerer::ViCrop => &mut self.vicrop,
+            Answerer::ViCropRel => &mut self.vicrop,
+            Answerer::ViCropGrad => &mut self.vicrop_grad,
         } = value;
     }
     /// The value of `who`.
@@ -194,7 +212,8 @@ impl FamilyAccuracy {
             Answerer::Oracle => self.oracle,
             Answerer::Random => self.random,
             Answerer::Centre => self.centre,
-            Answerer::ViCrop => self.vicrop,
+            Answerer::ViCropRel => self.vicrop,
+            Answerer::ViCropGrad => self.vicrop_grad,
         }
     }
 }
@@ -216,12 +235,23 @@ pub struct Localisation {
     pub crop_hit_rate: f64,
     /// Share of test questions SD-RPN cropped at all.
     pub crop_rate: f64,
-    /// Share of test questions whose ViCrop crop holds the target's code.
-    #[serde(default)]
-    pub vicrop_hit_rate: f64,
-    /// IoU of ViCrop's crop with the target (median).
-    #[serde(default)]
-    pub vicrop_iou_median: f64,
+}
+
+/// One of ViCrop's maps on the testbed: the layer chosen on validation and
+/// how its crops lie on the test split.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViCropSummary {
+    /// The attention layer read, chosen on the validation split.
+    pub layer: usize,
+    /// Share of validation crops holding the target's centre, per layer
+    /// (how the layer was chosen).
+    pub layer_hits: Vec<f64>,
+    /// Share of test questions whose crop holds the target's code.
+    pub hit_rate: f64,
+    /// Median IoU of its crop with the target.
+    pub iou_median: f64,
+    /// Samples per second over the baseline's, same run.
+    pub throughput_ratio: f64,
 }
 
 /// What `results.json` holds.
@@ -237,16 +267,9 @@ pub struct Results {
     pub localisation: Localisation,
     /// SD-RPN's samples per second over the baseline's, same run.
     pub throughput_ratio: f64,
-    /// ViCrop's samples per second over the baseline's, same run.
+    /// ViCrop per answerer name (vicrop-rel, vicrop-grad).
     #[serde(default)]
-    pub vicrop_throughput_ratio: f64,
-    /// ViCrop's attention layer, chosen on the validation split.
-    #[serde(default)]
-    pub vicrop_layer: usize,
-    /// Share of validation crops holding the target's centre, per layer
-    /// (how [`Results::vicrop_layer`] was chosen).
-    #[serde(default)]
-    pub vicrop_layer_hits: Vec<f64>,
+    pub vicrop: BTreeMap<String, ViCropSummary>,
     /// Test questions.
     pub test_samples: usize,
     /// The grounding heads used (`layer:heads`), from the ranking.
@@ -341,9 +364,10 @@ fn cached_json<T: Serialize + serde::de::DeserializeOwned>(
 }
 
 /// For each layer of the model, the share of validation questions whose
-/// ViCrop crop (rel-att at that layer) holds the target box's centre;
-/// cached in `vicrop-layers.json`. ViCrop chose its layer on validation
-/// data the same way (its README:163).
+/// ViCrop crop (the rule's map at that layer) holds the target box's
+/// centre; cached in `vicrop-layers.json` (rel-att) or
+/// `vicrop-grad-layers.json` (grad-att). ViCrop chose its layer on
+/// validation data the same way (its README:163).
 fn vicrop_layers<B: Backend>(
     session: &LlavaSession<B>,
     validation: &[Sample],
@@ -351,7 +375,11 @@ fn vicrop_layers<B: Backend>(
     out: &Path,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Vec<f64>> {
-    cached_json(&out.join("vicrop-layers.json"), || {
+    let file = match rule.map {
+        ViCropMap::Relative => "vicrop-layers.json",
+        ViCropMap::Gradient => "vicrop-grad-layers.json",
+    };
+    cached_json(&out.join(file), || {
         vicrop_layer_shares(session, validation, rule, log)
     })
 }
@@ -364,7 +392,8 @@ fn vicrop_layer_shares<B: Backend>(
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Vec<f64>> {
     log(&format!(
-        "choosing ViCrop's layer on {} validation questions",
+        "choosing ViCrop's layer ({:?} map) on {} validation questions",
+        rule.map,
         validation.len()
     ));
     let layers: Vec<usize> = (0..session.num_layers()).collect();
@@ -372,15 +401,24 @@ fn vicrop_layer_shares<B: Backend>(
     for sample in validation {
         let probe = probe_of(sample);
         let prompt = session.prepare(&probe.image, &probe.prompt)?;
-        let (_, maps) = sdrpn_train::vicrop::relative_maps(
-            session,
-            &prompt,
-            &probe.image,
-            &probe.prompt,
-            &layers,
-            rule,
-            None,
-        )?;
+        let maps: Vec<Vec<f32>> = match rule.map {
+            ViCropMap::Relative => {
+                sdrpn_train::vicrop::relative_maps(
+                    session,
+                    &prompt,
+                    &probe.image,
+                    &probe.prompt,
+                    &layers,
+                    rule,
+                    None,
+                )?
+                .1
+            }
+            ViCropMap::Gradient => layers
+                .iter()
+                .map(|&l| Ok(sdrpn_train::vicrop::gradient_map(session, &prompt, l, None)?.1))
+                .collect::<anyhow::Result<_>>()?,
+        };
         let (cx, cy) = super::scene::box_centre(&probe.target);
         for (layer, map) in maps.iter().enumerate() {
             let crop = sdrpn_core::vicrop::vicrop_box(
@@ -537,8 +575,8 @@ struct Answering<'a, B: Backend> {
     rpn: &'a sdrpn_llava::host::LlavaRpn<B>,
     options: TwoPassOptions,
     seed: u64,
-    /// ViCrop's layer and rule.
-    vicrop: (usize, ViCropRule),
+    /// ViCrop's layer and rule per ViCrop answerer.
+    vicrop: BTreeMap<Answerer, (usize, ViCropRule)>,
 }
 
 impl<B: Backend> Answering<'_, B> {
@@ -560,8 +598,8 @@ impl<B: Backend> Answering<'_, B> {
                 let region = control_box(who, target, image.width(), self.seed, id);
                 s.answer_with_region(image, prompt, region, &self.options)?
             }
-            Answerer::ViCrop => {
-                let (layer, rule) = &self.vicrop;
+            Answerer::ViCropRel | Answerer::ViCropGrad => {
+                let (layer, rule) = &self.vicrop[&who];
                 s.answer_with_vicrop(image, prompt, *layer, rule, &self.options)?
             }
         };
@@ -616,12 +654,21 @@ pub fn run_testbed<B: Backend>(
     let ratio = testbed_method("0:0")?.labels.thresholds.fg_ratio;
     let ranking = heads(&session, &splits.validation, ratio, out, log)?;
     // ViCrop's base box is the model's input side (168 px here).
-    let vicrop_rule = ViCropRule {
-        base_box: crate::host::HostKind::vicrop_box(model)?,
-        ..ViCropRule::default()
-    };
-    let vicrop_hits = vicrop_layers(&session, &splits.validation, &vicrop_rule, out, log)?;
-    let vicrop_layer = best_layer(&vicrop_hits);
+    let base_box = crate::host::HostKind::vicrop_box(model)?;
+    let mut vicrop = BTreeMap::new();
+    let mut vicrop_hits = BTreeMap::new();
+    for who in Answerer::ALL {
+        if let Some(map) = who.vicrop_map() {
+            let rule = ViCropRule {
+                map,
+                base_box,
+                ..ViCropRule::default()
+            };
+            let hits = vicrop_layers(&session, &splits.validation, &rule, out, log)?;
+            vicrop.insert(who, (best_layer(&hits), rule));
+            vicrop_hits.insert(who, hits);
+        }
+    }
     let grounding = selection_of(&ranking, settings.heads);
     let mut method = testbed_method(&grounding)?;
     method.train.epochs = settings.epochs;
@@ -650,7 +697,7 @@ pub fn run_testbed<B: Backend>(
             reuse_prefix_cache: config.inference.reuse_prefix_cache,
         },
         seed: settings.seed,
-        vicrop: (vicrop_layer, vicrop_rule),
+        vicrop,
     };
     let answers_path = out.join("answers.jsonl");
     let mut answers: Vec<Answered> = crate::eval::read_appended_jsonl(&answers_path)?;
@@ -703,7 +750,7 @@ pub fn run_testbed<B: Backend>(
         },
         &grounding,
         &ranking,
-        (vicrop_layer, &vicrop_hits),
+        &vicrop_hits,
         model,
         start.elapsed().as_secs_f64(),
     )?;
@@ -734,7 +781,7 @@ fn summarise(
     mut localisation: Localisation,
     grounding: &str,
     ranking: &[HeadScore],
-    vicrop: (usize, &[f64]),
+    vicrop_hits: &BTreeMap<Answerer, Vec<f64>>,
     model: &Path,
     seconds: f64,
 ) -> anyhow::Result<Results> {
@@ -782,20 +829,28 @@ fn summarise(
     localisation.rpn_iou_median = sdrpn.iou_median;
     localisation.crop_hit_rate = sdrpn.hit_rate;
     localisation.crop_rate = sdrpn.crop_rate;
-    let vicrop_crops = CropStats::of(answers, Answerer::ViCrop);
-    localisation.vicrop_iou_median = vicrop_crops.iou_median;
-    localisation.vicrop_hit_rate = vicrop_crops.hit_rate;
-    let throughput_ratio = ms[&Answerer::Baseline] / ms[&Answerer::Sdrpn].max(1e-9);
-    let vicrop_throughput_ratio = ms[&Answerer::Baseline] / ms[&Answerer::ViCrop].max(1e-9);
+    let throughput = |who: Answerer| ms[&Answerer::Baseline] / ms[&who].max(1e-9);
+    let vicrop = vicrop_hits
+        .iter()
+        .map(|(&who, hits)| {
+            let crops = CropStats::of(answers, who);
+            let summary = ViCropSummary {
+                layer: best_layer(hits),
+                layer_hits: hits.clone(),
+                hit_rate: crops.hit_rate,
+                iou_median: crops.iou_median,
+                throughput_ratio: throughput(who),
+            };
+            (who.name().to_string(), summary)
+        })
+        .collect();
     Ok(Results {
         seed: settings.seed,
         seconds,
         accuracy,
         localisation,
-        throughput_ratio,
-        vicrop_throughput_ratio,
-        vicrop_layer: vicrop.0,
-        vicrop_layer_hits: vicrop.1.to_vec(),
+        throughput_ratio: throughput(Answerer::Sdrpn),
+        vicrop,
         test_samples: sdrpn.answers,
         grounding_heads: grounding.to_string(),
         head_ranking: ranking.iter().take(10).cloned().collect(),
@@ -866,9 +921,7 @@ pub fn markdown(r: &Results) -> String {
         "\nLocalisation: pseudo-label precision {:.2}, recall {:.2} ({:.0}% of training samples rejected); \
          RPN crop IoU with the target (median) {:.2}; crop holds the target's code {:.0}% (cropped {:.0}%).\n\n\
          Grounding heads (ranked on validation): `{}`. Throughput of SD-RPN relative to the baseline: {:.2}x. \
-         ViCrop (rel-att) reads layer {} (chosen on validation: its crops hold the target's centre {:.0}% of the time); \
-         on the test split its crop holds the target's code {:.0}% (median IoU {:.2}); \
-         its throughput relative to the baseline: {:.2}x. Run time {:.0} s.\n",
+         Run time {:.0} s.\n",
         l.pseudo_label_precision,
         l.pseudo_label_recall,
         100.0 * l.pseudo_label_rejected,
@@ -877,13 +930,20 @@ pub fn markdown(r: &Results) -> String {
         100.0 * l.crop_rate,
         r.grounding_heads,
         r.throughput_ratio,
-        r.vicrop_layer,
-        100.0 * r.vicrop_layer_hits.get(r.vicrop_layer).copied().unwrap_or(0.0),
-        100.0 * l.vicrop_hit_rate,
-        l.vicrop_iou_median,
-        r.vicrop_throughput_ratio,
         r.seconds
     ));
+    for (name, v) in &r.vicrop {
+        md.push_str(&format!(
+            "\n{name} reads layer {} (chosen on validation: its crops hold the target's centre {:.0}% of the time); \
+             on the test split its crop holds the target's code {:.0}% (median IoU {:.2}); \
+             its throughput relative to the baseline: {:.2}x.\n",
+            v.layer,
+            100.0 * v.layer_hits.get(v.layer).copied().unwrap_or(0.0),
+            100.0 * v.hit_rate,
+            v.iou_median,
+            v.throughput_ratio,
+        ));
+    }
     md
 }
 

@@ -72,7 +72,7 @@ fn the_tiny_experiment_runs_end_to_end_and_resumes() {
         lines.push(l.to_string())
     })
     .unwrap();
-    assert_eq!(cells.len(), 9, "3 runs x 3 benchmarks");
+    assert_eq!(cells.len(), 12, "4 runs x 3 benchmarks");
     for c in &cells {
         assert_eq!(c.report.samples, 6, "{} {}", c.run, c.benchmark);
         let folder = out.join(slug(&c.run)).join(&c.benchmark);
@@ -85,7 +85,8 @@ fn the_tiny_experiment_runs_end_to_end_and_resumes() {
             c.report.score
         );
         assert!(c.report.samples_per_s > 0.0);
-        let unpublished = c.run == "+ ViCrop (rel-att)" && c.benchmark == "pope";
+        let unpublished = (c.run == "+ ViCrop (rel-att)" && c.benchmark == "pope")
+            || c.run == "+ ViCrop (grad-att)";
         assert_eq!(
             c.published.is_some(),
             !unpublished,
@@ -96,7 +97,7 @@ fn the_tiny_experiment_runs_end_to_end_and_resumes() {
     }
     // ViCrop always crops (ViCrop's rule takes the whole image when even its
     // smallest box covers it): every prediction is a bbox one.
-    for c in cells.iter().filter(|c| c.run == "+ ViCrop (rel-att)") {
+    for c in cells.iter().filter(|c| c.run.starts_with("+ ViCrop")) {
         assert_eq!(
             c.report.modes.get("bbox"),
             Some(&6),
@@ -115,12 +116,13 @@ fn the_tiny_experiment_runs_end_to_end_and_resumes() {
     assert!(
         md.contains("| LLaVA-1.5 (baseline) |")
             && md.contains("| + ViCrop (rel-att) |")
+            && md.contains("| + ViCrop (grad-att) |")
             && md.contains("| + SD-RPN |"),
         "{md}"
     );
     assert!(md.contains("(46.1)") && md.contains("1.00x"), "{md}");
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 10, "{csv}");
+    assert_eq!(csv.lines().count(), 13, "{csv}");
     assert!(out.join("sd-rpn/rpn/rpn.safetensors").is_file());
 
     // A rerun finds everything done: same scores, no retraining.

@@ -305,7 +305,8 @@ fn label_train_and_infer_run_on_a_qwen_checkpoint() {
 }
 
 /// `infer --method vicrop-rel` needs no RPN: it prints ViCrop's map over the
-/// image's grid, a crop and the bbox mode; a layer past the model is refused
+/// image's grid, a crop and the bbox mode (`vicrop-grad` too, another map);
+/// a layer past the model is refused
 /// by name, and so is `--method sdrpn` without `--rpn`.
 #[test]
 fn infer_answers_with_vicrop_without_an_rpn() {
@@ -349,6 +350,15 @@ fn infer_answers_with_vicrop_without_an_rpn() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     assert!(crop[2] - crop[0] < 320, "a real crop: {crop:?}");
+    let out = run(&["--method", "vicrop-grad", "--vicrop-box", "60"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let grad: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(grad["mode"], "bbox");
+    assert_ne!(grad["roi_map"], json["roi_map"], "grad-att is another map");
     let out = run(&["--method", "vicrop-rel", "--vicrop-layer", "99"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

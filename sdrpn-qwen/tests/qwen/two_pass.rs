@@ -15,7 +15,7 @@ use sdrpn_train::two_pass::{TwoPass, TwoPassOutput};
 #[path = "../../../sdrpn-train/tests/two_pass_checks/mod.rs"]
 mod two_pass_checks;
 use two_pass_checks::{
-    assert_batches_match, assert_same_answer, hot_map, options, BATCH_QUESTIONS,
+    assert_batches_match, assert_same_answer, hot_map, max_difference, options, BATCH_QUESTIONS,
 };
 
 const QUESTION: &str = "What is in the picture?";
@@ -160,34 +160,48 @@ fn a_padded_batch_of_different_grids_answers_as_each_question_does_alone() {
     eprintln!("modes: {modes:?}");
 }
 
-/// ViCrop (rel-att) through the Qwen host: the crop is ViCrop's rule on the
-/// returned map over the image's own 5x9 grid, and pass 2 answers as that
-/// region given, with and without prefix reuse.
+/// ViCrop (rel-att and grad-att) through the Qwen host: the crop is
+/// ViCrop's rule on the returned map over the image's own 5x9 grid, and
+/// pass 2 answers as that region given, with and without prefix reuse;
+/// grad-att's map is `gradient_map`'s (autodiff through Qwen's M-RoPE
+/// layers), non-negative and not all zero.
 #[test]
 fn vicrop_on_qwen_crops_by_its_rule_and_answers_like_the_region_given() {
-    use sdrpn_train::two_pass::ViCropRule;
+    use sdrpn_train::two_pass::{ViCropMap, ViCropRule};
     let s = session();
     let img = image();
-    let rule = ViCropRule {
-        base_box: 60.0,
-        ..ViCropRule::default()
-    };
     let layer = s.num_layers() - 1;
-    let with_reuse = s
-        .answer_with_vicrop(&img, QUESTION, layer, &rule, &options(true))
-        .unwrap();
-    assert_eq!(with_reuse.roi_map.len(), 45);
-    let grid = s.prepare(&img, QUESTION).unwrap().grid();
-    let crop = sdrpn_core::vicrop::vicrop_box(&with_reuse.roi_map, grid, 320, 180, 60.0).unwrap();
-    assert_eq!(with_reuse.crop, Some(crop));
-    assert!(crop.width() < 320, "a real crop: {crop:?}");
-    assert_eq!(with_reuse.mode, RoiMode::Bbox);
-    let without = s
-        .answer_with_vicrop(&img, QUESTION, layer, &rule, &options(false))
-        .unwrap();
-    assert_same_answer(&with_reuse, &without, "Qwen ViCrop reuse vs recompute");
-    let region = s
-        .answer_with_region(&img, QUESTION, crop, &options(true))
-        .unwrap();
-    assert_same_answer(&with_reuse, &region, "Qwen ViCrop vs its crop given");
+    for map in [ViCropMap::Relative, ViCropMap::Gradient] {
+        let rule = ViCropRule {
+            map,
+            base_box: 60.0,
+            ..ViCropRule::default()
+        };
+        let with_reuse = s
+            .answer_with_vicrop(&img, QUESTION, layer, &rule, &options(true))
+            .unwrap();
+        assert_eq!(with_reuse.roi_map.len(), 45);
+        let prompt = s.prepare(&img, QUESTION).unwrap();
+        if map == ViCropMap::Gradient {
+            let (_, expected) =
+                sdrpn_train::vicrop::gradient_map(&s, &prompt, layer, None).unwrap();
+            assert!(max_difference(&with_reuse.roi_map, &expected) <= 1e-6);
+            assert!(expected.iter().all(|&v| v >= 0.0) && expected.iter().any(|&v| v > 0.0));
+        }
+        let crop =
+            sdrpn_core::vicrop::vicrop_box(&with_reuse.roi_map, prompt.grid(), 320, 180, 60.0)
+                .unwrap();
+        assert_eq!(with_reuse.crop, Some(crop));
+        assert!(crop.width() < 320, "{map:?}: a real crop: {crop:?}");
+        assert_eq!(with_reuse.mode, RoiMode::Bbox);
+        let without = s
+            .answer_with_vicrop(&img, QUESTION, layer, &rule, &options(false))
+            .unwrap();
+        assert_same_answer(&with_reuse, &without, "Qwen ViCrop reuse vs recompute");
+        let region = s
+            .answer_with_region(&img, QUESTION, crop, &options(true))
+            .unwrap();
+        assert_same_answer(&with_reuse, &region, "Qwen ViCrop vs its crop given");
+    }
+    assert!(s.num_layers() > layer);
 }

@@ -301,26 +301,7 @@ fn vicrop_maps_are_hf_attention_rows_and_its_crop_is_answered_like_a_given_regio
         assert!((r - q / g).abs() <= 1e-6 * r.abs(), "{r} vs {q} / {g}");
     }
 
-    let with_reuse = s
-        .answer_with_vicrop(&image, question, 2, &rule, &options(true))
-        .unwrap();
-    let crop = sdrpn_core::vicrop::vicrop_box(&rel[0], prompt.grid(), 50, 83, 20.0).unwrap();
-    assert_eq!(with_reuse.crop, Some(crop));
-    assert!(
-        crop.width() < 50 && crop.height() < 83,
-        "a real crop: {crop:?}"
-    );
-    assert_eq!(with_reuse.mode, RoiMode::Bbox);
-    assert_eq!(with_reuse.roi_tokens, 36);
-    assert!(max_difference(&with_reuse.roi_map, &rel[0]) <= 1e-6 * 36.0);
-    let without = s
-        .answer_with_vicrop(&image, question, 2, &rule, &options(false))
-        .unwrap();
-    assert_same_answer(&with_reuse, &without, "ViCrop reuse vs recompute");
-    let region = s
-        .answer_with_region(&image, question, crop, &options(true))
-        .unwrap();
-    assert_same_answer(&with_reuse, &region, "ViCrop vs its crop given");
+    assert_vicrop_answers(&s, &image, question, 2, &rule, &rel[0]);
     assert_eq!(s.num_layers(), 4);
 }
 
@@ -382,23 +363,41 @@ fn vicrop_gradient_maps_are_hf_autograd_and_its_crop_is_answered_like_a_given_re
         base_box: 20.0,
         ..ViCropRule::default()
     };
+    assert_vicrop_answers(&s, &image, question, 1, &rule, &maps[1]);
+}
+
+/// ViCrop at `layer` with `rule` on the 50x83 fixture image (a 20-px base
+/// box is one cell of 83/6 px) returns `map`, crops `vicrop_box(map)` (a
+/// real crop, all 36 of its tokens appended), and answers as that crop
+/// given, with and without prefix reuse.
+fn assert_vicrop_answers(
+    s: &LlavaSession<B>,
+    image: &image::RgbImage,
+    question: &str,
+    layer: usize,
+    rule: &sdrpn_train::two_pass::ViCropRule,
+    map: &[f32],
+) {
+    use sdrpn_core::host::HostPrompt;
     let with_reuse = s
-        .answer_with_vicrop(&image, question, 1, &rule, &options(true))
+        .answer_with_vicrop(image, question, layer, rule, &options(true))
         .unwrap();
-    let crop = sdrpn_core::vicrop::vicrop_box(&maps[1], prompt.grid(), 50, 83, 20.0).unwrap();
+    let grid = s.prepare(image, question).unwrap().grid();
+    let crop = sdrpn_core::vicrop::vicrop_box(map, grid, 50, 83, rule.base_box).unwrap();
     assert_eq!(with_reuse.crop, Some(crop));
     assert!(
         crop.width() < 50 && crop.height() < 83,
         "a real crop: {crop:?}"
     );
     assert_eq!(with_reuse.mode, RoiMode::Bbox);
-    assert!(max_difference(&with_reuse.roi_map, &maps[1]) <= 1e-6 * 36.0);
+    assert_eq!(with_reuse.roi_tokens, 36);
+    assert!(max_difference(&with_reuse.roi_map, map) <= 1e-6 * 36.0);
     let without = s
-        .answer_with_vicrop(&image, question, 1, &rule, &options(false))
+        .answer_with_vicrop(image, question, layer, rule, &options(false))
         .unwrap();
-    assert_same_answer(&with_reuse, &without, "ViCrop grad reuse vs recompute");
+    assert_same_answer(&with_reuse, &without, "ViCrop reuse vs recompute");
     let region = s
-        .answer_with_region(&image, question, crop, &options(true))
+        .answer_with_region(image, question, crop, &options(true))
         .unwrap();
-    assert_same_answer(&with_reuse, &region, "ViCrop grad vs its crop given");
+    assert_same_answer(&with_reuse, &region, "ViCrop vs its crop given");
 }

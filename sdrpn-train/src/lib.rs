@@ -14,8 +14,10 @@ pub mod error;
 pub mod label;
 pub mod label_store;
 pub mod lock;
+pub mod pickle;
 pub mod provenance;
 pub mod questions;
+pub mod released_labels;
 pub mod render;
 
 pub use config::SdrpnConfig;

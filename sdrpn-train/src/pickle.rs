@@ -7,9 +7,9 @@
 //!
 //! The items of the top-level list are handed out as they are appended
 //! (`APPENDS` batches of 1,000 in CPython), and the memo then forgets what
-//! was made for them but class references, dtypes and values of at most 16
-//! bytes (dict keys, codec names), so a 150K-record file is read in the
-//! memory of one batch. A later reference back to a forgotten part is
+//! was made for them but what CPython shares between records (class
+//! references, dtypes, dict keys, a few constants), so a 150K-record file is
+//! read in the memory of one batch. A later reference back to a forgotten part is
 //! refused by name (the released files never make one: each record's maps
 //! and texts are objects of their own).
 //!
@@ -214,8 +214,10 @@ fn dtype_of(dtype: &Value) -> Result<(String, bool), String> {
         return Err(format!("numpy dtype is a {}", dtype.kind()));
     };
     let object = object.borrow();
-    if !matches!(&*object.callable.0, "numpy" | "numpy.core.multiarray" | "numpy._core.multiarray")
-        || &*object.callable.1 != "dtype"
+    if !matches!(
+        &*object.callable.0,
+        "numpy" | "numpy.core.multiarray" | "numpy._core.multiarray"
+    ) || &*object.callable.1 != "dtype"
     {
         return Err(format!(
             "numpy dtype made by {}.{}",
@@ -250,7 +252,11 @@ fn byte_string(value: &Value) -> Result<std::borrow::Cow<'_, [u8]>, String> {
                     if matches!(&**codec, "latin1" | "latin-1") =>
                 {
                     text.chars()
-                        .map(|c| u8::try_from(u32::from(c)).map_err(|_| "a latin1 byte string with a character past 255".to_string()))
+                        .map(|c| {
+                            u8::try_from(u32::from(c)).map_err(|_| {
+                                "a latin1 byte string with a character past 255".to_string()
+                            })
+                        })
                         .collect::<Result<Vec<u8>, _>>()
                         .map(std::borrow::Cow::Owned)
                 }
@@ -284,30 +290,24 @@ fn fortran_to_c(values: &[f32], shape: &[usize]) -> Vec<f32> {
     out
 }
 
-/// Memo values of at most this many bytes of content outlive their batch.
-const SMALL_BYTES: usize = 16;
+/// Memoized strings of at most this many bytes outlive their batch.
+pub const KEPT_TEXT: usize = 64;
 
-/// What is left of `budget` after `value`'s content (text and bytes by
-/// length, numbers 8 each, through tuples and calls), or `None` when it
-/// does not fit. Containers and released values never fit.
-fn small(value: &Value, budget: usize) -> Option<usize> {
-    match value {
-        Value::None | Value::Bool(_) => Some(budget),
-        Value::Int(_) | Value::Float(_) => budget.checked_sub(8),
-        Value::Str(s) => budget.checked_sub(s.len()),
-        Value::Bytes(b) => budget.checked_sub(b.len()),
-        Value::Global(m, n) => budget.checked_sub(m.len() + n.len()),
-        Value::Tuple(items) => items.iter().try_fold(budget, |left, v| small(v, left)),
-        Value::Object(o) => {
-            let o = o.borrow();
-            let left = o.args.iter().try_fold(budget, |left, v| small(v, left))?;
-            match &o.state {
-                Some(state) => small(state, left),
-                None => Some(left),
+/// The string keys of the dicts among `items` (the records' field names).
+fn dict_keys(items: &[Value]) -> Vec<Rc<str>> {
+    let mut keys: Vec<Rc<str>> = Vec::new();
+    for item in items {
+        if let Value::Dict(d) = item {
+            for (k, _) in d.borrow().iter() {
+                if let Value::Str(k) = k {
+                    if !keys.iter().any(|seen| Rc::ptr_eq(seen, k)) {
+                        keys.push(k.clone());
+                    }
+                }
             }
         }
-        Value::List(_) | Value::Dict(_) => None,
     }
+    keys
 }
 
 /// What the machine's stack holds: values, and marks.
@@ -325,25 +325,16 @@ pub fn read_streaming<R: Read, E: From<PickleError>>(
     input: R,
     mut on_item: impl FnMut(Value) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut machine = Machine {
-        input: CountingReader {
-            inner: std::io::BufReader::with_capacity(1 << 20, input),
-            offset: 0,
-        },
-        stack: Vec::new(),
-        memo: HashMap::new(),
-        memo_len: 0,
-        batch: Vec::new(),
-        root: None,
-    };
+    let mut machine = Machine::new(input);
     loop {
         match machine.step()? {
             Step::Continue => {}
             Step::Items(items) => {
+                let keys = dict_keys(&items);
                 for item in items {
                     on_item(item)?;
                 }
-                machine.release();
+                machine.release(&keys);
             }
             Step::Stop(top) => {
                 if machine.root.is_none() {
@@ -418,8 +409,28 @@ struct Machine<R> {
     memo_len: usize,
     /// Memo indices stored since the last hand-out.
     batch: Vec<usize>,
+    /// The strings that named a class or function (`STACK_GLOBAL`): later
+    /// items may fetch them again.
+    names: Vec<Rc<str>>,
     /// The top-level list, once made.
     root: Option<Rc<RefCell<Vec<Value>>>>,
+}
+
+impl<R: Read> Machine<std::io::BufReader<R>> {
+    fn new(input: R) -> Self {
+        Machine {
+            input: CountingReader {
+                inner: std::io::BufReader::with_capacity(1 << 20, input),
+                offset: 0,
+            },
+            stack: Vec::new(),
+            memo: HashMap::new(),
+            memo_len: 0,
+            batch: Vec::new(),
+            names: Vec::new(),
+            root: None,
+        }
+    }
 }
 
 impl<R: Read> Machine<R> {
@@ -488,19 +499,33 @@ impl<R: Read> Machine<R> {
         Ok(())
     }
 
-    /// Forgets what was memoized since the last hand-out, but for what later
-    /// items may fetch again: class references, dtypes and small values (dict
-    /// keys, `b'b'`, `(0,)`, codec names). The maps, texts and containers of
-    /// the items handed out go, so memory stays that of one batch.
-    fn release(&mut self) {
+    /// Forgets what was memoized since the last hand-out, but for the
+    /// objects CPython shares between records, which later items may fetch
+    /// again: class references and their names, dtypes, the `keys` of the
+    /// items' dicts, short strings (at most [`KEPT_TEXT`] bytes: byte orders,
+    /// codec names, and a constant a writer may share, such as one image
+    /// name) and protocol 2's `b'b'`. Each record's maps, shapes, long texts
+    /// and containers go, so memory stays that of one batch plus the short
+    /// strings (about 40 bytes each).
+    fn release(&mut self, keys: &[Rc<str>]) {
         for index in std::mem::take(&mut self.batch) {
             let keep = match self.memo.get(&index) {
                 Some(Value::List(l)) => self.root.as_ref().is_some_and(|root| Rc::ptr_eq(root, l)),
-                Some(Value::Dict(_)) => false,
                 Some(Value::Global(..)) => true,
-                Some(Value::Object(o)) if &*o.borrow().callable.1 == "dtype" => true,
-                Some(v) => small(v, SMALL_BYTES).is_some(),
-                None => true,
+                Some(Value::Object(o)) => {
+                    let o = o.borrow();
+                    match (&*o.callable.1, &o.args[..]) {
+                        ("dtype", _) => true,
+                        ("encode", [Value::Str(text), ..]) => text.chars().count() <= 1,
+                        _ => false,
+                    }
+                }
+                Some(Value::Str(text)) => {
+                    text.len() <= KEPT_TEXT
+                        || keys.iter().chain(&self.names).any(|k| Rc::ptr_eq(k, text))
+                }
+                Some(Value::Bytes(b)) => b.len() <= 1,
+                _ => false,
             };
             if !keep {
                 self.memo.remove(&index);
@@ -556,7 +581,8 @@ impl<R: Read> Machine<R> {
     fn text(&mut self, n: usize) -> Result<Value, PickleError> {
         let at = self.input.offset;
         let bytes = self.input.bytes(n)?;
-        let s = String::from_utf8(bytes).map_err(|_| self.error(at, "a string that is not UTF-8"))?;
+        let s =
+            String::from_utf8(bytes).map_err(|_| self.error(at, "a string that is not UTF-8"))?;
         Ok(Value::Str(s.into()))
     }
 
@@ -606,7 +632,9 @@ impl<R: Read> Machine<R> {
             0x8a => {
                 let [n] = self.input.array::<1>()?;
                 if n > 8 {
-                    return Err(self.error(at, format!("an integer of {n} bytes (at most 8 are read)")));
+                    return Err(
+                        self.error(at, format!("an integer of {n} bytes (at most 8 are read)"))
+                    );
                 }
                 let bytes = self.input.bytes(n as usize)?;
                 let mut buf = if bytes.last().is_some_and(|b| b & 0x80 != 0) {
@@ -723,7 +751,11 @@ impl<R: Read> Machine<R> {
                 let name = self.pop(at)?;
                 let module = self.pop(at)?;
                 match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => self.push(Value::Global(m, n)),
+                    (Value::Str(m), Value::Str(n)) => {
+                        self.names.push(m.clone());
+                        self.names.push(n.clone());
+                        self.push(Value::Global(m, n))
+                    }
                     _ => return Err(self.error(at, "STACK_GLOBAL of values that are not strings")),
                 }
             }
@@ -778,5 +810,82 @@ impl<R: Read> Machine<R> {
             }
         }
         Ok(Step::Continue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memo_keeps_only_what_outlives_a_batch() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/released/labels-stream.pkl"
+        );
+        let mut machine = Machine::new(std::fs::File::open(path).unwrap());
+        let (mut items, mut most_held) = (0, 0);
+        loop {
+            match machine.step().unwrap() {
+                Step::Continue => {}
+                Step::Items(batch) => {
+                    items += batch.len();
+                    machine.release(&dict_keys(&batch));
+                    most_held = most_held.max(machine.memo.len());
+                }
+                Step::Stop(_) => break,
+            }
+        }
+        assert_eq!(items, 2100);
+        // Tens of thousands of memo entries were made; short strings (ids,
+        // the shared image name) stay, and of all else only the class
+        // references, the dtype and `b'b'`.
+        assert!(machine.memo_len > 2100 * 10, "{}", machine.memo_len);
+        assert!(most_held < 2100 * 2 + 40, "{most_held} entries held");
+        let not_text = machine
+            .memo
+            .values()
+            .filter(|v| !matches!(v, Value::Str(t) if t.len() <= KEPT_TEXT))
+            .count();
+        assert!(
+            not_text < 10,
+            "{not_text} entries other than short strings held"
+        );
+    }
+
+    /// Every prefix and many corruptions of the fixtures are answered with
+    /// an error or read, never a panic.
+    #[test]
+    fn cut_and_corrupted_pickles_never_panic() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/released/");
+        let read = |bytes: &[u8]| {
+            let _ = read_streaming(bytes, |item: Value| -> Result<(), PickleError> {
+                for (_, v) in item.dict_entries().unwrap_or_default() {
+                    let _ = v.ndarray();
+                }
+                Ok(())
+            });
+        };
+        for name in [
+            "labels-13b-style-protocol2.pkl",
+            "labels-13b-style-protocol5.pkl",
+        ] {
+            let bytes = std::fs::read(format!("{dir}{name}")).unwrap();
+            for cut in 0..bytes.len() {
+                read(&bytes[..cut]);
+            }
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            for _ in 0..2000 {
+                let mut bad = bytes.clone();
+                for _ in 0..3 {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let at = (state >> 33) as usize % bad.len();
+                    bad[at] = (state >> 20) as u8;
+                }
+                read(&bad);
+            }
+        }
     }
 }

@@ -154,18 +154,16 @@ pub fn import_released_labels(job: &LabelImport, input: impl Read) -> Result<Imp
         Failure::Pickle(e) => TrainError::format(job.pickle, e.to_string()),
         Failure::Store(e) => e,
     })?;
-    if report.grid.is_none() {
+    if report.imported + report.already == 0 {
         return Err(TrainError::format(
             job.pickle,
             format!(
                 "none of its {} records could be used (first: {})",
                 report.read,
-                report
-                    .skipped
-                    .first()
-                    .map_or("the file holds no records".to_string(), |(id, why)| format!(
-                        "{id}: {why}"
-                    ))
+                report.skipped.first().map_or(
+                    "the file holds no records".to_string(),
+                    |(id, why)| format!("{id}: {why}")
+                )
             ),
         ));
     }
@@ -214,7 +212,8 @@ fn check_folder(job: &LabelImport) -> Result<()> {
     if let Ok(text) = std::fs::read_to_string(&path) {
         let before: ImportSource =
             serde_json::from_str(&text).map_err(|e| TrainError::format(&path, e.to_string()))?;
-        let same_file = before.pickle.file_name() == now.pickle.file_name() && before.bytes == bytes;
+        let same_file =
+            before.pickle.file_name() == now.pickle.file_name() && before.bytes == bytes;
         if !same_file || before.preset != now.preset {
             return Err(TrainError::config(
                 "label folder",

@@ -21,6 +21,19 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// A bar over the bytes of a file read (wrap the reader with
+/// `ProgressBar::wrap_read`).
+pub fn bytes_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{bytes}}/{{total_bytes}} [{{elapsed_precise}} < {{eta_precise}}, {{bytes_per_sec}}]"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
 /// burn-train renderer: one bar per epoch and split with the running loss.
 pub struct TrainBar {
     bar: Option<ProgressBar>,

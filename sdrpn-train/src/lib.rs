@@ -18,6 +18,7 @@ pub mod pickle;
 pub mod provenance;
 pub mod questions;
 pub mod released_labels;
+pub mod released_rpn;
 pub mod render;
 
 pub use config::SdrpnConfig;

@@ -11,6 +11,7 @@ mod devices;
 mod eval;
 mod experiment;
 mod generate;
+mod import_labels;
 mod infer;
 mod inspect;
 mod label;
@@ -44,6 +45,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Stage A: pseudo-label maps from the frozen model's own attention.
     Label(label::LabelArgs),
+    /// The authors' released pseudo-label pickle into a label folder (for `train`).
+    ImportLabels(import_labels::ImportLabelsArgs),
     /// Stage B: train the RPN on the labels (burn-train).
     Train(train::TrainArgs),
     /// Stage C: answer with the trained RPN (two passes: RoI, then crop).
@@ -71,6 +74,7 @@ impl Cli {
             Command::Generate(a) => generate::run(a),
             Command::Inspect(a) => inspect::run(a),
             Command::Label(a) => label::run(a),
+            Command::ImportLabels(a) => import_labels::run(a),
             Command::Train(a) => train::run(a),
             Command::Infer(a) => infer::run(a),
             Command::Score(a) => score::run(a),

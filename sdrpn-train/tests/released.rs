@@ -256,3 +256,153 @@ fn files_that_are_no_label_pickle_are_refused_by_name() {
     assert!(err.contains("sdrpn label"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+// ---- RPN checkpoints ----
+
+#[path = "../../sdrpn-llava/tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use sdrpn_llava::session::{LlavaSession, PromptOptions};
+use sdrpn_llava::weights::Checkpoint;
+use sdrpn_train::released_rpn::import_released_rpn;
+
+/// Our RPN parameter -> the released key it must equal (transposed when
+/// 2-D), for the fixtures' K = 2, T = 2 LLaVA checkpoints.
+fn llava_mapping() -> Vec<(String, String)> {
+    let mut map: Vec<(String, String)> = [
+        "input_layernorm.weight",
+        "post_attention_layernorm.weight",
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight",
+        "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",
+        "mlp.down_proj.weight",
+    ]
+    .iter()
+    .map(|p| {
+        (
+            format!("twig_layers.0.{p}"),
+            format!("model.twig_layers.0.{p}"),
+        )
+    })
+    .collect();
+    for (ours, released) in [
+        ("twig_norm.weight", "model.twig_norm.weight"),
+        (
+            "head_norm.weight",
+            "model.twig_layers.1.input_layernorm.weight",
+        ),
+        (
+            "head.q_proj.weight",
+            "model.twig_layers.1.self_attn.q_proj.weight",
+        ),
+        (
+            "head.k_proj.weight",
+            "model.twig_layers.1.self_attn.k_proj.weight",
+        ),
+    ] {
+        map.push((ours.into(), released.into()));
+    }
+    map
+}
+
+/// Checks every parameter of the imported `run` against the released
+/// checkpoint by `mapping`, and that nothing else was written.
+pub fn assert_imported_as(run: &Path, checkpoint: &Path, mapping: &[(String, String)]) {
+    let released = Checkpoint::open_renamed(checkpoint, str::to_string).unwrap();
+    let bytes = std::fs::read(run.join("rpn.safetensors")).unwrap();
+    let ours = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = ours.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let mut want: Vec<String> = mapping.iter().map(|(o, _)| o.clone()).collect();
+    want.sort();
+    assert_eq!(names, want);
+    for (ours_name, released_name) in mapping {
+        let view = ours.tensor(ours_name).unwrap();
+        let got: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let shape = released.shape(released_name).unwrap().to_vec();
+        let values = released.read_f32(released_name).unwrap();
+        match shape[..] {
+            [out, inp] => {
+                assert_eq!(view.shape(), [inp, out], "{ours_name}");
+                for o in 0..out {
+                    for i in 0..inp {
+                        assert_eq!(
+                            got[i * out + o],
+                            values[o * inp + i],
+                            "{ours_name} [{i},{o}]"
+                        );
+                    }
+                }
+            }
+            _ => assert_eq!(got, values, "{ours_name}"),
+        }
+    }
+}
+
+#[test]
+fn released_llava_rpns_import_key_by_key_and_load_on_the_base_model() {
+    let session = LlavaSession::<common::B>::load(
+        &common::model_dir("tiny-llava"),
+        &common::device(),
+        PromptOptions::default(),
+    )
+    .unwrap();
+    for name in ["rpn-llava-7b-style", "rpn-llava-13b-style"] {
+        let checkpoint = fixture(name);
+        let run = temp(name);
+        let source = import_released_rpn(&checkpoint, &run, None).unwrap();
+        assert_eq!((source.branch_layer, source.twig_layers), (2, 2), "{name}");
+        assert_imported_as(&run, &checkpoint, &llava_mapping());
+        let (config, _rpn) = sdrpn_train::trainer::load_rpn(&session, &run, false).unwrap();
+        assert_eq!(
+            config.preset, "tiny",
+            "{name}: the preset of a 4-layer LLaVA"
+        );
+        assert_eq!((config.rpn.branch_layer, config.rpn.twig_layers), (2, 2));
+        // A run folder of `sdrpn train` is not overwritten.
+        std::fs::remove_file(run.join("imported.json")).unwrap();
+        let err = import_released_rpn(&checkpoint, &run, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sdrpn train"), "{err}");
+        std::fs::remove_dir_all(run).ok();
+    }
+}
+
+#[test]
+fn checkpoints_without_an_rpn_are_refused_by_name() {
+    // A plain llava-hf checkpoint: no twig_K in its config.
+    let err = import_released_rpn(&common::model_dir("tiny-llava"), &temp("plain"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("twig_K") && err.contains("config.json"),
+        "{err}"
+    );
+    // twig_T larger than the twig layers held.
+    let dir = temp("bad-t");
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = fixture("rpn-llava-13b-style");
+    std::fs::copy(
+        source.join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(source.join("config.json"))
+        .unwrap()
+        .replace("\"twig_T\": 2", "\"twig_T\": 1");
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let err = import_released_rpn(&dir, &dir.join("run"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("twig_T 1"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -540,3 +540,99 @@ fn a_killed_writer_blocks_no_one_and_its_finished_work_is_kept() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+fn released(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../sdrpn-train/tests/fixtures/released")
+        .join(name)
+}
+
+fn sdrpn_ok(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The authors' released artifacts in their layouts (fixtures of
+/// `scripts/make_released_fixtures.py`): a label pickle imported and
+/// trained on unchanged, a merged RPN checkpoint imported and answered with.
+#[test]
+fn released_labels_train_and_a_released_rpn_answers() {
+    let dir = scratch("released");
+    let labels = dir.join("labels");
+    let pickle = released("labels-7b-style.pkl");
+    let printed = sdrpn_ok(&[
+        "import-labels".as_ref(),
+        pickle.as_os_str(),
+        "--out".as_ref(),
+        labels.as_os_str(),
+        "--preset".as_ref(),
+        "tiny".as_ref(),
+        "--images".as_ref(),
+        fixtures().as_os_str(),
+    ]);
+    assert!(
+        printed.contains("8 imported") && printed.contains("7 skipped"),
+        "{printed}"
+    );
+    let trained = train_tiny(
+        &fixtures().join("tiny-llava"),
+        &labels,
+        &dir.join("run"),
+        &[],
+    );
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    // No preset and a file name that names no model: refused by name.
+    let renamed = dir.join("labels.pkl");
+    std::fs::copy(&pickle, &renamed).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+        .arg("import-labels")
+        .arg(&renamed)
+        .arg("--out")
+        .arg(dir.join("l2"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--preset"),
+        "{stderr}"
+    );
+
+    let run = dir.join("imported-rpn");
+    let checkpoint = released("rpn-llava-7b-style");
+    let printed = sdrpn_ok(&[
+        "import-rpn".as_ref(),
+        checkpoint.as_os_str(),
+        "--out".as_ref(),
+        run.as_os_str(),
+    ]);
+    assert!(
+        printed.contains("Llava") && printed.contains("K 2, T 2"),
+        "{printed}"
+    );
+    let printed = sdrpn_ok(&[
+        "infer".as_ref(),
+        "--model".as_ref(),
+        fixtures().join("tiny-llava").as_os_str(),
+        "--rpn".as_ref(),
+        run.as_os_str(),
+        "--image".as_ref(),
+        fixtures().join("images/wide.png").as_os_str(),
+        "--question".as_ref(),
+        "What is in the picture?".as_ref(),
+        "--json".as_ref(),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let map = json["roi_map"].as_array().unwrap();
+    assert_eq!((map.len(), map[0].as_array().unwrap().len()), (6, 6));
+    assert!(json["answer"].is_string());
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -370,3 +370,67 @@ fn infer_answers_with_vicrop_without_an_rpn() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --rpn"));
 }
+
+/// The authors' released Qwen2.5-VL RPN layout (a fixture of
+/// `scripts/make_released_fixtures.py`: `model.twig_layers` with q/k/v
+/// biases, an unused `twig_norm`) imported, then answered with on the base
+/// model.
+#[test]
+fn a_released_qwen_rpn_imports_and_infer_answers_with_it() {
+    let released = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../sdrpn-train/tests/fixtures/released/rpn-qwen-style");
+    let run = std::env::temp_dir().join(format!("sdrpn-qwen-import-rpn-{}", std::process::id()));
+    std::fs::remove_dir_all(&run).ok();
+    let sdrpn = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sdrpn"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed = sdrpn(&[
+        "import-rpn".as_ref(),
+        released.as_os_str(),
+        "--out".as_ref(),
+        run.as_os_str(),
+    ]);
+    assert!(
+        printed.contains("Qwen") && printed.contains("K 2, T 2"),
+        "{printed}"
+    );
+    let source: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("imported.json")).unwrap()).unwrap();
+    let ours: Vec<&str> = source["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t[1].as_str().unwrap())
+        .collect();
+    // Qwen's RPN: q/k biases in the head, no twig norm.
+    assert!(
+        ours.contains(&"head.q_proj.bias") && ours.contains(&"head.k_proj.bias"),
+        "{ours:?}"
+    );
+    assert!(!ours.iter().any(|t| t.starts_with("twig_norm")), "{ours:?}");
+    let printed = sdrpn(&[
+        "infer".as_ref(),
+        "--model".as_ref(),
+        fixtures().join("tiny-qwen").as_os_str(),
+        "--rpn".as_ref(),
+        run.as_os_str(),
+        "--image".as_ref(),
+        fixtures().join("images/big.png").as_os_str(),
+        "--question".as_ref(),
+        "What is in the picture?".as_ref(),
+        "--json".as_ref(),
+        "--max-new-tokens".as_ref(),
+        "3".as_ref(),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let map = json["roi_map"].as_array().unwrap();
+    assert_eq!((map.len(), map[0].as_array().unwrap().len()), (5, 9));
+    assert!(json["answer"].is_string());
+    std::fs::remove_dir_all(run).ok();
+}

@@ -12,6 +12,7 @@ mod eval;
 mod experiment;
 mod generate;
 mod import_labels;
+mod import_rpn;
 mod infer;
 mod inspect;
 mod label;
@@ -47,6 +48,8 @@ enum Command {
     Label(label::LabelArgs),
     /// The authors' released pseudo-label pickle into a label folder (for `train`).
     ImportLabels(import_labels::ImportLabelsArgs),
+    /// The RPN of the authors' released checkpoint into a run folder (for `infer`, `eval`).
+    ImportRpn(import_rpn::ImportRpnArgs),
     /// Stage B: train the RPN on the labels (burn-train).
     Train(train::TrainArgs),
     /// Stage C: answer with the trained RPN (two passes: RoI, then crop).
@@ -75,6 +78,7 @@ impl Cli {
             Command::Inspect(a) => inspect::run(a),
             Command::Label(a) => label::run(a),
             Command::ImportLabels(a) => import_labels::run(a),
+            Command::ImportRpn(a) => import_rpn::run(a),
             Command::Train(a) => train::run(a),
             Command::Infer(a) => infer::run(a),
             Command::Score(a) => score::run(a),

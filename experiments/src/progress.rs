@@ -11,26 +11,21 @@ use std::collections::HashMap;
 
 /// A bar with rate and ETA.
 pub fn bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}} < {{eta_precise}}, {{per_sec}}] {{msg}}"
-        ))
-        .expect("valid template"),
-    );
-    bar
+    styled(len, what, "{pos}/{len}", "{per_sec}] {msg}")
 }
 
 /// A bar over the bytes of a file read (wrap the reader with
 /// `ProgressBar::wrap_read`).
 pub fn bytes_bar(len: u64, what: &str) -> ProgressBar {
+    styled(len, what, "{bytes}/{total_bytes}", "{bytes_per_sec}]")
+}
+
+/// `what`, a bar, the `count`, elapsed < ETA, then `rate`.
+fn styled(len: u64, what: &str, count: &str, rate: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{bytes}}/{{total_bytes}} [{{elapsed_precise}} < {{eta_precise}}, {{bytes_per_sec}}]"
-        ))
-        .expect("valid template"),
-    );
+    let template =
+        format!("{what} {{bar:30}} {count} [{{elapsed_precise}} < {{eta_precise}}, {rate}");
+    bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
     bar
 }
 

@@ -548,7 +548,7 @@ impl<R: Read> Machine<R> {
     }
 
     fn set_items(&mut self, at: u64, items: Vec<Value>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.error(at, "SETITEMS with an odd number of values"));
         }
         match self.top(at)? {

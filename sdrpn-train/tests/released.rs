@@ -260,7 +260,6 @@ fn files_that_are_no_label_pickle_are_refused_by_name() {
 // ---- RPN checkpoints ----
 
 #[path = "../../sdrpn-llava/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use sdrpn_llava::session::{LlavaSession, PromptOptions};

@@ -168,15 +168,18 @@ impl Value {
         }
         let mut values: Vec<f32> = raw
             .chunks_exact(width)
-            .map(|b| {
-                let mut b = b.to_vec();
+            .map(|bytes| {
+                // One element in little-endian order, on the stack (no
+                // allocation per value: a 7B file holds ~260M of them).
+                let mut b = [0u8; 8];
+                b[..width].copy_from_slice(bytes);
                 if !little {
-                    b.reverse();
+                    b[..width].reverse();
                 }
                 match width {
                     2 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-                    4 => f32::from_le_bytes(b.try_into().expect("4 bytes")),
-                    _ => f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
+                    4 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                    _ => f64::from_le_bytes(b) as f32,
                 }
             })
             .collect();

@@ -245,10 +245,14 @@ fn item_id(item: &Value) -> Option<String> {
 
 /// The value of `key` in a dict item.
 fn field(item: &Value, key: &str) -> Option<Value> {
-    item.dict_entries()?
-        .into_iter()
+    let Value::Dict(entries) = item else {
+        return None;
+    };
+    let entries = entries.borrow();
+    entries
+        .iter()
         .find(|(k, _)| k.as_str() == Some(key))
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.clone())
 }
 
 fn text_field(item: &Value, key: &str) -> std::result::Result<String, String> {

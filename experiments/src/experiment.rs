@@ -671,6 +671,7 @@ pub fn train_or_reuse<B: Backend, H: TrainHost<B>>(
             run_dir: dir,
             resume,
             stop_after_epoch: None,
+            replicas: Vec::new(),
         },
         SilentRenderer,
     )?;

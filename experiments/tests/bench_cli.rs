@@ -154,3 +154,59 @@ fn batch_bench_reports_every_case_at_every_batch_size() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 1"));
 }
+
+#[test]
+fn model_bench_reports_phases_two_pass_ratio_and_a_table_row() {
+    let model = tiny_llava();
+    let config = roomy_config("model");
+    let out = sdrpn(&[
+        "bench",
+        "model",
+        "--config",
+        config.to_str().unwrap(),
+        "--tokenizer",
+        model.to_str().unwrap(),
+        "--branch",
+        "2",
+        "--twig",
+        "2",
+        "--iters",
+        "1",
+        "--new-tokens",
+        "2",
+        "--answer-tokens",
+        "2",
+        "--image",
+        "200x150",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for phase in ["vision+projector", "prefill", "decode", "two-pass"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(phase)),
+            "no {phase} line in\n{text}"
+        );
+    }
+    // | model | device | dtype | params | vision ms | prefill tok/s | decode tok/s | ratio | peak MiB |
+    let row: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("table: |"))
+        .unwrap_or_else(|| panic!("no table row in\n{text}"))
+        .split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(row.len(), 9, "{row:?}");
+    assert_eq!(&row[..3], &["config", "cpu", "f32"]);
+    let ratio: f64 = row[7].trim_end_matches('x').parse().unwrap();
+    assert!(ratio > 0.0 && ratio.is_finite(), "{row:?}");
+    for cell in [row[4], row[5], row[6], row[8]] {
+        let v: f64 = cell.parse().unwrap();
+        assert!(v > 0.0 && v.is_finite(), "{row:?}");
+    }
+    std::fs::remove_dir_all(config.parent().unwrap()).unwrap();
+}

@@ -288,6 +288,18 @@ fn start<B: Backend, J: BackendJob>(
     probe_hint: Option<&str>,
     job: J,
 ) -> Result<J::Output> {
+    prepare::<B>(&device, spec, precision, probe_hint)?;
+    Ok(job.run::<B>(device))
+}
+
+/// Starts `device` (see [`start`]), sets its float dtype and probes it.
+#[allow(dead_code)]
+fn prepare<B: Backend>(
+    device: &B::Device,
+    spec: &DeviceSpec,
+    precision: Precision,
+    probe_hint: Option<&str>,
+) -> Result<()> {
     use burn::tensor::{DType, FloatDType};
     if let Some(hint) = probe_hint {
         // `supports_dtype` starts the runtime (adapter, driver) but leaves
@@ -303,10 +315,10 @@ fn start<B: Backend, J: BackendJob>(
         Precision::Bf16 => Some(FloatDType::BF16),
     };
     if let Some(dtype) = dtype {
-        if !B::supports_dtype(&device, DType::from(dtype)) {
+        if !B::supports_dtype(device, DType::from(dtype)) {
             return Err(CoreError::Device(format!(
                 "device {spec} ({}) cannot compute in {precision}: its adapter does not support that dtype; use --dtype f32{}",
-                B::name(&device),
+                B::name(device),
                 if precision == Precision::Bf16 { " or f16" } else { "" }
             )));
         }
@@ -314,14 +326,14 @@ fn start<B: Backend, J: BackendJob>(
         // would initialise them and make this call fail.
         let int_dtype =
             burn::tensor::IntDType::from(<B::IntElem as burn::tensor::Element>::dtype());
-        burn::tensor::set_default_dtypes::<B>(&device, dtype, int_dtype).map_err(|e| {
+        burn::tensor::set_default_dtypes::<B>(device, dtype, int_dtype).map_err(|e| {
             CoreError::Device(format!("device {spec} cannot compute in {precision}: {e}"))
         })?;
     }
     if let Some(hint) = probe_hint {
-        probe::<B>(&device, spec, precision, hint)?;
+        probe::<B>(device, spec, precision, hint)?;
     }
-    Ok(job.run::<B>(device))
+    Ok(())
 }
 
 /// Runs a tiny computation on `device` in its default dtype and checks the
@@ -364,6 +376,147 @@ fn catch_backend_panic<T>(spec: &DeviceSpec, hint: &str, f: impl FnOnce() -> T) 
         CoreError::Device(format!(
             "device {spec} is not usable: {hint}. Backend said: {why}"
         ))
+    })
+}
+
+/// A job that runs on several devices of one backend (data-parallel
+/// training), the first being the main one.
+pub trait MultiDeviceJob {
+    /// What the job returns.
+    type Output;
+    /// Runs the job on backend `B`'s `devices` (at least one).
+    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Self::Output;
+}
+
+/// Runs `job` on the devices `specs` of one backend, each started and set
+/// to `precision` like [`run_on_with`]'s: `cuda:0,cuda:1`, `wgpu:0,wgpu:1`,
+/// or one CPU backend listed several times (workers taking turns on the
+/// same cores: for checking the multi-device mechanics without GPUs).
+pub fn run_on_devices<J: MultiDeviceJob>(
+    specs: &[DeviceSpec],
+    precision: Precision,
+    job: J,
+) -> Result<J::Output> {
+    let main = specs
+        .first()
+        .ok_or_else(|| CoreError::Device("no device given".into()))?;
+    for spec in &specs[1..] {
+        let same_kind = match (main, spec) {
+            (DeviceSpec::Cpu(a), DeviceSpec::Cpu(b)) => {
+                a.unwrap_or(DEFAULT_CPU) == b.unwrap_or(DEFAULT_CPU)
+            }
+            (DeviceSpec::Wgpu(Some(_)), DeviceSpec::Wgpu(Some(_))) => true,
+            (DeviceSpec::Cuda(_), DeviceSpec::Cuda(_)) => true,
+            _ => false,
+        };
+        if !same_kind {
+            return Err(CoreError::Device(format!(
+                "devices {main} and {spec} are not numbered devices of one backend: list cuda:0,cuda:1,... or wgpu:0,wgpu:1,... (or one CPU backend several times)"
+            )));
+        }
+        if !matches!(spec, DeviceSpec::Cpu(_)) && specs.iter().filter(|s| *s == spec).count() > 1 {
+            return Err(CoreError::Device(format!(
+                "device {spec} is listed twice: name each GPU once"
+            )));
+        }
+    }
+    run_on_with(
+        main,
+        precision,
+        OnDevices {
+            specs: specs.to_vec(),
+            precision,
+            job,
+        },
+    )?
+}
+
+/// [`run_on_devices`]'s job on the main device: starts the others, then
+/// runs the inner job on all.
+struct OnDevices<J> {
+    specs: Vec<DeviceSpec>,
+    precision: Precision,
+    job: J,
+}
+
+impl<J: MultiDeviceJob> BackendJob for OnDevices<J> {
+    type Output = Result<J::Output>;
+    fn run<B: Backend>(self, main: B::Device) -> Self::Output {
+        use burn::tensor::backend::{Device, DeviceId};
+        let mut devices = vec![main.clone()];
+        for spec in &self.specs[1..] {
+            let device = match *spec {
+                DeviceSpec::Cpu(_) => main.clone(),
+                // Device id (0, N): WGPU's N-th discrete GPU, CUDA's GPU N.
+                DeviceSpec::Wgpu(index) => {
+                    B::Device::from_id(DeviceId::new(0, index.unwrap_or(0) as u16))
+                }
+                DeviceSpec::Cuda(index) => {
+                    #[cfg(feature = "cuda")]
+                    cuda_driver::check(index)?;
+                    B::Device::from_id(DeviceId::new(0, index as u16))
+                }
+            };
+            if !matches!(spec, DeviceSpec::Cpu(_)) {
+                let hint = "this GPU did not start";
+                prepare::<B>(&device, spec, self.precision, Some(hint))?;
+            }
+            devices.push(device);
+        }
+        Ok(self.job.run::<B>(devices))
+    }
+}
+
+/// Device memory held by a GPU backend's pool, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes of live tensors (without padding).
+    pub in_use: u64,
+    /// Bytes the pool has taken from the device (pages, free or not): what
+    /// the driver sees this process use, without the runtime's own context.
+    pub reserved: u64,
+}
+
+impl DeviceMemory {
+    /// The larger of each field.
+    pub fn max(self, other: Self) -> Self {
+        Self {
+            in_use: self.in_use.max(other.in_use),
+            reserved: self.reserved.max(other.reserved),
+        }
+    }
+}
+
+/// What the memory pool of device `spec` holds now, as seen from this
+/// thread's stream (the one a [`BackendJob`] run on this thread used);
+/// `None` on the CPU backends, which have no pool. Call it only once the
+/// device was started (inside or after a job on it).
+pub fn device_memory(spec: &DeviceSpec) -> Option<DeviceMemory> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    use burn::cubecl::Runtime;
+    let usage = match *spec {
+        DeviceSpec::Cpu(_) => None,
+        #[cfg(feature = "wgpu")]
+        DeviceSpec::Wgpu(index) => {
+            use burn::backend::wgpu::WgpuDevice;
+            let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+            burn::cubecl::wgpu::WgpuRuntime::client(&device)
+                .memory_usage()
+                .ok()
+        }
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(index) => {
+            let device = burn::backend::cuda::CudaDevice::new(index);
+            burn::cubecl::cuda::CudaRuntime::client(&device)
+                .memory_usage()
+                .ok()
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }?;
+    Some(DeviceMemory {
+        in_use: usage.bytes_in_use,
+        reserved: usage.bytes_reserved,
     })
 }
 

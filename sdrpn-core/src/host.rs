@@ -167,6 +167,11 @@ pub trait RpnHost<B: Backend> {
     fn num_heads(&self) -> usize;
     /// The device the model lives on.
     fn device(&self) -> B::Device;
+    /// A copy of this host with its weights on `device`: one per device in
+    /// data-parallel training.
+    fn on_device(&self, device: &B::Device) -> Self
+    where
+        Self: Sized;
     /// What the checkpoint is.
     fn fingerprint(&self) -> &ModelFingerprint;
     /// The grid every labelled prompt is made on (labels of one folder

@@ -50,11 +50,28 @@ impl LossKind {
         target: Tensor<B, 2>,
         valid: Tensor<B, 2, Bool>,
     ) -> Tensor<B, 1> {
-        match *self {
-            LossKind::Bce => masked_bce_with_logits(logits, target, valid),
-            LossKind::Focal { alpha, gamma } => masked_focal(logits, target, valid, alpha, gamma),
-            LossKind::Mse => masked_mse(logits, target, valid),
-        }
+        let count = valid.clone().float().sum().clamp_min(1.0);
+        self.summed(logits, target, valid) / count
+    }
+
+    /// The sum of the per-token loss over the `valid` tokens: [`LossKind::loss`]
+    /// before the division by their count (for normalising by the tokens of
+    /// a larger batch this one is part of).
+    ///
+    /// # Shapes
+    /// - `logits`, `target`, `valid`: `[N, P]` -> `[1]`
+    pub fn summed<B: Backend>(
+        &self,
+        logits: Tensor<B, 2>,
+        target: Tensor<B, 2>,
+        valid: Tensor<B, 2, Bool>,
+    ) -> Tensor<B, 1> {
+        let per_token = match *self {
+            LossKind::Bce => bce_elementwise(logits, target),
+            LossKind::Focal { alpha, gamma } => focal_elementwise(logits, target, alpha, gamma),
+            LossKind::Mse => (sigmoid(logits) - target).square(),
+        };
+        (per_token * valid.float()).sum()
     }
 }
 
@@ -84,24 +101,33 @@ fn bce_elementwise<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 2>) -> Te
     (target.clone() * pos + (target.neg() + 1.0) * neg).neg()
 }
 
-/// Mean of `values` over the `valid` entries; 0 when there are none.
-fn masked_mean<B: Backend>(values: Tensor<B, 2>, valid: Tensor<B, 2, Bool>) -> Tensor<B, 1> {
-    let mask = valid.float();
-    let count = mask.clone().sum().clamp_min(1.0);
-    (values * mask).sum() / count
-}
-
 /// Masked BCE with logits, mean over valid tokens pooled over the batch.
 pub fn masked_bce_with_logits<B: Backend>(
     logits: Tensor<B, 2>,
     target: Tensor<B, 2>,
     valid: Tensor<B, 2, Bool>,
 ) -> Tensor<B, 1> {
-    masked_mean(bce_elementwise(logits, target), valid)
+    LossKind::Bce.loss(logits, target, valid)
 }
 
-/// Masked sigmoid focal loss: `alpha_t (1 - p_t)^gamma * BCE`, with
+/// Elementwise sigmoid focal loss: `alpha_t (1 - p_t)^gamma * BCE`, with
 /// `p_t = p y + (1-p)(1-y)` and `alpha_t = alpha y + (1-alpha)(1-y)`.
+fn focal_elementwise<B: Backend>(
+    logits: Tensor<B, 2>,
+    target: Tensor<B, 2>,
+    alpha: f64,
+    gamma: f64,
+) -> Tensor<B, 2> {
+    let p = sigmoid(logits.clone());
+    let ce = bce_elementwise(logits, target.clone());
+    let one_minus_t = target.clone().neg() + 1.0;
+    let p_t = p.clone() * target.clone() + (p.neg() + 1.0) * one_minus_t.clone();
+    let alpha_t = target * alpha + one_minus_t * (1.0 - alpha);
+    let weight = (p_t.neg() + 1.0).powf_scalar(gamma) * alpha_t;
+    ce * weight
+}
+
+/// Masked sigmoid focal loss, mean over valid tokens pooled over the batch.
 pub fn masked_focal<B: Backend>(
     logits: Tensor<B, 2>,
     target: Tensor<B, 2>,
@@ -109,13 +135,7 @@ pub fn masked_focal<B: Backend>(
     alpha: f64,
     gamma: f64,
 ) -> Tensor<B, 1> {
-    let p = sigmoid(logits.clone());
-    let ce = bce_elementwise(logits, target.clone());
-    let one_minus_t = target.clone().neg() + 1.0;
-    let p_t = p.clone() * target.clone() + (p.neg() + 1.0) * one_minus_t.clone();
-    let alpha_t = target * alpha + one_minus_t * (1.0 - alpha);
-    let weight = (p_t.neg() + 1.0).powf_scalar(gamma) * alpha_t;
-    masked_mean(ce * weight, valid)
+    LossKind::Focal { alpha, gamma }.loss(logits, target, valid)
 }
 
 /// Masked MSE between `sigmoid(logits)` and a continuous target map.
@@ -124,7 +144,7 @@ pub fn masked_mse<B: Backend>(
     target: Tensor<B, 2>,
     valid: Tensor<B, 2, Bool>,
 ) -> Tensor<B, 1> {
-    masked_mean((sigmoid(logits) - target).square(), valid)
+    LossKind::Mse.loss(logits, target, valid)
 }
 
 #[cfg(test)]

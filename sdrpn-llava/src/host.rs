@@ -181,6 +181,16 @@ impl<B: Backend> RpnHost<B> for LlavaSession<B> {
         self.model.config().text.num_heads
     }
 
+    fn on_device(&self, device: &B::Device) -> Self {
+        use burn::module::Module;
+        LlavaSession {
+            model: self.model.clone().to_device(device),
+            tokenizer: self.tokenizer.clone(),
+            options: self.options,
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+
     fn device(&self) -> B::Device {
         self.model.language.device()
     }

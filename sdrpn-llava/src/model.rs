@@ -85,6 +85,15 @@ impl<B: Backend> Llava<B> {
         Ok(Self::build(&mut loader, config))
     }
 
+    /// Like [`Llava::random`], with the weights drawn on the device by the
+    /// backend's generator ([`TensorLoader::random_on_device`]): what the
+    /// benchmarks build a 7B-shaped model with.
+    pub fn random_on_device(config: LlavaConfig, seed: u64, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        let mut loader = TensorLoader::random_on_device(device, seed);
+        Ok(Self::build(&mut loader, config))
+    }
+
     /// A model to train from scratch: seeded random weights scaled by fan-in
     /// ([`TensorLoader::scaled_by_fan_in`]), with the checkpoint name of
     /// every parameter, for writing the result with [`Llava::export`].

@@ -69,6 +69,7 @@ pub fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
 }
 
 /// A LLaMA tokenizer with LLaVA's image token.
+#[derive(Clone)]
 pub struct LlavaTokenizer {
     inner: Tokenizer,
     bos: Option<u32>,

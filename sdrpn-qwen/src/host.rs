@@ -97,6 +97,14 @@ impl<B: Backend> RpnHost<B> for QwenSession<B> {
         QwenSession::device(self)
     }
 
+    fn on_device(&self, device: &B::Device) -> Self {
+        use burn::module::Module;
+        QwenSession {
+            model: std::sync::Arc::new((*self.model).clone().to_device(device)),
+            ..self.clone()
+        }
+    }
+
     fn fingerprint(&self) -> &sdrpn_core::host::ModelFingerprint {
         &self.fingerprint
     }

@@ -1,6 +1,7 @@
 //! Training data: label records split into train / held-back sets, served
 //! in an order fixed by (seed, epoch) so a resumed run sees exactly the
-//! batches an uninterrupted one would.
+//! batches an uninterrupted one would; on several devices, each global batch
+//! split evenly across them ([`EpochLoader::sharded`]).
 
 use crate::config::TrainSettings;
 use crate::label_store::LabelRecord;
@@ -17,6 +18,11 @@ pub use sdrpn_core::rng::SplitMix;
 pub struct RecordBatch {
     /// The records of the batch.
     pub records: Vec<Arc<LabelRecord>>,
+    /// On several devices: every record of the global batch this one is a
+    /// device's share of (its own records included). The loss is then
+    /// normalised by the global batch's valid tokens, so the devices'
+    /// summed gradients equal the global batch's on one device.
+    pub global: Option<Arc<Vec<Arc<LabelRecord>>>>,
 }
 
 /// Splits records into (train, held-back): a seeded permutation, the first
@@ -44,6 +50,12 @@ pub struct EpochLoader<B: Backend> {
     seed: u64,
     shuffle: bool,
     next_epoch: Arc<AtomicUsize>,
+    /// The devices the global batches are split across (1: not split).
+    shards: usize,
+    /// Which device's share this loader serves, once sliced.
+    shard: Option<usize>,
+    /// Shares handed out by [`DataLoader::slice`] so far.
+    sliced: Arc<AtomicUsize>,
     _backend: PhantomData<fn() -> B>,
 }
 
@@ -63,8 +75,22 @@ impl<B: Backend> EpochLoader<B> {
             seed,
             shuffle,
             next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
+            shards: 1,
+            shard: None,
+            sliced: Arc::new(AtomicUsize::new(0)),
             _backend: PhantomData,
         }
+    }
+
+    /// This loader for training on `devices` devices: burn-train's
+    /// multi-device strategy slices it once per device, in device order
+    /// (`split_dataloader`), and slice `d` then serves, for every global
+    /// batch of `batch_size` records (the same batches, in the same order,
+    /// as one device sees), the `d`-th of `devices` even parts, with the
+    /// whole batch alongside ([`RecordBatch::global`]).
+    pub fn sharded(mut self, devices: usize) -> Self {
+        self.shards = devices.max(1);
+        self
     }
 
     fn with_records(&self, records: Arc<Vec<Arc<LabelRecord>>>) -> Self {
@@ -74,6 +100,9 @@ impl<B: Backend> EpochLoader<B> {
             seed: self.seed,
             shuffle: self.shuffle,
             next_epoch: self.next_epoch.clone(),
+            shards: self.shards,
+            shard: self.shard,
+            sliced: self.sliced.clone(),
             _backend: PhantomData,
         }
     }
@@ -84,6 +113,8 @@ struct EpochIter {
     order: Vec<usize>,
     pos: usize,
     batch_size: usize,
+    /// `(shard, shards)` when serving one device's share of each batch.
+    shard: Option<(usize, usize)>,
 }
 
 impl Iterator for EpochIter {
@@ -93,12 +124,27 @@ impl Iterator for EpochIter {
             return None;
         }
         let end = (self.pos + self.batch_size).min(self.order.len());
-        let records = self.order[self.pos..end]
+        let batch: Vec<Arc<LabelRecord>> = self.order[self.pos..end]
             .iter()
             .map(|&i| self.records[i].clone())
             .collect();
         self.pos = end;
-        Some(RecordBatch { records })
+        let Some((shard, shards)) = self.shard else {
+            return Some(RecordBatch {
+                records: batch,
+                global: None,
+            });
+        };
+        // Even parts; only a last, short batch can leave a device without one.
+        let m = batch.len();
+        let records = batch[shard * m / shards..(shard + 1) * m / shards].to_vec();
+        if records.is_empty() {
+            return None;
+        }
+        Some(RecordBatch {
+            records,
+            global: Some(Arc::new(batch)),
+        })
     }
 }
 
@@ -121,6 +167,7 @@ impl<B: Backend> DataLoader<B, RecordBatch> for EpochLoader<B> {
             order,
             pos: 0,
             batch_size: self.batch_size,
+            shard: self.shard.map(|d| (d, self.shards)),
         })
     }
 
@@ -134,6 +181,16 @@ impl<B: Backend> DataLoader<B, RecordBatch> for EpochLoader<B> {
     }
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, RecordBatch>> {
+        if self.shards > 1 && self.shard.is_none() {
+            // One device's share of every batch (see `sharded`), with an
+            // epoch counter of its own: each device's loader starts one
+            // epoch per epoch.
+            let shard = self.sliced.fetch_add(1, Ordering::SeqCst) % self.shards;
+            let mut part = self.with_records(self.records.clone());
+            part.shard = Some(shard);
+            part.next_epoch = Arc::new(AtomicUsize::new(self.next_epoch.load(Ordering::SeqCst)));
+            return Arc::new(part);
+        }
         let part =
             self.records[start.min(self.records.len())..end.min(self.records.len())].to_vec();
         Arc::new(self.with_records(Arc::new(part)))
@@ -183,6 +240,57 @@ mod tests {
         assert_eq!(a, a2);
         assert_eq!(b, b2);
         assert!(a.iter().all(|r| !b.contains(r)));
+    }
+
+    #[test]
+    fn sharded_slices_split_each_global_batch_in_device_order() {
+        let recs: Vec<_> = records(11).into_iter().map(Arc::new).collect();
+        let whole = EpochLoader::<crate::test_backend::B>::new(recs.clone(), 4, 7, true, 2);
+        let batches: Vec<Vec<String>> = whole
+            .iter()
+            .map(|b| b.records.iter().map(|r| r.question_id.clone()).collect())
+            .collect();
+        let sharded = EpochLoader::<crate::test_backend::B>::new(recs, 4, 7, true, 2).sharded(2);
+        // As burn-train's split_dataloader slices it: once per device, in order.
+        let parts = [sharded.slice(0, 5), sharded.slice(5, 11)];
+        let mut iters: Vec<_> = parts.iter().map(|p| p.iter()).collect();
+        for batch in &batches {
+            let shares: Vec<RecordBatch> = iters.iter_mut().filter_map(|it| it.next()).collect();
+            let ids = |b: &RecordBatch| -> Vec<String> {
+                b.records.iter().map(|r| r.question_id.clone()).collect()
+            };
+            // Batches of 4, 4, 3: shares of 2 + 2, 2 + 2, 1 + 2.
+            let joined: Vec<String> = shares.iter().flat_map(ids).collect();
+            assert_eq!(
+                &joined, batch,
+                "the shares make up the global batch, in order"
+            );
+            for share in &shares {
+                let global: Vec<String> = share
+                    .global
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.question_id.clone())
+                    .collect();
+                assert_eq!(&global, batch);
+            }
+        }
+        assert!(iters.iter_mut().all(|it| it.next().is_none()));
+        // The next epoch is the one-device loader's next epoch, on each device.
+        let next: Vec<String> = ids(whole.iter());
+        let joined: Vec<String> = {
+            let (a, mut b) = (parts[0].iter(), parts[1].iter());
+            let mut v = Vec::new();
+            for x in a {
+                v.extend(x.records.iter().map(|r| r.question_id.clone()));
+                if let Some(y) = b.next() {
+                    v.extend(y.records.iter().map(|r| r.question_id.clone()));
+                }
+            }
+            v
+        };
+        assert_eq!(joined, next);
     }
 
     #[test]

@@ -19,11 +19,11 @@ use std::fmt::Debug;
 
 /// The frozen part of the host: prompt -> output of base layer K-1.
 pub trait PrefixSource<B: Backend>: Clone + Debug + Send + Sync + 'static {
-    /// Frozen-prefix states of one labelled sample (`[1, T, D]`, rotary
-    /// positions, the query position and the visual positions). Panics with
-    /// the sample id when its image can no longer be read (images are
-    /// checked before training).
-    fn prefix(&self, record: &LabelRecord) -> PrefixStates<B>;
+    /// Frozen-prefix states of one labelled sample (`[1, T, D]` on
+    /// `device`, rotary positions, the query position and the visual
+    /// positions). Panics with the sample id when its image can no longer be
+    /// read (images are checked before training).
+    fn prefix(&self, record: &LabelRecord, device: &B::Device) -> PrefixStates<B>;
     /// The visual grid.
     fn grid(&self) -> Grid;
 }
@@ -90,15 +90,16 @@ fn rows<B: Backend, R: std::borrow::Borrow<LabelRecord>>(
     Tensor::from_data(TensorData::new(values, [records.len(), p]), device)
 }
 
-/// Builds the batch tensors: prefixes on the source's backend `C`, lifted
-/// to `B` by `lift` (`Tensor::from_inner` when training).
+/// Builds the batch tensors: prefixes on the source's backend `C` (on
+/// `at`, the inner device of `device`), lifted to `B` by `lift`
+/// (`Tensor::from_inner` when training).
 pub fn batch_inputs<C: Backend, B: Backend>(
     source: &impl PrefixSource<C>,
     batch: &RecordBatch,
     lift: impl Fn(Tensor<C, 3>) -> Tensor<B, 3>,
-    device: &B::Device,
+    (at, device): (&C::Device, &B::Device),
 ) -> BatchInputs<B> {
-    let prefixes: Vec<_> = batch.records.iter().map(|r| source.prefix(r)).collect();
+    let prefixes: Vec<_> = batch.records.iter().map(|r| source.prefix(r, at)).collect();
     let t_max = prefixes
         .iter()
         .map(|s| s.hidden.dims()[1])
@@ -189,35 +190,93 @@ pub fn record_labels<B: Backend>(
     if records.is_empty() {
         return Ok(Vec::new());
     }
+    let clean = stored_denoised::<B, _>(records, &config.labels.sink, device);
+    Ok(build_labels(clean, grid, &config.labels.thresholds)?.to_labels())
+}
+
+/// The denoised grounding maps `[N, P]` of stored records (at least one)
+/// under the sink rule.
+fn stored_denoised<B: Backend, R: std::borrow::Borrow<LabelRecord>>(
+    records: &[R],
+    sink: &SinkRule,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     let massive = records[0]
+        .borrow()
         .massive
         .is_some()
         .then(|| rows::<B, _>(records, |r| r.massive.as_deref().unwrap_or(&[]), device));
-    let clean = denoise_maps::<B>(
+    denoise_maps::<B>(
         rows(records, |r| &r.grounding, device),
         rows(records, |r| &r.sink, device),
         massive,
-        &config.labels.sink,
-    );
-    Ok(build_labels(clean, grid, &config.labels.thresholds)?.to_labels())
+        sink,
+    )
 }
 
 /// Loss, labels and logits of a batch.
 pub struct StepResult<B: Backend> {
     /// The loss (mean over valid tokens of the batch), `[1]`.
     pub loss: Tensor<B, 1>,
+    /// What the gradient is taken of, `[1]`: [`StepResult::loss`], or on
+    /// several devices the batch's summed loss over the valid tokens of the
+    /// global batch it is a share of.
+    pub objective: Tensor<B, 1>,
     /// RPN logits `[N, P]`.
     pub logits: Tensor<B, 2>,
     /// Labels built on the fly.
     pub labels: LabelBatch<B>,
 }
 
-/// Runs the RPN on a batch and scores it.
+/// What the loss compares the logits with, and over which tokens
+/// (`[N, P]` each): the 0/1 labels over the valid tokens (BCE, focal), or
+/// the denoised map `clean` normalised by its maximum over every token of a
+/// non-rejected sample (MSE).
+fn loss_target<B: Backend>(
+    loss: LossKind,
+    clean: Tensor<B, 2>,
+    labels: &LabelBatch<B>,
+) -> (Tensor<B, 2>, Tensor<B, 2, Bool>) {
+    match loss {
+        LossKind::Mse => {
+            let [n, p] = clean.dims();
+            let max = clean.clone().max_dim(1).clamp_min(1e-12);
+            let kept: Tensor<B, 2, Bool> = labels
+                .rejected
+                .clone()
+                .bool_not()
+                .reshape([n, 1])
+                .expand([n, p]);
+            (clean / max, kept)
+        }
+        _ => (labels.target.clone(), labels.valid.clone()),
+    }
+}
+
+/// The number of tokens the loss of `records` as one batch averages over
+/// (labels built from their stored maps under `settings`).
+pub fn loss_tokens<B: Backend>(
+    records: &[std::sync::Arc<LabelRecord>],
+    settings: &StepSettings,
+    grid: Grid,
+    device: &B::Device,
+) -> f64 {
+    let clean = stored_denoised::<B, _>(records, &settings.sink, device);
+    let labels = build_labels(clean.clone(), grid, &settings.labels)
+        .expect("label maps are checked before training");
+    let (_, mask) = loss_target(settings.loss, clean, &labels);
+    let count = mask.int().sum().into_data().convert::<i64>();
+    count.to_vec::<i64>().map_or(0, |v| v[0]) as f64
+}
+
+/// Runs the RPN on a batch and scores it; `global_tokens`: on several
+/// devices, [`loss_tokens`] of the global batch this one is a share of.
 pub fn run_step<B: Backend>(
     rpn: &LlamaRpn<B>,
     settings: &StepSettings,
     grid: Grid,
     inputs: BatchInputs<B>,
+    global_tokens: Option<f64>,
 ) -> StepResult<B> {
     let clean = denoised(&inputs, &settings.sink);
     let labels = build_labels(clean.clone(), grid, &settings.labels)
@@ -228,27 +287,17 @@ pub fn run_step<B: Backend>(
         inputs.query,
         inputs.visual,
     );
-    let loss = match settings.loss {
-        LossKind::Mse => {
-            // Target: the denoised map normalised by its maximum; every token
-            // of a non-rejected sample counts.
-            let [n, p] = clean.dims();
-            let max = clean.clone().max_dim(1).clamp_min(1e-12);
-            let target = clean / max;
-            let kept: Tensor<B, 2, Bool> = labels
-                .rejected
-                .clone()
-                .bool_not()
-                .reshape([n, 1])
-                .expand([n, p]);
-            settings.loss.loss(logits.clone(), target, kept)
-        }
-        _ => settings
-            .loss
-            .loss(logits.clone(), labels.target.clone(), labels.valid.clone()),
+    let (target, mask) = loss_target(settings.loss, clean, &labels);
+    let loss = settings
+        .loss
+        .loss(logits.clone(), target.clone(), mask.clone());
+    let objective = match global_tokens {
+        None => loss.clone(),
+        Some(tokens) => settings.loss.summed(logits.clone(), target, mask) / tokens.max(1.0),
     };
     StepResult {
         loss,
+        objective,
         logits,
         labels,
     }
@@ -294,6 +343,7 @@ mod tests {
         );
         let result = StepResult {
             loss: Tensor::zeros([1], &device),
+            objective: Tensor::zeros([1], &device),
             logits,
             labels: LabelBatch {
                 target,

@@ -13,13 +13,13 @@ use crate::dataset::{split_records, EpochLoader, RecordBatch};
 use crate::error::{describe, write_atomic, Result, TrainError};
 use crate::label_store::LabelRecord;
 use crate::provenance::RunProvenance;
-use crate::step::{batch_inputs, confusion, run_step, PrefixSource, StepSettings};
+use crate::step::{batch_inputs, confusion, loss_tokens, run_step, PrefixSource, StepSettings};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::{AutodiffBackend, Backend, DeviceOps};
 use burn::tensor::{Tensor, Transaction};
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::logger::{FileMetricLogger, MetricLogger};
@@ -34,7 +34,8 @@ use burn::train::renderer::{
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
 use burn::train::{
-    InferenceStep, Interrupter, Learner, LearnerSummary, SupervisedTraining, TrainOutput, TrainStep,
+    ExecutionStrategy, InferenceStep, Interrupter, Learner, LearnerSummary, MultiDeviceOptim,
+    SupervisedTraining, TrainOutput, TrainStep, TrainingStrategy,
 };
 use sdrpn_core::host::PrefixStates;
 use sdrpn_core::host::RpnHost;
@@ -62,9 +63,11 @@ impl<B: Backend, H> TrainHost<B> for H where
 {
 }
 
-/// The frozen prefix of labelled samples (images under `images`) on a host.
+/// The frozen prefix of labelled samples (images under `images`) on a host,
+/// with a copy of the host on each further training device.
 pub struct HostPrefix<B: Backend, H> {
-    session: Arc<H>,
+    /// The host on the main device, then its replicas.
+    sessions: Vec<Arc<H>>,
     images: PathBuf,
     branch: usize,
     grid: Grid,
@@ -74,7 +77,7 @@ pub struct HostPrefix<B: Backend, H> {
 impl<B: Backend, H> Clone for HostPrefix<B, H> {
     fn clone(&self) -> Self {
         Self {
-            session: self.session.clone(),
+            sessions: self.sessions.clone(),
             images: self.images.clone(),
             branch: self.branch,
             grid: self.grid,
@@ -87,10 +90,11 @@ impl<B: Backend, H> Debug for HostPrefix<B, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "HostPrefix(K={}, grid={}, images={})",
+            "HostPrefix(K={}, grid={}, images={}, {} host copies)",
             self.branch,
             self.grid,
-            self.images.display()
+            self.images.display(),
+            self.sessions.len()
         )
     }
 }
@@ -100,7 +104,7 @@ impl<B: Backend, H: TrainHost<B>> HostPrefix<B, H> {
     pub fn new(session: Arc<H>, images: PathBuf, branch: usize) -> Result<Self> {
         let grid = session.label_grid().map_err(|e| TrainError::host(&e))?;
         Ok(Self {
-            session,
+            sessions: vec![session],
             images,
             branch,
             grid,
@@ -109,19 +113,35 @@ impl<B: Backend, H: TrainHost<B>> HostPrefix<B, H> {
     }
 }
 
+impl<B: Backend, H: TrainHost<B>> HostPrefix<B, H> {
+    /// Adds copies of the host on further devices: each device's share of a
+    /// batch then runs through the copy on that device.
+    pub fn with_replicas(mut self, replicas: Vec<Arc<H>>) -> Self {
+        self.sessions.extend(replicas);
+        self
+    }
+}
+
 impl<B: Backend, H: TrainHost<B>> PrefixSource<B> for HostPrefix<B, H> {
-    fn prefix(&self, record: &LabelRecord) -> PrefixStates<B> {
+    fn prefix(&self, record: &LabelRecord, device: &B::Device) -> PrefixStates<B> {
+        // The copy on `device`, else the main one (its states then move).
+        let session = self
+            .sessions
+            .iter()
+            .find(|s| s.device() == *device)
+            .unwrap_or(&self.sessions[0]);
         let run = || -> std::result::Result<PrefixStates<B>, String> {
             let image = load_rgb(&self.images.join(&record.image)).map_err(|e| describe(&e))?;
-            let prepared = self
-                .session
+            let prepared = session
                 .prepare(&image, &record.question)
                 .map_err(|e| describe(&e))?;
-            self.session
+            session
                 .frozen_prefix(&prepared, self.branch)
                 .map_err(|e| describe(&e))
         };
-        run().unwrap_or_else(|e| panic!("sample {}: {e}", record.question_id))
+        let mut states = run().unwrap_or_else(|e| panic!("sample {}: {e}", record.question_id));
+        states.hidden = states.hidden.to_device(device);
+        states
     }
 
     fn grid(&self) -> Grid {
@@ -374,11 +394,22 @@ where
     fn step(&self, batch: RecordBatch) -> TrainOutput<Self::Output> {
         let device = self.rpn.head.q_proj.weight.device();
         let samples = batch.records.len();
+        let grid = self.source.grid();
+        // On several devices: normalised by the whole global batch.
+        let global_tokens = batch
+            .global
+            .as_ref()
+            .map(|all| loss_tokens::<B::InnerBackend>(all, &self.settings, grid, device.inner()));
         // The frozen prefix runs on the inner backend: no graph, no gradient.
-        let inputs = batch_inputs(&self.source, &batch, Tensor::from_inner, &device);
-        let result = run_step(&self.rpn, &self.settings, self.source.grid(), inputs);
+        let inputs = batch_inputs(
+            &self.source,
+            &batch,
+            Tensor::from_inner,
+            (device.inner(), &device),
+        );
+        let result = run_step(&self.rpn, &self.settings, grid, inputs, global_tokens);
         let counts = confusion(&result, self.settings.metric_threshold).inner();
-        let grads = (result.loss.clone() / self.settings.accumulation as f64).backward();
+        let grads = (result.objective.clone() / self.settings.accumulation as f64).backward();
         TrainOutput::new(
             self,
             grads,
@@ -427,8 +458,8 @@ where
     fn step(&self, batch: RecordBatch) -> StepOut<B> {
         let device = self.rpn.head.q_proj.weight.device();
         let samples = batch.records.len();
-        let inputs = batch_inputs(&self.source, &batch, |t| t, &device);
-        let result = run_step(&self.rpn, &self.settings, self.source.grid(), inputs);
+        let inputs = batch_inputs(&self.source, &batch, |t| t, (&device, &device));
+        let result = run_step(&self.rpn, &self.settings, self.source.grid(), inputs, None);
         let counts = confusion(&result, self.settings.metric_threshold);
         StepOut {
             loss: result.loss,
@@ -656,6 +687,16 @@ pub struct TrainRequest<'a, H> {
     /// Stop, as an interruption would, once this epoch is done (time-boxed
     /// runs; tests of `resume`).
     pub stop_after_epoch: Option<usize>,
+    /// Copies of the host on further devices (empty: train on the
+    /// session's device alone). With any, training is data-parallel over
+    /// the session's device and theirs (burn-train's multi-device strategy,
+    /// gradients summed on the session's device, which steps the
+    /// optimiser): each global batch of `train.batch_size` is split evenly
+    /// across the devices and each share's loss is normalised by the whole
+    /// batch's valid tokens, so the result equals a one-device run with the
+    /// same batch size up to float rounding. A copy may share the session's
+    /// device (it then takes turns with the session on it).
+    pub replicas: Vec<Arc<H>>,
 }
 
 /// Stops training when an epoch after `epoch` starts.
@@ -729,6 +770,7 @@ pub fn train_rpn<B: Backend, H: TrainHost<B>>(
         run_dir,
         resume,
         stop_after_epoch,
+        replicas,
     } = request;
     let paths = RunPaths {
         dir: run_dir.to_path_buf(),
@@ -812,7 +854,21 @@ pub fn train_rpn<B: Backend, H: TrainHost<B>>(
         .init_rpn(config.rpn.branch_layer, config.rpn.twig_layers)
         .map_err(|e| TrainError::host(&e))?;
     let parameters = rpn.num_params();
-    let source = HostPrefix::new(session, images.to_path_buf(), config.rpn.branch_layer)?;
+    let devices: Vec<B::Device> = std::iter::once(session.device())
+        .chain(replicas.iter().map(|r| r.device()))
+        .collect();
+    if devices.len() > 1 && train.batch_size % devices.len() != 0 {
+        return Err(TrainError::config(
+            "train.batch_size",
+            format!(
+                "{} does not split evenly across {} devices: use a multiple of the device count",
+                train.batch_size,
+                devices.len()
+            ),
+        ));
+    }
+    let source = HostPrefix::new(session, images.to_path_buf(), config.rpn.branch_layer)?
+        .with_replicas(replicas);
     let model = RpnLearner::<AB<B>, HostPrefix<B, H>> {
         rpn: rpn.train::<AB<B>>().map(&mut Trainable),
         source,
@@ -825,13 +881,10 @@ pub fn train_rpn<B: Backend, H: TrainHost<B>>(
         .with_weight_decay(train.weight_decay as f32)
         .init::<AB<B>, RpnLearner<AB<B>, HostPrefix<B, H>>>();
     let scheduler = WarmupCosine::new(train.lr, warmup, total);
-    let loader_train = Arc::new(EpochLoader::<AB<B>>::new(
-        train_set,
-        train.batch_size,
-        train.seed,
-        true,
-        start,
-    ));
+    let loader_train = Arc::new(
+        EpochLoader::<AB<B>>::new(train_set, train.batch_size, train.seed, true, start)
+            .sharded(devices.len()),
+    );
     let loader_valid = Arc::new(EpochLoader::<B>::new(
         valid_set,
         train.batch_size,
@@ -864,6 +917,11 @@ pub fn train_rpn<B: Backend, H: TrainHost<B>>(
         })
         .grads_accumulation(train.grad_accumulation)
         .num_epochs(train.epochs);
+    if devices.len() > 1 {
+        builder = builder.with_training_strategy(TrainingStrategy::Default(
+            ExecutionStrategy::MultiDevice(devices, MultiDeviceOptim::OptimMainDevice),
+        ));
+    }
     if start > 0 {
         builder = builder.checkpoint(start);
     }

@@ -152,6 +152,18 @@ fn try_train(
     resume: bool,
     stop: Option<usize>,
 ) -> sdrpn_train::Result<TrainReport> {
+    train_on(dir, run, records, config, (resume, stop), Vec::new())
+}
+
+/// [`try_train`] with copies of the host on further devices.
+fn train_on(
+    dir: &Path,
+    run: &str,
+    records: Vec<LabelRecord>,
+    config: &SdrpnConfig,
+    (resume, stop): (bool, Option<usize>),
+    replicas: Vec<Arc<LlavaSession<B>>>,
+) -> sdrpn_train::Result<TrainReport> {
     let run_dir = dir.join(run);
     train_rpn(
         TrainRequest {
@@ -162,6 +174,7 @@ fn try_train(
             run_dir: &run_dir,
             resume,
             stop_after_epoch: stop,
+            replicas,
         },
         SilentRenderer,
     )
@@ -341,5 +354,109 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     }
     // Same per-epoch metrics, the resumed epochs included.
     assert_eq!(full.epochs, resumed.epochs);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The float tensors of an RPN file, by name.
+fn rpn_weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let data = file.tensor(&name).unwrap().data().to_vec();
+            let values = data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+#[test]
+fn a_two_device_run_equals_a_one_device_run_with_the_same_batch() {
+    let dir = scratch("two-devices");
+    // Hot blocks of 1, 2 or 3 tokens a side and 0-3 ignored tokens: samples
+    // differ in how many tokens their loss counts, so the mean of the
+    // devices' means would not be the batch's loss.
+    let mut records = crafted_records(&dir);
+    for (i, r) in records.iter_mut().enumerate() {
+        let side = 1 + i % 3;
+        let mut a = vec![0.001f32; 36];
+        for dr in 0..side {
+            for dc in 0..side {
+                a[(i % 3 + dr) * 6 + (i * 2) % 3 + dc] = 0.05;
+            }
+        }
+        // 0-3 tokens between the background and foreground ratios, in the
+        // last column (outside every block's box): ignored by the loss.
+        for row in 0..i % 4 {
+            a[row * 6 + 5] = 0.05 * 0.45;
+        }
+        r.grounding = a;
+    }
+    let mut c = config(3);
+    c.train.batch_size = 2; // two batches per epoch: one sample on each device
+    let settings = sdrpn_train::step::StepSettings::of(&c);
+    let counted: std::collections::BTreeSet<u64> = records
+        .iter()
+        .map(|r| {
+            let one = [Arc::new(r.clone())];
+            let grid = Grid::new(6, 6).unwrap();
+            sdrpn_train::step::loss_tokens::<B>(&one, &settings, grid, &Default::default()) as u64
+        })
+        .collect();
+    assert!(counted.len() > 2, "tokens counted per sample: {counted:?}");
+    let one = train_on(&dir, "one", records.clone(), &c, (false, None), Vec::new()).unwrap();
+    // The second device's host copy: another session on the same CPU
+    // device (burn-train takes the same device twice; on GPUs, one per card).
+    let two = train_on(
+        &dir,
+        "two",
+        records.clone(),
+        &c,
+        (false, None),
+        vec![Arc::new(session())],
+    )
+    .unwrap();
+    assert_eq!(two.completed_epochs, 3);
+    let (a, b) = (
+        rpn_weights(&dir.join("one/rpn.safetensors")),
+        rpn_weights(&dir.join("two/rpn.safetensors")),
+    );
+    assert!(a.len() > 10);
+    for ((name, x), (other, y)) in a.iter().zip(&b) {
+        assert_eq!(name, other);
+        for (u, v) in x.iter().zip(y) {
+            assert!(
+                (u - v).abs() <= 1e-5 * (1.0 + u.abs()),
+                "{name}: {u} on one device, {v} on two"
+            );
+        }
+    }
+    // Training moved the weights (the held-back loss changed), and the
+    // held-back metrics (computed on one device in both) agree.
+    let valid = |r: &TrainReport, e: usize| r.epochs[e].valid_loss.unwrap();
+    assert!((valid(&one, 0) - valid(&one, 2)).abs() > 1e-4);
+    for (e1, e2) in one.epochs.iter().zip(&two.epochs) {
+        let (l1, l2) = (e1.valid_loss.unwrap(), e2.valid_loss.unwrap());
+        assert!((l1 - l2).abs() <= 1e-5 * (1.0 + l1.abs()), "{l1} vs {l2}");
+    }
+    // A batch that does not split evenly is refused with a clear error.
+    c.train.batch_size = 3;
+    let e = train_on(
+        &dir,
+        "odd",
+        records,
+        &c,
+        (false, None),
+        vec![Arc::new(session())],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("does not split evenly across 2 devices"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }

@@ -43,10 +43,11 @@ pub struct TwoPassArgs {
 }
 
 /// The random LLaVA model, the RPN's shape and the image a cost benchmark
-/// (`bench two-pass`, `bench batch`) runs on.
+/// (`bench two-pass`, `bench batch`, `bench model`) runs on.
 #[derive(Debug, Clone, Args)]
 pub struct RandomLlavaArgs {
     /// config.json of the llava-hf LLaVA model to build with random weights
+    /// (`bench model` takes a Qwen2.5-VL one too)
     #[arg(long, default_value = "experiments/bench/mid150m.json")]
     pub config: PathBuf,
     /// A llava-hf folder whose tokenizer (and image token id) to use; the
@@ -82,8 +83,10 @@ impl RandomLlavaArgs {
 /// A LLaVA model of the llava-hf `config` with random weights (seed 0) and
 /// the tokenizer of the llava-hf folder `tokenizer` (its image token id
 /// replaces the config's), and the RPN branch layer: `branch`, or the
-/// LLaVA-1.5-7B preset's 15 of 32 layers scaled to the model's depth.
-fn random_session<B: Backend>(
+/// LLaVA-1.5-7B preset's 15 of 32 layers scaled to the model's depth. The
+/// weights are drawn on the device ([`sdrpn_llava::Llava::random_on_device`]):
+/// a 7B-shaped model is made in seconds on a GPU.
+pub(super) fn random_session<B: Backend>(
     config: &std::path::Path,
     tokenizer: &std::path::Path,
     branch: Option<usize>,
@@ -112,7 +115,7 @@ fn random_session<B: Backend>(
         model_config.image_token_index,
     )?;
     let session = LlavaSession {
-        model: sdrpn_llava::Llava::<B>::random(model_config, 0, device)?,
+        model: sdrpn_llava::Llava::<B>::random_on_device(model_config, 0, device)?,
         tokenizer,
         options: Default::default(),
         fingerprint: ModelFingerprint {
@@ -125,7 +128,7 @@ fn random_session<B: Backend>(
 }
 
 /// A synthetic `width x height` test image (gradients, no flat regions).
-fn bench_image((w, h): (u32, u32)) -> RgbImage {
+pub(super) fn bench_image((w, h): (u32, u32)) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
         Rgb([
             (x % 256) as u8,
@@ -148,7 +151,7 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
 
 /// One timed case: how the answer is made.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Case {
+pub(super) enum Case {
     Baseline,
     /// A fixed map giving this mode, plus the RPN's measured cost.
     Map(RoiMode, bool),
@@ -213,7 +216,8 @@ fn map_for(mode: RoiMode, side: usize) -> Vec<f32> {
 /// What one case gave in one round.
 #[derive(Clone, Debug)]
 pub struct Sample {
-    ms: f64,
+    /// The whole answer, in ms (with the RPN's cost for fixed maps).
+    pub(super) ms: f64,
     /// prepare, pass 1 (with the RPN's cost for fixed maps), crop, pass 2.
     stages: [f64; 4],
     mode: RoiMode,
@@ -223,7 +227,8 @@ pub struct Sample {
 
 /// The timed rounds of every case, and the RPN's own cost per round.
 pub struct Rounds {
-    samples: Vec<Vec<Sample>>,
+    /// Per case (in the order asked), one sample per timed round.
+    pub(super) samples: Vec<Vec<Sample>>,
     rpn_ms: Vec<f64>,
     /// Tokens of the baseline prompt.
     prompt_tokens: usize,
@@ -231,91 +236,122 @@ pub struct Rounds {
     branch: usize,
 }
 
+impl Rounds {
+    /// The median time of case `i`, in ms.
+    pub(super) fn median_ms(&self, i: usize) -> f64 {
+        median(self.samples[i].iter().map(|s| s.ms).collect())
+    }
+}
+
 impl BackendJob for TwoPassArgs {
     type Output = anyhow::Result<Rounds>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let (session, rpn, branch, image) = self.model.build::<B>(&device)?;
-        let (layers, side) = (session.num_layers(), session.grid().rows);
-        let question = "What is written on the small sign next to the door?";
-        let answer = AnswerOptions {
-            max_new_tokens: self.new_tokens,
-            stop_strings: Vec::new(),
-        };
-        let options = |reuse_prefix_cache| TwoPassOptions {
+        time_cases(
+            &session,
+            &rpn,
             branch,
-            roi: RoiConfig::default(),
-            answer: answer.clone(),
-            reuse_prefix_cache,
-        };
-        let mut samples = vec![Vec::new(); CASES.len()];
-        let mut rpn_ms = Vec::new();
-        let mut prompt_tokens = 0;
-        for round in 0..=self.iters {
-            // The RPN alone on the prompt's layer-K input.
-            let prompt = session.prepare(&image, question)?;
-            prompt_tokens = prompt.len();
-            let mut cache = KvCache::new(layers);
-            let states = session.run_layers(
-                prompt.embeds(),
-                0,
-                &prompt.positions(),
-                0..branch,
-                Some(&mut cache),
-            );
-            let t = Instant::now();
-            session.rpn_map(&rpn, &prompt, states)?;
-            let rpn_round = t.elapsed().as_secs_f64() * 1e3;
-            for (i, case) in CASES.iter().enumerate() {
-                let out = match *case {
-                    Case::Baseline => session.answer_baseline(&image, question, &answer)?,
-                    Case::Map(mode, reuse) => session.answer_with_map(
-                        &image,
-                        question,
-                        &map_for(mode, side),
-                        &options(reuse),
-                    )?,
-                    Case::Rpn => session.answer_with_roi(&rpn, &image, question, &options(true))?,
-                };
-                if let Case::Map(mode, _) = case {
-                    anyhow::ensure!(
-                        out.mode == *mode,
-                        "the map meant for mode {} gave mode {}",
-                        mode_name(*mode),
-                        mode_name(out.mode)
-                    );
-                }
-                let extra = if matches!(case, Case::Map(..)) {
-                    rpn_round
-                } else {
-                    0.0
-                };
-                if round > 0 {
-                    samples[i].push(Sample {
-                        ms: out.timings.total_ms + extra,
-                        stages: [
-                            out.timings.prepare_ms,
-                            out.timings.pass1_ms + extra,
-                            out.timings.crop_ms,
-                            out.timings.pass2_ms,
-                        ],
-                        mode: out.mode,
-                        roi_tokens: out.roi_tokens,
-                        new_tokens: out.tokens.len(),
-                    });
-                }
+            &image,
+            &CASES,
+            self.new_tokens,
+            self.iters,
+        )
+    }
+}
+
+/// Times `cases` on one question about `image`: a warm-up round, then
+/// `iters` timed rounds, each running every case once in turn, after the
+/// RPN alone (twig layers + head) on the prompt's layer-`branch` input.
+/// Answers are greedy, `new_tokens` at most.
+pub(super) fn time_cases<B: Backend>(
+    session: &LlavaSession<B>,
+    rpn: &LlavaRpn<B>,
+    branch: usize,
+    image: &RgbImage,
+    cases: &[Case],
+    new_tokens: usize,
+    iters: usize,
+) -> anyhow::Result<Rounds> {
+    let (layers, side) = (session.num_layers(), session.grid().rows);
+    let question = "What is written on the small sign next to the door?";
+    let answer = AnswerOptions {
+        max_new_tokens: new_tokens,
+        stop_strings: Vec::new(),
+    };
+    let options = |reuse_prefix_cache| TwoPassOptions {
+        branch,
+        roi: RoiConfig::default(),
+        answer: answer.clone(),
+        reuse_prefix_cache,
+    };
+    let mut samples = vec![Vec::new(); cases.len()];
+    let mut rpn_ms = Vec::new();
+    let mut prompt_tokens = 0;
+    for round in 0..=iters {
+        // The RPN alone on the prompt's layer-K input.
+        let prompt = session.prepare(image, question)?;
+        prompt_tokens = prompt.len();
+        let mut cache = KvCache::new(layers);
+        let states = session.run_layers(
+            prompt.embeds(),
+            0,
+            &prompt.positions(),
+            0..branch,
+            Some(&mut cache),
+        );
+        let t = Instant::now();
+        session.rpn_map(rpn, &prompt, states)?;
+        let rpn_round = t.elapsed().as_secs_f64() * 1e3;
+        for (i, case) in cases.iter().enumerate() {
+            let out = match *case {
+                Case::Baseline => session.answer_baseline(image, question, &answer)?,
+                Case::Map(mode, reuse) => session.answer_with_map(
+                    image,
+                    question,
+                    &map_for(mode, side),
+                    &options(reuse),
+                )?,
+                Case::Rpn => session.answer_with_roi(rpn, image, question, &options(true))?,
+            };
+            if let Case::Map(mode, _) = case {
+                anyhow::ensure!(
+                    out.mode == *mode,
+                    "the map meant for mode {} gave mode {}",
+                    mode_name(*mode),
+                    mode_name(out.mode)
+                );
             }
+            let extra = if matches!(case, Case::Map(..)) {
+                rpn_round
+            } else {
+                0.0
+            };
             if round > 0 {
-                rpn_ms.push(rpn_round);
+                samples[i].push(Sample {
+                    ms: out.timings.total_ms + extra,
+                    stages: [
+                        out.timings.prepare_ms,
+                        out.timings.pass1_ms + extra,
+                        out.timings.crop_ms,
+                        out.timings.pass2_ms,
+                    ],
+                    mode: out.mode,
+                    roi_tokens: out.roi_tokens,
+                    new_tokens: out.tokens.len(),
+                });
             }
         }
-        Ok(Rounds {
-            samples,
-            rpn_ms,
-            prompt_tokens,
-            layers,
-            branch,
-        })
+        if round > 0 {
+            rpn_ms.push(rpn_round);
+        }
     }
+    Ok(Rounds {
+        samples,
+        rpn_ms,
+        prompt_tokens,
+        layers,
+        branch,
+    })
 }
 
 pub fn run(args: TwoPassArgs) -> anyhow::Result<()> {
@@ -353,9 +389,9 @@ pub fn run(args: TwoPassArgs) -> anyhow::Result<()> {
         "crop",
         "pass 2"
     );
-    let baseline = median(rounds.samples[0].iter().map(|s| s.ms).collect());
-    for (case, samples) in CASES.iter().zip(&rounds.samples) {
-        let ms = median(samples.iter().map(|s| s.ms).collect());
+    let baseline = rounds.median_ms(0);
+    for (i, (case, samples)) in CASES.iter().zip(&rounds.samples).enumerate() {
+        let ms = rounds.median_ms(i);
         let stage = |i: usize| median(samples.iter().map(|s| s.stages[i]).collect());
         let last = samples.last().expect("at least one round");
         println!(

@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use clap::Args;
-use sdrpn_core::backend::{run_on_with, BackendJob, DeviceSpec, Precision};
+use sdrpn_core::backend::{
+    run_on_devices, run_on_with, BackendJob, DeviceSpec, MultiDeviceJob, Precision,
+};
 
 /// Where to run.
 #[derive(Debug, Clone, Args)]
@@ -24,6 +26,40 @@ impl DeviceArgs {
     pub fn run<T, J: BackendJob<Output = anyhow::Result<T>>>(&self, job: J) -> anyhow::Result<T> {
         run_on_with(&self.device, self.dtype, job)
             .with_context(|| format!("cannot start device {}", self.device))?
+    }
+}
+
+/// Where to train: one device, or several of one backend.
+#[derive(Debug, Clone, Args)]
+pub struct TrainDeviceArgs {
+    /// cpu, cpu:ndarray, cpu:flex, wgpu, wgpu:N, cuda, cuda:N; several,
+    /// comma-separated (cuda:0,cuda:1,...; wgpu:0,wgpu:1,...): data-parallel
+    /// training, each batch split evenly across them, the same result as one
+    /// device with the same --batch
+    #[arg(long = "device", default_value = "cpu", value_parser = super::parse_device, value_delimiter = ',')]
+    pub devices: Vec<DeviceSpec>,
+    /// Float precision: f32 (CPU), f16 or bf16 (GPU backends that support them)
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub dtype: Precision,
+}
+
+impl TrainDeviceArgs {
+    /// One device.
+    pub fn single(device: DeviceArgs) -> Self {
+        Self {
+            devices: vec![device.device],
+            dtype: device.dtype,
+        }
+    }
+
+    /// Runs a job that returns a result on the chosen devices.
+    pub fn run<T, J: MultiDeviceJob<Output = anyhow::Result<T>>>(
+        &self,
+        job: J,
+    ) -> anyhow::Result<T> {
+        let names: Vec<String> = self.devices.iter().map(|d| d.to_string()).collect();
+        run_on_devices(&self.devices, self.dtype, job)
+            .with_context(|| format!("cannot start device {}", names.join(",")))?
     }
 }
 

@@ -2,7 +2,7 @@
 //! on a built-in tiny model with seeded RANDOM weights and generated images.
 //! It shows the mechanics and the files each stage writes, not accuracy.
 
-use super::common::{DeviceArgs, MethodArgs};
+use super::common::{DeviceArgs, MethodArgs, TrainDeviceArgs};
 use super::infer::InferArgs;
 use super::label::LabelArgs;
 use super::train::TrainArgs;
@@ -10,7 +10,7 @@ use crate::synthetic::{picture, write_question_set};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
-use sdrpn_core::backend::BackendJob;
+use sdrpn_core::backend::{BackendJob, MultiDeviceJob};
 use sdrpn_llava::config::{Activation, ClipVisionConfig, LlamaConfig};
 use sdrpn_llava::{Llava, LlavaConfig};
 use sdrpn_train::dataset::SplitMix;
@@ -143,9 +143,9 @@ impl BackendJob for DemoArgs {
             force: true,
             qwen_square: crate::host::QWEN_LABEL_SIDE,
             method: MethodArgs::default(),
-            device: self.device.clone(),
+            device: TrainDeviceArgs::single(self.device.clone()),
         }
-        .run::<B>(device.clone())?;
+        .run::<B>(vec![device.clone()])?;
         for e in &report.epochs {
             println!(
                 "      epoch {}: train loss {:.4}, held-back IoU {}",

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_batch;
 mod bench_gemm;
+mod bench_model;
 mod bench_two_pass;
 mod common;
 mod config;

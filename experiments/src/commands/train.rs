@@ -1,12 +1,12 @@
 //! `sdrpn train`: stage B, the RPN trained on the labels with burn-train.
 
-use super::common::{DeviceArgs, MethodArgs};
+use super::common::{MethodArgs, TrainDeviceArgs};
 use crate::host::{with_host, HostJob, QWEN_LABEL_SIDE};
 use crate::progress::TrainBar;
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
-use sdrpn_core::backend::BackendJob;
+use sdrpn_core::backend::MultiDeviceJob;
 use sdrpn_train::label_store::read_image_source;
 use sdrpn_train::label_store::read_labels;
 use sdrpn_train::trainer::{train_rpn, TrainReport, TrainRequest};
@@ -67,7 +67,7 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub method: MethodArgs,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub device: TrainDeviceArgs,
 }
 
 impl TrainArgs {
@@ -116,9 +116,9 @@ impl TrainArgs {
     }
 }
 
-impl BackendJob for TrainArgs {
+impl MultiDeviceJob for TrainArgs {
     type Output = anyhow::Result<TrainReport>;
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+    fn run<B: Backend>(self, mut devices: Vec<B::Device>) -> Self::Output {
         let config = self.config()?;
         let images = match &self.images {
             Some(p) => p.clone(),
@@ -140,25 +140,29 @@ impl BackendJob for TrainArgs {
             _ => {}
         }
         let (model, prompt, square) = (self.model.clone(), config.prompt, Some(self.qwen_square));
-        let training = Training {
+        let main = devices.remove(0);
+        let training = Training::<B> {
             args: self,
             config,
             images,
             records,
+            replica_devices: devices,
         };
-        with_host::<B, _>(&model, &device, prompt, square, training)
+        with_host::<B, _>(&model, &main, prompt, square, training)
     }
 }
 
 /// Training on a loaded host.
-struct Training {
+struct Training<B: Backend> {
     args: TrainArgs,
     config: SdrpnConfig,
     images: PathBuf,
     records: Vec<sdrpn_train::label_store::LabelRecord>,
+    /// Further devices to train on, each with a copy of the host.
+    replica_devices: Vec<B::Device>,
 }
 
-impl<B: Backend> HostJob<B> for Training {
+impl<B: Backend> HostJob<B> for Training<B> {
     type Output = TrainReport;
     fn run<H: sdrpn_train::trainer::TrainHost<B>>(self, session: H) -> anyhow::Result<TrainReport> {
         let args = &self.args;
@@ -167,6 +171,11 @@ impl<B: Backend> HostJob<B> for Training {
             session.fingerprint(),
             args.force,
         )?;
+        let replicas = self
+            .replica_devices
+            .iter()
+            .map(|device| Arc::new(session.on_device(device)))
+            .collect();
         let request = TrainRequest {
             session: Arc::new(session),
             records: self.records,
@@ -175,6 +184,7 @@ impl<B: Backend> HostJob<B> for Training {
             run_dir: &args.out,
             resume: args.resume,
             stop_after_epoch: args.stop_after_epoch,
+            replicas,
         };
         Ok(train_rpn(request, TrainBar::new())?)
     }

@@ -83,6 +83,7 @@ fn qwen_labels_trains_and_answers_through_the_generic_pipeline() {
             run_dir: &dir.join("run"),
             resume: false,
             stop_after_epoch: None,
+            replicas: Vec::new(),
         },
         SilentRenderer,
     )

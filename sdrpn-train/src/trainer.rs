@@ -410,11 +410,18 @@ where
         let result = run_step(&self.rpn, &self.settings, grid, inputs, global_tokens);
         let counts = confusion(&result, self.settings.metric_threshold).inner();
         let grads = (result.objective.clone() / self.settings.accumulation as f64).backward();
+        // The loss metric is weighted by samples: a device's share reports
+        // its part of the global batch's loss scaled to its sample count, so
+        // the epoch's train loss is the one a single device reports.
+        let loss = match &batch.global {
+            None => result.loss.inner(),
+            Some(all) => result.objective.inner() * (all.len() as f64 / samples as f64),
+        };
         TrainOutput::new(
             self,
             grads,
             StepOut {
-                loss: result.loss.inner(),
+                loss,
                 counts,
                 samples,
             },

@@ -441,9 +441,15 @@ fn a_two_device_run_equals_a_one_device_run_with_the_same_batch() {
     // held-back metrics (computed on one device in both) agree.
     let valid = |r: &TrainReport, e: usize| r.epochs[e].valid_loss.unwrap();
     assert!((valid(&one, 0) - valid(&one, 2)).abs() > 1e-4);
+    // The epoch's train loss (each device's share reports its part of the
+    // batch's loss) agrees as well.
     for (e1, e2) in one.epochs.iter().zip(&two.epochs) {
-        let (l1, l2) = (e1.valid_loss.unwrap(), e2.valid_loss.unwrap());
-        assert!((l1 - l2).abs() <= 1e-5 * (1.0 + l1.abs()), "{l1} vs {l2}");
+        for (l1, l2) in [
+            (e1.valid_loss.unwrap(), e2.valid_loss.unwrap()),
+            (e1.train_loss.unwrap(), e2.train_loss.unwrap()),
+        ] {
+            assert!((l1 - l2).abs() <= 1e-5 * (1.0 + l1.abs()), "{l1} vs {l2}");
+        }
     }
     // A batch that does not split evenly is refused with a clear error.
     c.train.batch_size = 3;

@@ -29,13 +29,15 @@ fn roomy_config(tag: &str) -> PathBuf {
     config
 }
 
-#[test]
-fn two_pass_bench_measures_every_mode_against_the_baseline() {
-    let model = tiny_llava();
-    let config = roomy_config("two-pass");
-    let out = sdrpn(&[
+/// `sdrpn bench COMMAND` on the tiny model's roomy config (written to a
+/// temporary folder named by COMMAND, removed afterwards): RPN K = 2, T = 2,
+/// one timed round, 2 new tokens, a 200x150 image, then `extra`; its stdout
+/// once it succeeded.
+fn bench_tiny(command: &str, extra: &[&str]) -> String {
+    let (model, config) = (tiny_llava(), roomy_config(command));
+    let mut args = vec![
         "bench",
-        "two-pass",
+        command,
         "--config",
         config.to_str().unwrap(),
         "--tokenizer",
@@ -50,13 +52,22 @@ fn two_pass_bench_measures_every_mode_against_the_baseline() {
         "2",
         "--image",
         "200x150",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    ];
+    args.extend_from_slice(extra);
+    let out = sdrpn(&args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::remove_dir_all(config.parent().unwrap()).unwrap();
+    text
+}
+
+#[test]
+fn two_pass_bench_measures_every_mode_against_the_baseline() {
+    let text = bench_tiny("two-pass", &[]);
     let row = |case: &str| -> Vec<String> {
         let line = text
             .lines()
@@ -97,7 +108,6 @@ fn two_pass_bench_measures_every_mode_against_the_baseline() {
     assert_eq!(bbox, 576);
     assert!(mask < bbox, "mask mode keeps {mask} of {bbox} tokens");
     assert!(text.contains("RPN alone"), "{text}");
-    std::fs::remove_dir_all(config.parent().unwrap()).unwrap();
 
     let bad = sdrpn(&["bench", "two-pass", "--image", "640"]);
     let err = String::from_utf8_lossy(&bad.stderr);
@@ -109,34 +119,7 @@ fn two_pass_bench_measures_every_mode_against_the_baseline() {
 
 #[test]
 fn batch_bench_reports_every_case_at_every_batch_size() {
-    let model = tiny_llava();
-    let config = roomy_config("batch");
-    let out = sdrpn(&[
-        "bench",
-        "batch",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        model.to_str().unwrap(),
-        "--branch",
-        "2",
-        "--twig",
-        "2",
-        "--batch",
-        "1,3",
-        "--iters",
-        "1",
-        "--new-tokens",
-        "2",
-        "--image",
-        "200x150",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = bench_tiny("batch", &["--batch", "1,3"]);
     for case in ["baseline", "sdrpn (random RPN)", "label (taps, 2 layers)"] {
         for batch in ["1", "3"] {
             let cells: Vec<&str> = text
@@ -149,7 +132,6 @@ fn batch_bench_reports_every_case_at_every_batch_size() {
             assert!(rate > 0.0, "{case}, batch {batch}: {rate}");
         }
     }
-    std::fs::remove_dir_all(config.parent().unwrap()).unwrap();
     let bad = sdrpn(&["bench", "batch", "--batch", "0,2"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 1"));
@@ -157,34 +139,7 @@ fn batch_bench_reports_every_case_at_every_batch_size() {
 
 #[test]
 fn model_bench_reports_phases_two_pass_ratio_and_a_table_row() {
-    let model = tiny_llava();
-    let config = roomy_config("model");
-    let out = sdrpn(&[
-        "bench",
-        "model",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        model.to_str().unwrap(),
-        "--branch",
-        "2",
-        "--twig",
-        "2",
-        "--iters",
-        "1",
-        "--new-tokens",
-        "2",
-        "--answer-tokens",
-        "2",
-        "--image",
-        "200x150",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = bench_tiny("model", &["--answer-tokens", "2"]);
     for phase in ["vision+projector", "prefill", "decode", "two-pass"] {
         assert!(
             text.lines().any(|l| l.starts_with(phase)),
@@ -208,5 +163,4 @@ fn model_bench_reports_phases_two_pass_ratio_and_a_table_row() {
         let v: f64 = cell.parse().unwrap();
         assert!(v > 0.0 && v.is_finite(), "{row:?}");
     }
-    std::fs::remove_dir_all(config.parent().unwrap()).unwrap();
 }

@@ -22,7 +22,10 @@
 # is set (the device machine's result folder) each step's log is also written there.
 # The command line is built in the dev profile (dependencies at opt-level 2), which
 # shares the test binaries' compiled dependencies; GPU_CHECKS_PROFILE=release builds
-# it fully optimised instead (a second long build on 2 cores).
+# it fully optimised instead (a second long build on 2 cores). The pack is about
+# 71 MB (seven test binaries of ~8 MB and the command line, 14 MB, each xz): more
+# than one 64 MiB transfer, so copy it in two parts where transfers are limited
+# (files already on the GPU machine stay; `run STEP...` runs what is there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACK=target/gpu-checks
@@ -32,7 +35,9 @@ build() {
   rm -rf "$PACK" && mkdir -p "$PACK"
   local args=()
   for t in "${CHECKS[@]}"; do args+=(--test "$t"); done
-  cargo test -p sdrpn-core -p sdrpn-llava -p sdrpn-qwen --features cuda --no-run --message-format=json "${args[@]}" \
+  # --workspace in both builds: one feature set, so the command line below
+  # reuses every compiled dependency of the tests (only its own link is new).
+  cargo test --workspace --features cuda --no-run --message-format=json "${args[@]}" \
     | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -47,7 +52,7 @@ for line in sys.stdin:
   # The command line, for the benchmarks.
   local profile=${GPU_CHECKS_PROFILE:-dev} dir=debug
   [ "$profile" = release ] && dir=release
-  cargo build --profile "$profile" -p experiments --features cuda
+  cargo build --profile "$profile" --workspace --features cuda --bin sdrpn
   strip -o "$PACK/sdrpn" "target/$dir/sdrpn"
   xz -9 -T0 "$PACK/sdrpn"
   # The tests find their fixtures through the repo path they were compiled in.
